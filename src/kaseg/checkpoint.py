@@ -1,0 +1,134 @@
+"""Saving and loading: atomic writes, self-describing safetensors weights, safe training state.
+
+- Model weights: ``NAME.safetensors`` whose header holds the model spec and class names (so a
+  weights file loads without any config), plus ``NAME.json``, the same metadata for people.
+- Training state (optimizer, scheduler, RNG, ...): ``torch.save``, read back with
+  ``weights_only=True`` only; never full unpickling.
+- Every write goes to a temp file, is fsynced, then renamed over the target: a crash mid-write
+  leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import KasegError
+from .models import SegModel, build_from_spec
+
+BEST, LAST, STATE = "best", "last", "checkpoint.pt"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_model(model: SegModel, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``path`` (.safetensors) and its .json sidecar; ``extra``: class names, palette, ..."""
+    path = Path(path).with_suffix(".safetensors")
+    meta = {"spec": model.spec.to_dict(), **(extra or {})}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, st_save(state, metadata={"kaseg": json.dumps(meta)}))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    return path
+
+
+def resolve_weights(path: str | Path, which: str = BEST) -> Path:
+    """A run folder, a .safetensors file, or its .json -> the weights file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (which, LAST):
+            if (path / f"{name}.safetensors").is_file():
+                return path / f"{name}.safetensors"
+        raise KasegError(f"{path}: no {which}.safetensors or {LAST}.safetensors in this run folder")
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        raise KasegError(f"{path}: checkpoint not found")
+    return path
+
+
+def read_weights(path: Path) -> tuple[dict, dict]:
+    """(state dict, metadata) of a kaseg .safetensors file, or a one-line error."""
+    try:
+        raw = path.read_bytes()
+        state = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+    except (SafetensorError, ValueError, OSError) as e:
+        raise KasegError(f"{path}: not a safetensors checkpoint ({e})") from None
+    meta = header.get("__metadata__", {}).get("kaseg")
+    if meta is None:
+        raise KasegError(f"{path}: safetensors file without kaseg metadata (no model spec)")
+    return state, json.loads(meta)
+
+
+def load_state_strict(model: torch.nn.Module, state: dict, source: str | Path) -> None:
+    """Load with a one-line error listing the first mismatching keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}")
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:3]}")
+        raise KasegError(f"{source}: does not match the model architecture: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def load_model(path: str | Path, which: str = BEST, device: str | torch.device = "cpu"):
+    """Rebuild a model from its weights file alone -> ``(model in eval mode, metadata)``."""
+    path = resolve_weights(path, which)
+    state, meta = read_weights(path)
+    model = build_from_spec(meta["spec"])
+    load_state_strict(model, state, path)
+    return model.to(device).eval(), meta
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refusals, truncated zips, not-a-checkpoint
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KasegError(f"{path}: not a readable kaseg training checkpoint ({msg[:200]})") from None

@@ -1,0 +1,133 @@
+"""The ``kaseg`` command line. Errors in user input print one line (``--debug``: traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import KasegError
+
+log = logging.getLogger("kaseg")
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .metrics import format_table
+    from .supervised import train_segmenter
+
+    cfg = load_config(args.config, args.overrides)
+    result = train_segmenter(cfg, args.out, force=args.force)
+    print(format_table(result["val"], f"{args.out}: best val at iteration {result['best_iter']}"))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .checkpoint import load_model, resolve_weights
+    from .config import load_config
+    from .data import build_dataset
+    from .evaluate import evaluate
+    from .metrics import format_table
+    from .train import resolve_device
+
+    weights = resolve_weights(args.checkpoint, args.which)
+    cfg_path = Path(args.config) if args.config else weights.parent / "config.yaml"
+    if not cfg_path.is_file():
+        raise KasegError(f"{weights}: no config.yaml beside it; pass --config to name the data")
+    cfg = load_config(cfg_path, args.overrides)
+    device = resolve_device(args.device or cfg.train.device)
+    model, meta = load_model(weights, device=device)
+    dataset = build_dataset(cfg.data, args.split or cfg.data.val_split, train=False)
+    if dataset.num_classes != model.num_classes:
+        raise KasegError(f"{weights}: model has {model.num_classes} classes, "
+                         f"dataset has {dataset.num_classes}")
+    metrics = evaluate(model, dataset, cfg.train.val_batch_size, device, cfg.train.amp,
+                       cfg.data.num_workers, progress=not args.json)
+    metrics.update(checkpoint=str(weights), split=dataset.split, protocol="single-scale")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_table(metrics, f"{weights} on {dataset.split}"))
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from .cost import model_cost
+    from .models import build_model, list_models
+
+    if args.list or not args.model:
+        print("\n".join(list_models()))
+        return 0
+    model = build_model(args.model, args.num_classes, args.output_stride)
+    cost = model_cost(model, tuple(args.size))
+    info = {"model": args.model, **cost,
+            "features": {k: vars(v) for k, v in model.feature_info.items()}}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{args.model}: {cost['params'] / 1e6:.2f} M params, {cost['gflops']:.2f} GFLOPs "
+              f"({cost['gmacs']:.2f} GMACs) at {args.size[0]}x{args.size[1]}")
+        for k, v in model.feature_info.items():
+            print(f"  feature '{k}': {v.channels} channels, stride {v.stride}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kaseg", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a segmentation model (teacher or student)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", required=True, help="run folder; re-running resumes it")
+    t.add_argument("--force", action="store_true", help="start the run over")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run folder or a .safetensors checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--which", default="best", choices=["best", "last"])
+    e.add_argument("--config", help="data to evaluate on (default: the run's config.yaml)")
+    e.add_argument("--split", help="default: data.val_split")
+    e.add_argument("--device")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(fn=_cmd_eval)
+
+    i = sub.add_parser("info", help="params, FLOPs and feature maps of a model")
+    i.add_argument("model", nargs="?")
+    i.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
+    i.add_argument("--num-classes", type=int, default=21)
+    i.add_argument("--output-stride", type=int)
+    i.add_argument("--list", action="store_true")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=_cmd_info)
+    return p
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip()
+    if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep its last line
+        msg = msg.splitlines()[-1].split(": ", 1)[-1]
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.fn(args)
+    except KasegError as e:
+        if args.debug:
+            raise
+        print(f"kaseg: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kaseg: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Experiment configs: flat dataclasses, complete YAML files, dotted command-line overrides.
+
+A YAML file is a whole experiment (no inheritance); the resolved config is saved beside every run
+so the run can be understood and rebuilt without the file it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KasegError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # "synthetic" (built in) or "folder" (images/ + masks/)
+    root: str | None = None  # the folder dataset's root; unused by "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    # synthetic scenes: image side, sample counts and the data seed (fixed, not the training seed,
+    # so that every run and every seed of a comparison sees the same images)
+    image_size: int = 64
+    train_count: int = 1024
+    val_count: int = 128
+    data_seed: int = 0
+    # training augmentation (validation images are only normalised)
+    crop_size: int = 64
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+    jitter: float = 0.2  # photometric jitter strength (brightness/contrast/saturation); 0 = off
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-student"  # an alias (kaseg info --list) or "arch:encoder", e.g. "unet:resnet34"
+    output_stride: int | None = None  # None: the alias's or architecture's default
+    decoder_channels: int | None = None  # None: the alias's or architecture's default
+    pretrained: bool = False  # fetch ImageNet encoder weights from the hub (needs network)
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 1000
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    amp: bool = False  # bf16 autocast on CPU, fp16 (+ GradScaler) on CUDA
+    grad_clip: float | None = None  # max global grad norm; None = no clipping
+    val_every: int = 200  # validate (and checkpoint) every N iterations and at the end
+    val_batch_size: int = 1  # >1 only when all validation images have one size
+    log_every: int = 10
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    deterministic: bool = False  # seed everything and use deterministic algorithms
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += _all_keys(hint, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str, cls: type, source: str) -> KasegError:
+    close = difflib.get_close_matches(key, _all_keys(cls), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return KasegError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check (and gently coerce: int -> float, list -> tuple) one value against its type hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, key, source)
+            except KasegError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise KasegError(f"{source}: '{key}' must be a list of {len(args)} values, got {value!r}")
+        return tuple(_check_value(v, a, key, source) for v, a in zip(value, args))
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise KasegError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_check_value(v, arg, key, source) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise KasegError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if isinstance(value, bool) and hint is not bool:
+            ok = False
+        else:
+            ok = isinstance(value, hint)
+        if not ok:
+            raise KasegError(
+                f"{source}: '{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}"
+            )
+        return value
+    return value
+
+
+def from_dict(
+    cls: type, data: dict, source: str = "config", prefix: str = "", root: type | None = None
+) -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types.
+
+    ``root`` is the top-level config class, used to suggest the closest valid dotted key.
+    """
+    root = root or cls
+    if not isinstance(data, dict):
+        raise KasegError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            raise _unknown_key(dotted, root, source)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, source, dotted + ".", root)
+        else:
+            kwargs[key] = _check_value(value, hint, dotted, source)
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.iters=100", "model.name=unet:resnet18"]`` -> nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise KasegError(f"override '{item}' must look like key=value, e.g. train.iters=100")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise KasegError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = Config) -> Any:
+    """Read a YAML experiment, apply dotted overrides, and validate every key and type."""
+    data: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise KasegError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise KasegError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise KasegError(f"{path}: the top level must be a mapping of config keys")
+    if overrides:
+        data = _merge(data, parse_overrides(list(overrides)))
+    return from_dict(cls, data, source)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain, YAML-safe dict (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += diff_configs(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys

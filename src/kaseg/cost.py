@@ -1,0 +1,31 @@
+"""What a model costs: parameters and FLOPs, counted by torch's own FLOP counter."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, size: tuple[int, int], in_channels: int = 3) -> int:
+    """FLOPs of one forward pass on a batch of one ``size`` image (a multiply-add counts 2)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, in_channels, *size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def model_cost(model: nn.Module, size: tuple[int, int]) -> dict:
+    flops = count_flops(model, size)
+    return {"params": count_params(model), "gflops": flops / 1e9, "gmacs": flops / 2e9,
+            "size": list(size)}

@@ -1,0 +1,181 @@
+"""A user's own dataset: ``images/`` + ``masks/`` (PNG of class indices, 255 = ignore).
+
+Layout (ROOT)::
+
+    images/<name>.jpg|png|...     masks/<name>.png       classes.yaml (or .json)
+
+Splits, first found wins: ``splits/<split>.txt`` or ``<split>.txt`` (one name per line, relative
+to images/, extension optional); ``images/<split>/`` + ``masks/<split>/`` subfolders; otherwise a
+fixed split of the sorted names (every 10th image is ``val``, the rest ``train``).
+
+``classes.yaml``: ``names: [background, road, ...]`` and optionally ``palette: [[r, g, b], ...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import KasegError
+from .transforms import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC bit-interleaved colour map, which gives distinct colours for any n."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append((r, g, b))
+    return out
+
+
+def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
+    for fname in CLASS_FILES:
+        path = root / fname
+        if path.is_file():
+            break
+    else:
+        raise KasegError(
+            f"{root}: no classes file; add {root / 'classes.yaml'} with 'names: [background, ...]'"
+        )
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise KasegError(f"{path}: cannot be parsed ({str(e).splitlines()[0]})") from None
+    if isinstance(data, list):
+        data = {"names": data}
+    names = data.get("names") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise KasegError(f"{path}: 'names' must be a non-empty list of class names")
+    palette = data.get("palette") or default_palette(len(names))
+    if len(palette) != len(names) or not all(
+        isinstance(c, (list, tuple)) and len(c) == 3 for c in palette
+    ):
+        raise KasegError(f"{path}: 'palette' must hold one [r, g, b] per class ({len(names)})")
+    return names, [tuple(int(v) for v in c) for c in palette]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Any image file -> uint8 HxWx3 RGB (grey, RGBA, palette and 16-bit are converted)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                arr = arr / max(arr.max(), 1.0) * 255.0
+                return np.repeat(arr.round().astype(np.uint8)[..., None], 3, axis=2)
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise KasegError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def read_mask(path: Path, num_classes: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A PNG of class indices (mode L, P or I) -> uint8 HxW, with values checked."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P", "I", "I;16", "1"):
+                raise KasegError(
+                    f"{path}: mask has mode {im.mode}; masks must be single-channel PNGs of class "
+                    f"indices (mode L or P), not colour images"
+                )
+            arr = np.asarray(im)
+    except KasegError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise KasegError(f"{path}: unreadable mask ({type(e).__name__}: {e})") from None
+    if image_shape is not None and arr.shape[:2] != tuple(image_shape):
+        raise KasegError(
+            f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but its image is "
+            f"{image_shape[1]}x{image_shape[0]} (width x height)"
+        )
+    bad = np.unique(arr[(arr >= num_classes) & (arr != IGNORE_INDEX)])
+    if bad.size:
+        raise KasegError(
+            f"{path}: label values {bad[:8].tolist()} are outside 0..{num_classes - 1} "
+            f"(and not {IGNORE_INDEX} = ignore)"
+        )
+    return arr.astype(np.uint8)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+class FolderDataset:
+    def __init__(self, root: str | Path, split: str = "train", transform=None):
+        root = Path(root)
+        if not root.is_dir():
+            raise KasegError(f"{root}: dataset folder not found (set data.root)")
+        images_dir, masks_dir = root / "images", root / "masks"
+        for d in (images_dir, masks_dir):
+            if not d.is_dir():
+                raise KasegError(f"{d}: folder not found; a folder dataset needs images/ and masks/")
+        self.root, self.split, self.transform = root, split, transform
+        self.class_names, self.palette = read_classes(root)
+        self.context_classes = ()
+        self.images = self._split_images(images_dir, split)
+        if not self.images:
+            raise KasegError(f"{root}: split '{split}' has no images")
+        self.masks = []
+        for img in self.images:
+            mask = masks_dir / img.relative_to(images_dir).with_suffix(".png")
+            if not mask.is_file():
+                raise KasegError(f"{img}: has no mask (expected {mask})")
+            self.masks.append(mask)
+
+    def _split_images(self, images_dir: Path, split: str) -> list[Path]:
+        for lst in (self.root / "splits" / f"{split}.txt", self.root / f"{split}.txt"):
+            if lst.is_file():
+                return [self._find(images_dir, line.strip(), lst)
+                        for line in lst.read_text().splitlines() if line.strip()]
+        if (images_dir / split).is_dir():
+            return _list_images(images_dir / split)
+        everything = _list_images(images_dir)
+        if split not in ("train", "val"):
+            raise KasegError(f"{self.root}: no split list or folder for split '{split}'")
+        log.warning("%s: no split lists; using every 10th image as val", self.root)
+        return [p for i, p in enumerate(everything) if (i % 10 == 9) == (split == "val")]
+
+    @staticmethod
+    def _find(images_dir: Path, name: str, listing: Path) -> Path:
+        direct = images_dir / name
+        if direct.suffix.lower() in IMAGE_EXTS and direct.is_file():
+            return direct
+        for ext in IMAGE_EXTS:
+            if (p := images_dir / f"{name}{ext}").is_file():
+                return p
+        raise KasegError(f"{listing}: lists '{name}' but there is no such image in {images_dir}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def name(self, index: int) -> str:
+        return str(self.images[index].relative_to(self.root / "images").with_suffix(""))
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(self.images[index])
+        return image, read_mask(self.masks[index], self.num_classes, image.shape[:2])
+
+    def __getitem__(self, index: int):
+        image, mask = self.raw(index)
+        return self.transform(image, mask) if self.transform else (image, mask)

@@ -1,0 +1,35 @@
+"""Evaluation of a segmentation model on a dataset: single scale, full resolution, argmax."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .metrics import ConfusionMatrix
+from .models import SegModel
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 on CPU, fp16 on CUDA: the dtype each device runs fastest without a scaler on CPU."""
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.device = "cpu",
+             amp: bool = False, num_workers: int = 0, progress: bool = False) -> dict:
+    """Confusion-matrix metrics over ``dataset`` (reduced across processes when distributed)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    cm = ConfusionMatrix(model.num_classes, device=device)
+    for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+        images, targets = images.to(device), targets.to(device)
+        with autocast(device, amp):
+            logits = model(images)["logits"]
+        cm.update(logits.float().argmax(1), targets)
+    cm.reduce()
+    model.train(was_training)
+    return cm.compute(getattr(dataset, "class_names", None))

@@ -1,0 +1,215 @@
+"""Segmentation networks by name: any segmentation_models_pytorch architecture and encoder, plus the
+paper's pair and tiny CPU-sized variants. Every model returns its logits at input size and its named
+feature maps, whose channels and strides are known before any forward pass (``feature_info``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import KasegError
+
+log = logging.getLogger(__name__)
+
+# Our few extra names. Each maps to an SMP architecture, an encoder and its defaults.
+ALIASES: dict[str, dict] = {
+    # the paper's pair (He et al. 2019): DeepLabV3+ Xception-65 OS 8 -> DeepLabV3 MobileNetV2 OS 16
+    "paper-teacher": dict(arch="deeplabv3plus", encoder="tu-xception65", output_stride=8),
+    "paper-teacher-r50": dict(arch="deeplabv3plus", encoder="resnet50", output_stride=8),
+    "paper-teacher-r101": dict(arch="deeplabv3plus", encoder="resnet101", output_stride=8),
+    "paper-student": dict(arch="deeplabv3", encoder="mobilenet_v2", output_stride=16),
+    # CPU-sized pair with the same shape (teacher: decoder, OS 8; student: OS 16): tests and the demo
+    "tiny-teacher": dict(
+        arch="deeplabv3plus", encoder="tu-resnet10t", output_stride=8, decoder_channels=64
+    ),
+    "tiny-student": dict(
+        arch="deeplabv3", encoder="tu-mobilenetv2_050", output_stride=16, decoder_channels=64
+    ),
+}
+
+# Architectures whose last encoder stage can be dilated (SMP passes output_stride to the encoder).
+_DILATABLE = {"deeplabv3", "deeplabv3plus"}
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    channels: int
+    stride: int  # input pixels per feature-map pixel
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model without its config (stored beside its weights)."""
+
+    name: str
+    num_classes: int
+    output_stride: int | None = None
+    decoder_channels: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_models() -> list[str]:
+    return sorted(ALIASES)
+
+
+def _resolve(name: str) -> tuple[str, str, dict]:
+    """Model name -> (SMP architecture, encoder, alias defaults)."""
+    if name in ALIASES:
+        d = dict(ALIASES[name])
+        return d.pop("arch"), d.pop("encoder"), d
+    if ":" not in name:
+        close = difflib.get_close_matches(name, list(ALIASES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise KasegError(
+            f"unknown model '{name}': use an alias ({', '.join(list_models())}) or "
+            f"'architecture:encoder', e.g. 'deeplabv3:resnet50'{hint}"
+        )
+    arch, encoder = name.split(":", 1)
+    arch = arch.lower()
+    archs = list(smp.MODEL_ARCHITECTURES_MAPPING)
+    if arch not in archs:
+        close = difflib.get_close_matches(arch, archs, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise KasegError(f"unknown architecture '{arch}' in model '{name}'; known: {', '.join(archs)}{hint}")
+    _check_encoder(encoder, name)
+    return arch, encoder, {}
+
+
+def _check_encoder(encoder: str, model_name: str) -> None:
+    if encoder.startswith("tu-"):
+        base = encoder[3:].split(".")[0]
+        if not timm.is_model(base):
+            close = difflib.get_close_matches(base, timm.list_models(), n=1)
+            hint = f"; did you mean 'tu-{close[0]}'?" if close else ""
+            raise KasegError(f"unknown timm encoder '{encoder}' in model '{model_name}'{hint}")
+        return
+    names = smp.encoders.get_encoder_names()
+    if encoder not in names:
+        close = difflib.get_close_matches(encoder, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else " (timm encoders take the prefix 'tu-')"
+        raise KasegError(f"unknown encoder '{encoder}' in model '{model_name}'{hint}")
+
+
+class SegModel(nn.Module):
+    """An SMP network whose forward returns ``{"logits", "features": {name: map}}``.
+
+    Why a wrapper: distillation needs the pre-classifier feature map (the paper's "last feature
+    map"), and users feed images of any size; we pad to the encoder's divisor and crop back, so the
+    logits always have the input's size.
+
+    Feature taps: ``pre_logits`` (decoder output, input to the classifier) and ``encoder`` (last
+    encoder stage).
+    """
+
+    def __init__(self, net: nn.Module, spec: ModelSpec):
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        head = net.segmentation_head
+        up = head[1]
+        head_stride = int(up.scale_factor) if isinstance(up, nn.Upsample) else 1
+        self.feature_info: dict[str, FeatureInfo] = {
+            "pre_logits": FeatureInfo(head[0].in_channels, head_stride),
+            "encoder": FeatureInfo(net.encoder.out_channels[-1], int(net.encoder.output_stride)),
+        }
+        self.divisor = int(net.encoder.output_stride) if net.requires_divisible_input_shape else 1
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def forward(self, x: torch.Tensor) -> dict:
+        h, w = x.shape[-2:]
+        d = self.divisor
+        ph, pw = (-h) % d, (-w) % d
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        feats = self.net.encoder(x)
+        if isinstance(feats, tuple):  # transformer encoders (DPT) also return prefix tokens
+            dec = self.net.decoder(*feats)
+            last = feats[0][-1]
+        else:
+            dec = self.net.decoder(feats)
+            last = feats[-1]
+        logits = self.net.segmentation_head(dec)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"logits": logits[..., :h, :w], "features": {"pre_logits": dec, "encoder": last}}
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    output_stride: int | None = None,
+    decoder_channels: int | None = None,
+    pretrained: bool = False,
+) -> SegModel:
+    """Build a model by alias or ``"architecture:encoder"``.
+
+    ``pretrained`` fetches ImageNet encoder weights from the hub (the only network access kaseg
+    makes); offline it raises a one-line :class:`KasegError`.
+    """
+    if num_classes < 1:
+        raise KasegError(f"model '{name}': num_classes must be >= 1, got {num_classes}")
+    arch, encoder, defaults = _resolve(name)
+    os_ = output_stride if output_stride is not None else defaults.get("output_stride")
+    dc = decoder_channels if decoder_channels is not None else defaults.get("decoder_channels")
+    kwargs: dict = {}
+    if dc is not None:
+        kwargs["decoder_channels"] = dc
+    dilate_to = None
+    if os_ is not None:
+        if arch not in _DILATABLE:
+            if os_ != 32:
+                raise KasegError(
+                    f"model '{name}': output_stride {os_} needs a DeepLab architecture; "
+                    f"'{arch}' only supports 32"
+                )
+        elif os_ in (8, 16):
+            kwargs["encoder_output_stride"] = os_
+        elif os_ == 32 and arch == "deeplabv3":
+            # SMP only builds 8/16; build 16 and swap in an undilated encoder below
+            kwargs["encoder_output_stride"] = 16
+            kwargs["upsampling"] = 32
+            dilate_to = 32
+        else:
+            raise KasegError(f"model '{name}': output_stride must be 8, 16 or 32, got {os_}")
+    weights = (True if encoder.startswith("tu-") else "imagenet") if pretrained else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = smp.create_model(arch, encoder_name=encoder, encoder_weights=weights,
+                                   classes=num_classes, **kwargs)
+            if dilate_to is not None:
+                net.encoder = smp.encoders.get_encoder(encoder, weights=weights, output_stride=dilate_to)
+    except KasegError:
+        raise
+    except Exception as e:  # network, hub and pretrained-tag failures
+        if pretrained:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise KasegError(
+                f"model '{name}': could not fetch pretrained weights for encoder '{encoder}' "
+                f"({type(e).__name__}: {reason}); check the network or set model.pretrained=false"
+            ) from None
+        raise KasegError(f"model '{name}': could not be built ({type(e).__name__}: {e})") from None
+    spec = ModelSpec(name=name, num_classes=num_classes, output_stride=output_stride,
+                     decoder_channels=decoder_channels)
+    return SegModel(net, spec)
+
+
+def build_from_spec(spec: dict | ModelSpec) -> SegModel:
+    """Rebuild (never downloading) a model from the spec stored in a checkpoint."""
+    if isinstance(spec, dict):
+        spec = ModelSpec(**spec)
+    return build_model(spec.name, spec.num_classes, spec.output_stride, spec.decoder_channels)

@@ -1,0 +1,71 @@
+"""Supervised training of one segmentation network (a teacher or an undistilled student)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import atomic_write_text, save_model
+from .config import Config, to_dict
+from .data import IGNORE_INDEX, build_dataset
+from .evaluate import evaluate
+from .models import SegModel, build_model
+from .train import fit, prepare_run, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationTask(nn.Module):
+    """Pixel-wise cross-entropy on the model's logits; ignore pixels do not count."""
+
+    def __init__(self, model: SegModel, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.model, self.ignore_index = model, ignore_index
+
+    def forward(self, images, targets) -> dict:
+        logits = self.model(images)["logits"]
+        ce = F.cross_entropy(logits.float(), targets, ignore_index=self.ignore_index)
+        return {"loss": ce, "ce": ce}
+
+
+def dataset_meta(dataset) -> dict:
+    """What a checkpoint records about its classes, so it can be used without the dataset."""
+    return {"class_names": list(dataset.class_names), "palette": [list(c) for c in dataset.palette]}
+
+
+def build_data(cfg: Config):
+    """(train set with augmentation, val set) - built first, so bad data fails before any write."""
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    return train_set, val_set
+
+
+def train_segmenter(cfg: Config, run: str | Path, force: bool = False) -> dict:
+    """``kaseg train``: train ``cfg.model`` on ``cfg.data``; resumable; returns the summary."""
+    run = Path(run)
+    seed_everything(cfg.seed, cfg.deterministic)
+    train_set, val_set = build_data(cfg)
+    model = build_model(cfg.model.name, train_set.num_classes, cfg.model.output_stride,
+                        cfg.model.decoder_channels, cfg.model.pretrained)
+    device = resolve_device(cfg.train.device)
+    prepare_run(run, to_dict(cfg), force)
+    meta = dataset_meta(train_set)
+
+    def validate() -> dict:
+        return evaluate(model, val_set, cfg.train.val_batch_size, device, cfg.train.amp,
+                        cfg.data.num_workers)
+
+    def export(which: str) -> None:
+        save_model(model, run / which, meta)
+
+    summary = fit(SegmentationTask(model), train_set, cfg.train, run, seed=cfg.seed,
+                  validate=validate, export=export, num_workers=cfg.data.num_workers,
+                  desc=f"train {cfg.model.name}")
+    result = {"best_miou": summary["best"], "best_iter": summary["best_iter"],
+              "iters": summary["iters"], "model": cfg.model.name, "val": summary["best_metrics"]}
+    atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
+    return result

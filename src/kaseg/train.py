@@ -1,0 +1,236 @@
+"""The one training loop. Every stage (teacher, autoencoder, student, distilled student) runs
+through :func:`fit`; stages differ only by the *task* module they pass in.
+
+A task is an ``nn.Module`` whose ``forward(images, targets)`` returns a dict of scalar losses:
+``"loss"`` (the total that is optimised) and one entry per term (logged separately). Only its
+parameters with ``requires_grad`` are optimised, so frozen parts (a teacher) cost nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from .checkpoint import STATE, atomic_write_text, load_state, save_state
+from .config import TrainConfig, diff_configs
+from .errors import KasegError
+from .evaluate import autocast
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KasegError(f"train.device={name} but CUDA is not available; use train.device=cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+class InfiniteSampler(Sampler):
+    """Endless shuffled indices, one fresh permutation per epoch, seeded by (seed, epoch).
+
+    ``start`` skips that many samples without loading them, so a resumed run sees the data in the
+    same order as one that was never stopped. ``rank``/``world`` shard each permutation.
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        if n == 0:
+            raise KasegError("the training split is empty")
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+
+    def __iter__(self):
+        k = self.start
+        while True:
+            epoch, pos = divmod(k, self.n)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
+            for i in perm[pos:]:
+                yield i
+            k = (epoch + 1) * self.n
+
+
+def poly_lr(iters: int, power: float) -> Callable[[int], float]:
+    return lambda it: max(0.0, 1.0 - it / max(1, iters)) ** power
+
+
+def _rng_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _append_history(run: Path, record: dict) -> None:
+    with open(run / "history.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_history(run: Path, last_iter: int) -> None:
+    """Drop records logged after the checkpoint we resume from (they will be redone)."""
+    path = run / "history.jsonl"
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["iter"] <= last_iter]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
+        validate: Callable[[], dict], export: Callable[[str], None], score_key: str = "miou",
+        num_workers: int = 0, desc: str = "train") -> dict:
+    """Train ``task`` for ``cfg.iters`` iterations, resuming from ``run/checkpoint.pt`` if present.
+
+    Every ``cfg.val_every`` iterations (and at the end): ``validate()`` -> metrics, ``export("best")``
+    when ``metrics[score_key]`` improves, ``export("last")``, and an atomic training checkpoint.
+    """
+    device = resolve_device(cfg.device)
+    task.to(device)
+    params = [p for p in task.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lr(cfg.iters, cfg.poly_power))
+    use_scaler = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    start, best, best_iter, best_metrics = 0, -math.inf, 0, {}
+    if (run / STATE).exists():
+        ckpt = load_state(run / STATE)
+        task.load_state_dict(ckpt["task"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start, best, best_iter = ckpt["iter"], ckpt["best"], ckpt["best_iter"]
+        best_metrics = json.loads(ckpt["best_metrics"])
+        _set_rng_state(ckpt["rng"])
+        _trim_history(run, start)
+        log.info("resuming %s from iteration %d", run, start)
+    if start >= cfg.iters:
+        return {"best": best, "best_iter": best_iter, "iters": start, "best_metrics": best_metrics}
+
+    sampler = InfiniteSampler(len(train_set), seed, start * cfg.batch_size)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=num_workers > 0)
+    batches = iter(loader)
+    writer = SummaryWriter(str(run / "tb"), purge_step=start + 1 if start else None)
+    task.train()
+    bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0)
+    t0 = time.perf_counter()
+    for it in range(start + 1, cfg.iters + 1):
+        images, targets = next(batches)
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, cfg.amp):
+            losses = task(images, targets)
+        for name, value in losses.items():
+            if not torch.isfinite(value.detach()).all():
+                raise KasegError(f"{run}: loss term '{name}' is {value.item()} at iteration {it}; "
+                                 f"lower train.lr or set train.grad_clip")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        if cfg.grad_clip:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        bar.update(1)
+        if it % cfg.log_every == 0 or it == cfg.iters:
+            record = {k: float(v.detach()) for k, v in losses.items()}
+            record.update(iter=it, lr=opt.param_groups[0]["lr"])
+            for k, v in record.items():
+                if k != "iter":
+                    writer.add_scalar(f"train/{k}", v, it)
+            _append_history(run, record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if it % cfg.val_every == 0 or it == cfg.iters:
+            metrics = validate()
+            task.train()
+            score = float(metrics[score_key])
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    writer.add_scalar(f"val/{k}", v, it)
+            _append_history(run, {"iter": it, "val": metrics})
+            if score > best:
+                best, best_iter, best_metrics = score, it, metrics
+                export("best")
+            export("last")
+            save_state(run / STATE, {
+                "task": task.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "iter": it,
+                "best": best, "best_iter": best_iter, "best_metrics": json.dumps(best_metrics),
+                "rng": _rng_state()})
+            bar.write(f"[{desc}] iter {it}/{cfg.iters}: val {score_key} {score:.4f} "
+                      f"(best {best:.4f} @ {best_iter})")
+    bar.close()
+    writer.close()
+    log.info("%s: %d iterations in %.1fs", desc, cfg.iters - start, time.perf_counter() - t0)
+    return {"best": best, "best_iter": best_iter, "iters": cfg.iters, "best_metrics": best_metrics}
+
+
+RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safetensors", "last.json",
+                 "history.jsonl", "metrics.json", "tb")
+
+
+def prepare_run(run: Path, config: dict, force: bool = False) -> None:
+    """Make ``run`` ready for this config: new, resumable (same config), or restarted (``force``).
+
+    Call it only after every input has been checked, so a run that fails on bad input never
+    touches what an earlier run saved.
+    """
+    cfg_path = run / "config.yaml"
+    if run.exists() and not run.is_dir():
+        raise KasegError(f"{run}: exists and is not a folder")
+    if run.is_dir() and any(run.iterdir()) and not cfg_path.exists() and not force:
+        raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
+    if cfg_path.exists() and not force:
+        old = yaml.safe_load(cfg_path.read_text()) or {}
+        changed = diff_configs(old, config)
+        if changed:
+            raise KasegError(
+                f"{run}: was started with a different config ({', '.join(changed[:5])}); "
+                f"use --force to start over or choose another --out"
+            )
+    if force:
+        for name in RUN_ARTEFACTS:
+            p = run / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
