@@ -25,7 +25,8 @@ def random_scale(img: torch.Tensor, mask: torch.Tensor, lo: float, hi: float):
     h, w = mask.shape
     size = [max(1, int(round(h * s))), max(1, int(round(w * s)))]
     img = TF.resize(img, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    mask = TF.resize(mask[None], size, interpolation=InterpolationMode.NEAREST)[0]
+    # NEAREST_EXACT samples pixel centres, as bilinear does: mask and image stay aligned
+    mask = TF.resize(mask[None], size, interpolation=InterpolationMode.NEAREST_EXACT)[0]
     return img, mask
 
 

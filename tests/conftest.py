@@ -1,0 +1,26 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    """A 3-class folder dataset with split lists: 6 train and 2 val images of 24x32."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "splits").mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"img{i}" for i in range(8)]
+    for i, n in enumerate(names):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(root / "images" / f"{n}.jpg")
+        mask = rng.integers(0, 3, (24, 32)).astype(np.uint8)
+        mask[0, 0] = 255
+        Image.fromarray(mask, mode="L").save(root / "masks" / f"{n}.png")
+    (root / "splits" / "train.txt").write_text("\n".join(names[:6]) + "\n")
+    (root / "splits" / "val.txt").write_text("\n".join(names[6:]) + "\n")
+    (root / "classes.yaml").write_text("names: [background, road, car]\npalette: [[0,0,0],[128,64,128],[0,0,142]]\n")
+    return root

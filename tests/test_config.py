@@ -1,0 +1,49 @@
+import pytest
+
+from kaseg.config import Config, diff_configs, dump_config, load_config, parse_overrides, to_dict
+from kaseg.errors import KasegError
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 3\ntrain:\n  iters: 50\nmodel:\n  name: tiny-teacher\n")
+    cfg = load_config(p, ["train.iters=7", "train.lr=0.5", "data.root=/x", "train.grad_clip=1"])
+    assert cfg.seed == 3 and cfg.train.iters == 7 and cfg.train.lr == 0.5
+    assert cfg.model.name == "tiny-teacher" and cfg.data.root == "/x"
+    assert cfg.train.grad_clip == 1.0 and isinstance(cfg.train.grad_clip, float)
+    assert cfg.train.batch_size == Config().train.batch_size
+
+
+def test_unknown_key_names_the_closest(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  iter: 5\n")
+    with pytest.raises(KasegError, match=r"unknown config key 'train.iter'; did you mean 'train.iters'"):
+        load_config(p)
+    with pytest.raises(KasegError, match="did you mean 'data.root'"):
+        load_config(None, ["data.roots=/x"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.iters=abc", "'train.iters' must be int"),
+    ("train.amp=3", "'train.amp' must be bool"),
+    ("data.mean=[1,2]", "'data.mean' must be a list of 3"),
+    ("train=5", "'train' must be a mapping"),
+])
+def test_wrong_types(override, match):
+    with pytest.raises(KasegError, match=match):
+        load_config(None, [override])
+
+
+def test_round_trip_and_diff(tmp_path):
+    cfg = load_config(None, ["train.iters=9"])
+    p = tmp_path / "r.yaml"
+    p.write_text(dump_config(cfg))
+    again = load_config(p)
+    assert again == cfg
+    other = to_dict(load_config(None, ["train.iters=10", "seed=1"]))
+    assert diff_configs(to_dict(cfg), other) == ["seed", "train.iters"]
+
+
+def test_override_syntax_error():
+    with pytest.raises(KasegError, match="key=value"):
+        parse_overrides(["train.iters"])
