@@ -116,7 +116,8 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.DEBUG if args.debug else logging.INFO)  # kaseg's own messages only
     try:
         return args.fn(args)
     except KasegError as e:

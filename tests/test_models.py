@@ -1,0 +1,67 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kaseg.errors import KasegError
+from kaseg.models import ALIASES, build_model
+
+
+@pytest.mark.parametrize("name,os_", [
+    ("tiny-student", None), ("tiny-student", 8), ("tiny-student", 32), ("tiny-teacher", None),
+    ("unet:resnet18", None), ("fpn:tu-resnet10t", None), ("deeplabv3plus:tu-mobilenetv2_050", 16),
+])
+def test_reported_features_match_forward(name, os_):
+    model = build_model(name, num_classes=5, output_stride=os_).eval()
+    h, w = 64, 96
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, h, w))
+    assert out["logits"].shape == (2, 5, h, w)
+    for tap, info in model.feature_info.items():
+        f = out["features"][tap]
+        assert f.shape == (2, info.channels, h // info.stride, w // info.stride), tap
+
+
+def test_paper_pair_strides_without_a_forward():
+    t = build_model("paper-teacher-r50", 21)
+    s = build_model("paper-student", 21)
+    assert t.feature_info["pre_logits"].stride == 4 and t.feature_info["encoder"].stride == 8
+    assert s.feature_info["pre_logits"].stride == 16 and s.feature_info["pre_logits"].channels == 256
+    assert ALIASES["paper-teacher"]["encoder"] == "tu-xception65"
+
+
+def test_any_input_size_gives_logits_at_input_size():
+    model = build_model("tiny-student", 3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 37, 53))["logits"].shape == (1, 3, 37, 53)
+
+
+@pytest.mark.parametrize("name,match", [
+    ("tiny-studnet", "did you mean 'tiny-student'"),
+    ("deeplabv4:resnet18", "unknown architecture 'deeplabv4'"),
+    ("unet:resnet19", "unknown encoder 'resnet19'"),
+    ("unet:tu-resnet1000", "unknown timm encoder"),
+])
+def test_unknown_names(name, match):
+    with pytest.raises(KasegError, match=match):
+        build_model(name, 3)
+
+
+def test_unsupported_output_stride():
+    with pytest.raises(KasegError, match="output_stride"):
+        build_model("unet:resnet18", 3, output_stride=8)
+
+
+def test_pretrained_offline_is_one_line_error(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path), TORCH_HOME=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kaseg", "train", "--config", "configs/synthetic_tiny.yaml",
+         "--out", str(tmp_path / "run"), "model.pretrained=true"],
+        capture_output=True, text=True, env=env, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not fetch pretrained weights" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()

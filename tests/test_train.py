@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+
+from kaseg.config import Config, TrainConfig, load_config
+from kaseg.data.synthetic import SyntheticScenes
+from kaseg.data.transforms import EvalTransform
+from kaseg.errors import KasegError
+from kaseg.models import build_model
+from kaseg.supervised import SegmentationTask, train_segmenter
+from kaseg.train import InfiniteSampler, fit, poly_lr
+
+
+def tiny_config(**over) -> Config:
+    items = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=8",
+             "train.iters=6", "train.batch_size=4", "train.val_every=3", "train.val_batch_size=8",
+             "train.log_every=1", "train.device=cpu", "train.lr=0.02"]
+    items += [f"{k}={v}" for k, v in over.items()]
+    return load_config(None, items)
+
+
+def test_poly_schedule():
+    f = poly_lr(100, 0.9)
+    assert f(0) == 1.0 and f(100) == 0.0
+    assert f(50) == pytest.approx(0.5 ** 0.9)
+
+
+def test_infinite_sampler_resumes_in_place():
+    full = InfiniteSampler(5, seed=1)
+    it = iter(full)
+    seq = [next(it) for _ in range(13)]
+    assert sorted(seq[:5]) == list(range(5)) and sorted(seq[5:10]) == list(range(5))
+    resumed = iter(InfiniteSampler(5, seed=1, start=7))
+    assert [next(resumed) for _ in range(6)] == seq[7:13]
+    shard = iter(InfiniteSampler(6, seed=1, rank=1, world=2))
+    assert len({next(shard) for _ in range(3)}) == 3
+
+
+def test_loss_falls_on_a_batch_the_model_overfits(tmp_path):
+    torch.manual_seed(0)
+    ds = SyntheticScenes("train", count=2, size=32, transform=EvalTransform())
+    model = build_model("tiny-student", 8, output_stride=8)
+    cfg = TrainConfig(iters=60, batch_size=2, lr=0.05, val_every=1000, log_every=1, device="cpu")
+    fit(SegmentationTask(model), ds, cfg, tmp_path, seed=0, validate=lambda: {"miou": 0.0},
+        export=lambda which: None)
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "history.jsonl").read_text().splitlines()
+              if "loss" in l]
+    assert len(losses) == 60
+    assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5
+
+
+class Crash(SegmentationTask):
+    """Fails on its n-th call, like a killed run."""
+
+    def __init__(self, model, n):
+        super().__init__(model)
+        self.calls, self.n = 0, n
+
+    def forward(self, images, targets):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("killed")
+        return super().forward(images, targets)
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    cfg = tiny_config()
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    model = build_model("tiny-student", 8)
+    calls = []
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(Crash(model, 5), ds, cfg.train, tmp_path, seed=0,
+            validate=lambda: calls.append(1) or {"miou": 0.1 * len(calls)}, export=lambda w: None)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["iter"] == 3
+    task = Crash(build_model("tiny-student", 8), 100)
+    out = fit(task, ds, cfg.train, tmp_path, seed=0,
+              validate=lambda: calls.append(1) or {"miou": 0.1 * len(calls)}, export=lambda w: None)
+    assert task.calls == 3  # iterations 4..6 only
+    assert out["iters"] == 6 and out["best_iter"] == 6
+    iters = [json.loads(l)["iter"] for l in (tmp_path / "history.jsonl").read_text().splitlines()
+             if "loss" in l]
+    assert iters == [1, 2, 3, 4, 5, 6]  # the crashed run's iteration 4 was trimmed and redone
+
+
+def test_train_segmenter_writes_a_complete_run(tmp_path):
+    run = tmp_path / "run"
+    result = train_segmenter(tiny_config(), run)
+    for name in ("config.yaml", "best.safetensors", "last.safetensors", "best.json",
+                 "checkpoint.pt", "metrics.json", "history.jsonl"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").iterdir())
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["best_miou"] == result["best_miou"] == result["val"]["miou"]
+    assert 0 <= saved["best_miou"] <= 1
+    # same command again: nothing left to do, same result
+    assert train_segmenter(tiny_config(), run)["best_miou"] == result["best_miou"]
+
+
+def test_nonfinite_loss_names_term_and_iteration(tmp_path):
+    class NaNTask(SegmentationTask):
+        def forward(self, images, targets):
+            out = super().forward(images, targets)
+            return {"loss": out["loss"] * float("nan"), "ce": out["ce"]}
+
+    ds = SyntheticScenes("train", count=4, size=32, transform=EvalTransform())
+    with pytest.raises(KasegError, match="loss term 'loss' is nan at iteration 1"):
+        fit(NaNTask(build_model("tiny-student", 8)), ds, tiny_config().train, tmp_path, seed=0,
+            validate=lambda: {"miou": 0}, export=lambda w: None)
+
+
+def test_changed_config_is_refused_and_nothing_overwritten(tmp_path):
+    run = tmp_path / "run"
+    train_segmenter(tiny_config(), run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(KasegError, match=r"different config \(train.lr\)"):
+        train_segmenter(tiny_config(**{"train.lr": 0.5}), run)
+    with pytest.raises(KasegError, match="unknown model"):
+        train_segmenter(tiny_config(**{"model.name": "nope"}), run, force=True)
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert before == after
