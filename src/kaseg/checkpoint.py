@@ -52,14 +52,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def save_model(model: SegModel, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``path`` (.safetensors) and its .json sidecar; ``extra``: class names, palette, ..."""
+def save_weights(module: torch.nn.Module, path: str | Path, meta: dict) -> Path:
+    """Write ``path`` (.safetensors, ``meta`` in its header) and a .json sidecar with ``meta``."""
     path = Path(path).with_suffix(".safetensors")
-    meta = {"spec": model.spec.to_dict(), **(extra or {})}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     atomic_write_bytes(path, st_save(state, metadata={"kaseg": json.dumps(meta)}))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
     return path
+
+
+def save_model(model: SegModel, path: str | Path, extra: dict | None = None) -> Path:
+    """A segmentation model's weights with its spec; ``extra``: class names, palette, ..."""
+    return save_weights(model, path, {"kind": "segmentation", "spec": model.spec.to_dict(),
+                                      **(extra or {})})
 
 
 def resolve_weights(path: str | Path, which: str = BEST) -> Path:
@@ -115,6 +120,9 @@ def load_model(path: str | Path, which: str = BEST, device: str | torch.device =
     """Rebuild a model from its weights file alone -> ``(model in eval mode, metadata)``."""
     path = resolve_weights(path, which)
     state, meta = read_weights(path)
+    if "spec" not in meta:
+        raise KasegError(f"{path}: is a {meta.get('kind', 'non-model')} checkpoint, not a "
+                         f"segmentation model")
     model = build_from_spec(meta["spec"])
     load_state_strict(model, state, path)
     return model.to(device).eval(), meta

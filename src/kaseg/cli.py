@@ -24,6 +24,42 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_train_ae(args) -> int:
+    from .config import load_config
+    from .stages import train_autoencoder
+
+    result = train_autoencoder(load_config(args.config, args.overrides), args.out, args.force)
+    v = result["val"]
+    print(f"{args.out}: autoencoder {result['in_channels']} -> {result['latent_channels']} "
+          f"channels, strides {result['strides']}; val reconstruction error "
+          f"{v['rel_error']:.4f} of the feature variance (mse {v['mse']:.4g})")
+    return 0
+
+
+def _cmd_distill(args) -> int:
+    from .config import load_config
+    from .metrics import format_table
+    from .stages import distill
+
+    result = distill(load_config(args.config, args.overrides), args.out, args.force)
+    print(format_table(result["val"], f"{args.out}: best val at iteration {result['best_iter']}"))
+    return 0
+
+
+def _cmd_pipeline(args) -> int:
+    from .config import load_config
+    from .stages import pipeline
+
+    results = pipeline(load_config(args.config, args.overrides), args.out, args.force)
+    print(f"{'stage':<12} {'val mIoU':>9}")
+    for name, r in results.items():
+        if "best_miou" in r:
+            print(f"{name:<12} {100 * r['best_miou']:9.2f}")
+        else:
+            print(f"{name:<12} rel. reconstruction error {r['val']['rel_error']:.4f}")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from .checkpoint import load_model, resolve_weights
     from .config import load_config
@@ -79,12 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a segmentation model (teacher or student)")
-    t.add_argument("--config", required=True)
-    t.add_argument("--out", required=True, help="run folder; re-running resumes it")
-    t.add_argument("--force", action="store_true", help="start the run over")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
-    t.set_defaults(fn=_cmd_train)
+    for name, fn, text in [
+        ("train", _cmd_train, "train a segmentation model (teacher or student) with CE"),
+        ("train-ae", _cmd_train_ae, "stage 1: train the autoencoder on a frozen teacher"),
+        ("distill", _cmd_distill, "stage 2: distil the teacher into the student"),
+        ("pipeline", _cmd_pipeline, "teacher -> autoencoder -> student -> distilled student"),
+    ]:
+        t = sub.add_parser(name, help=text)
+        t.add_argument("--config", required=True)
+        t.add_argument("--out", required=True, help="run folder; re-running resumes it")
+        t.add_argument("--force", action="store_true", help="start the run over")
+        t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
+        t.set_defaults(fn=fn)
 
     e = sub.add_parser("eval", help="evaluate a run folder or a .safetensors checkpoint")
     e.add_argument("checkpoint")

@@ -70,12 +70,61 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The frozen teacher of the autoencoder and distillation stages (and the pipeline's first)."""
+
+    name: str = "tiny-teacher"
+    output_stride: int | None = None
+    decoder_channels: int | None = None
+    pretrained: bool = False
+    weights: str | None = None  # trained teacher: run folder or .safetensors (pipeline: set for you)
+    tap: str = "pre_logits"  # which feature map is distilled ([paper]: the last one)
+    iters: int | None = None  # pipeline: the teacher's training iterations (None: train.iters)
+    lr: float | None = None  # pipeline: the teacher's learning rate (None: train.lr)
+
+
+@dataclass
+class AEConfig:
+    """Stage 1: the autoencoder that translates the teacher's features ([paper] values)."""
+
+    weights: str | None = None  # trained autoencoder run folder, for distill (pipeline: set for you)
+    latent_channels: int | None = None  # None: half the teacher's channels [ours]
+    alpha: float = 1e-7  # L1 sparsity weight on the latent code [paper]
+    epochs: float = 1.0  # passes over the training split [paper: one]
+    lr: float = 0.1  # [paper]
+    weight_decay: float = 1e-4  # [paper]
+    grad_clip: float | None = 10.0  # [ours] guards lr 0.1 against large teacher activations
+
+
+@dataclass
+class DistillConfig:
+    """Stage 2: L = L_ce + adapt_weight * L_adapt + affinity_weight * L_aff. Weight 0 = term off.
+
+    The paper's weights (50, 1) only mean something with a stated reduction; the defaults are a
+    balanced pair (see METHOD.md, "Magnitudes"), ``*_reduction: paper`` is the literal reading.
+    """
+
+    student_tap: str = "pre_logits"
+    adapt_weight: float = 50.0  # beta [paper]
+    adapt_reduction: str = "element"  # "element" (mean of |d|^p) or "paper" (mean of p-norms)
+    p: float = 2.0  # norm of the adaptation difference [ours: paper reads ||.||_p]
+    q: float = 2.0  # per-position normalisation [ours]
+    affinity_weight: float = 10.0  # gamma; the paper's 1 pairs with reduction "paper"
+    affinity_reduction: str = "mse"  # "mse" (resolution-free), "paper" (row l2), "element"
+    affinity_impl: str = "auto"  # "dense" (m x m matrices), "gram" (never builds them), "auto"
+    dense_max_positions: int = 1024  # auto: dense up to this many positions, Gram above
+
+
+@dataclass
 class Config:
     seed: int = 0
     deterministic: bool = False  # seed everything and use deterministic algorithms
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the network trained (the student)
     train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:

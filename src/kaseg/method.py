@@ -1,0 +1,332 @@
+"""The method of He et al., "Knowledge Adaptation for Efficient Semantic Segmentation" (CVPR 2019),
+in one file: the feature autoencoder, the adapters, the two distillation losses and the two
+training tasks (stage 1: autoencoder; stage 2: distillation) that :func:`kaseg.train.fit` runs.
+
+Notation: F_t teacher feature map, F_s student feature map, E / D the autoencoder's encoder /
+decoder, C_f / C_a the feature and affinity adapters, m = h * w positions. [paper] marks what the
+paper states, [ours] a documented choice where it is silent (../METHOD.md in the repository docs).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.transforms import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+ADAPT_REDUCTIONS = ("element", "paper")
+AFFINITY_REDUCTIONS = ("mse", "paper", "element")
+AFFINITY_IMPLS = ("auto", "dense", "gram")
+
+
+# --------------------------------------------------------------------------- frozen networks
+class Frozen(nn.Module):
+    """A frozen network (the teacher, the trained encoder E), held *outside* the module tree.
+
+    Why: it must never train. Its weights are not in ``parameters()`` (no optimizer, no DDP, no
+    gradients), not in ``state_dict()`` (checkpoints stay small), and it runs in eval mode without
+    autograd, so BatchNorm statistics cannot drift even when a wrapper calls ``.train()``.
+    ``.to(device)`` / ``.half()`` still reach it.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        module.eval().requires_grad_(False)
+        self.__dict__["inner"] = module  # not registered as a submodule, on purpose
+
+    def _apply(self, fn, recurse=True):
+        self.inner._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.inner.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, *args, **kwargs):
+        self.inner.eval()
+        return self.inner(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- stage 1: autoencoder
+def ae_strides(ratio: int) -> tuple[int, int, int]:
+    """Encoder strides so that E(F_t) has the student's spatial size [ours].
+
+    ``ratio`` = student feature stride / teacher feature stride: 4 -> (2, 2, 1), 2 -> (2, 1, 1),
+    1 -> (1, 1, 1), 8 -> (2, 2, 2).
+    """
+    table = {1: (1, 1, 1), 2: (2, 1, 1), 4: (2, 2, 1), 8: (2, 2, 2)}
+    if ratio not in table:
+        raise ValueError(
+            f"the student's feature stride must be 1, 2, 4 or 8 times the teacher's, got {ratio}"
+        )
+    return table[ratio]
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def _deconv(cin: int, cout: int, stride: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, 3, stride, 1, output_padding=stride - 1, bias=False)
+
+
+class FeatureAutoencoder(nn.Module):
+    """E: three 3x3 convolutions (strides from :func:`ae_strides`); D: three symmetric transposed
+    convolutions [paper]. BN + ReLU between layers, the last decoder layer linear [ours]."""
+
+    def __init__(self, in_channels: int, latent_channels: int, strides: tuple[int, int, int]):
+        super().__init__()
+        self.in_channels, self.latent_channels, self.strides = in_channels, latent_channels, tuple(strides)
+        c, z = in_channels, latent_channels
+        s0, s1, s2 = strides
+        self.encoder = nn.Sequential(_conv_bn_relu(c, z, s0), _conv_bn_relu(z, z, s1),
+                                     _conv_bn_relu(z, z, s2))
+        self.decoder = nn.Sequential(
+            _deconv(z, z, s2), nn.BatchNorm2d(z), nn.ReLU(inplace=True),
+            _deconv(z, z, s1), nn.BatchNorm2d(z), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(z, c, 3, s0, 1, output_padding=s0 - 1),
+        )
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (latent E(f), reconstruction D(E(f)) at f's size)."""
+        z = self.encoder(f)
+        r = self.decoder(z)
+        if r.shape[-2:] != f.shape[-2:]:  # odd sizes: strided convs round up
+            r = F.interpolate(r, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return z, r
+
+
+def autoencoder_loss(f: torch.Tensor, recon: torch.Tensor, z: torch.Tensor, alpha: float = 1e-7):
+    """``L_ae = ||F_t - D(E(F_t))||_2^2 + alpha * ||E(F_t)||_1`` [paper], alpha = 1e-7.
+
+    Reductions [ours]: mean over elements for both terms (so the loss does not grow with the
+    feature map's size). Returns ``(total, reconstruction term, l1 term)``.
+    """
+    rec = (f - recon).pow(2).mean()
+    l1 = z.abs().mean()
+    return rec + alpha * l1, rec, l1
+
+
+# --------------------------------------------------------------------------- stage 2: adapters
+class Adapter(nn.Sequential):
+    """C_f / C_a: 3x3 conv, stride 1, padding 1, BN, ReLU [paper for C_f; ours: C_a the same]."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with zero gradient where x <= 0 (sqrt'(0) is infinite; rounding can make x < 0)."""
+    pos = x > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (half precision from autocast is upcast; float64 stays, for gradcheck)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _unit(f: torch.Tensor, q: float, eps: float = 1e-12) -> torch.Tensor:
+    """Normalise each position's channel vector (dim 1) to unit q-norm; zero vectors stay zero."""
+    return f / f.norm(p=q, dim=1, keepdim=True).clamp_min(eps)
+
+
+def adaptation_loss(zs: torch.Tensor, zt: torch.Tensor, p: float = 2.0, q: float = 2.0,
+                    reduction: str = "element") -> torch.Tensor:
+    """Knowledge-adaptation loss [paper]:
+
+    ``L_adapt = 1/|I| sum_{j in I} || E(F_t)_j / ||E(F_t)_j||_q - C_f(F_s)_j / ||C_f(F_s)_j||_q ||_p``
+
+    ``zs`` = C_f(F_s), ``zt`` = E(F_t), both N x C x h x w; j runs over positions and the batch.
+
+    - ``reduction="paper"``: the literal reading above, the mean over positions of the p-norm.
+    - ``reduction="element"`` (default, [ours]): the mean over all elements of |difference|^p,
+      i.e. the paper's per-position sum of |d|^p divided by C and without the 1/p root. With
+      weight 50 it starts at 0.1x to 1x the CE loss (METHOD.md, "Magnitudes"); "paper" starts at
+      ~20x.
+    """
+    if zs.shape != zt.shape:
+        raise ValueError(f"adaptation: student {tuple(zs.shape)} and teacher {tuple(zt.shape)} differ")
+    with torch.autocast(zs.device.type, enabled=False):
+        d = _unit(_f32(zs), q) - _unit(_f32(zt), q)
+        if reduction == "element":
+            return d.abs().pow(p).mean()
+        if reduction == "paper":
+            per_position = d.abs().pow(p).sum(1)
+            return (_safe_sqrt(per_position) if p == 2 else per_position.pow(1 / p)).mean()
+    raise ValueError(f"adaptation reduction must be one of {ADAPT_REDUCTIONS}, not '{reduction}'")
+
+
+# --------------------------------------------------------------------------- affinity
+def _positions(f: torch.Tensor) -> torch.Tensor:
+    """N x C x h x w -> N x m x C unit vectors (at least float32, whatever autocast says)."""
+    n, c = f.shape[:2]
+    return _unit(_f32(f).reshape(n, c, -1), 2.0).transpose(1, 2)
+
+
+def affinity_matrix(f: torch.Tensor) -> torch.Tensor:
+    """``A_ij = (F_i . F_j) / (||F_i|| ||F_j||) / m`` [paper]: cosine similarity, spatially
+    normalised by the number of positions m. N x C x h x w -> N x m x m."""
+    s = _positions(f)
+    return s @ s.transpose(1, 2) / s.shape[1]
+
+
+def affinity_loss_dense(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse") -> torch.Tensor:
+    """Affinity distillation, the reference form: builds both m x m matrices (O(m^2) memory).
+
+    - ``"paper"``: ``L_aff = 1/m sum_i ||A_s(i,:) - A_t(i,:)||_2`` [paper], A as in
+      :func:`affinity_matrix`. Shrinks like 1/sqrt(m) for the same maps at a larger resolution.
+    - ``"mse"`` (default, [ours]): ``1/m^2 sum_ij (cos_s(i,j) - cos_t(i,j))^2``; resolution-free.
+    - ``"element"``: ``1/m^2 sum_ij (A_s(i,j) - A_t(i,j))^2`` = mse / m^2.
+
+    Averaged over the batch.
+    """
+    with torch.autocast(fs.device.type, enabled=False):
+        s, t = _positions(fs), _positions(ft)
+        m = s.shape[1]
+        d = s @ s.transpose(1, 2) - t @ t.transpose(1, 2)  # cos_s - cos_t
+        if reduction == "mse":
+            return d.pow(2).mean()
+        if reduction == "element":
+            return d.pow(2).mean() / m**2
+        if reduction == "paper":
+            return (_safe_sqrt(d.pow(2).sum(-1)) / m).mean()
+    raise ValueError(f"affinity reduction must be one of {AFFINITY_REDUCTIONS}, not '{reduction}'")
+
+
+def affinity_loss_gram(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse") -> torch.Tensor:
+    """The same values as :func:`affinity_loss_dense`, without the m x m matrices.
+
+    With unit position vectors stacked as S, T (m x C) and C x C Gram matrices:
+
+    - row i: ``||cos_s(i,:) - cos_t(i,:)||^2 = s_i^T (S^T S) s_i - 2 s_i^T (S^T T) t_i + t_i^T (T^T T) t_i``
+    - all:   ``sum_ij (cos_s - cos_t)^2 = ||S^T S||_F^2 - 2 ||S^T T||_F^2 + ||T^T T||_F^2``
+
+    O(m C^2) time, O(C^2 + m C) memory. Accumulated in float32 (autocast off) and clamped at 0
+    before the square root: the terms nearly cancel when the two maps are close.
+    """
+    if fs.shape[:1] + fs.shape[2:] != ft.shape[:1] + ft.shape[2:] or fs.shape[1] != ft.shape[1]:
+        raise ValueError(f"affinity (Gram form): student {tuple(fs.shape)} and teacher "
+                         f"{tuple(ft.shape)} need the same shape")
+    with torch.autocast(fs.device.type, enabled=False):
+        s, t = _positions(fs), _positions(ft)
+        m = s.shape[1]
+        gss = s.transpose(1, 2) @ s
+        gst = s.transpose(1, 2) @ t
+        gtt = t.transpose(1, 2) @ t
+        if reduction in ("mse", "element"):
+            total = gss.pow(2).sum((1, 2)) - 2 * gst.pow(2).sum((1, 2)) + gtt.pow(2).sum((1, 2))
+            mse = total.clamp_min(0) / m**2
+            return mse.mean() if reduction == "mse" else mse.mean() / m**2
+        if reduction == "paper":
+            rows = (((s @ gss) * s).sum(-1) - 2 * ((s @ gst) * t).sum(-1)
+                    + ((t @ gtt) * t).sum(-1))
+            return (_safe_sqrt(rows.clamp_min(0)) / m).mean()
+    raise ValueError(f"affinity reduction must be one of {AFFINITY_REDUCTIONS}, not '{reduction}'")
+
+
+def affinity_loss(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse", impl: str = "auto",
+                  dense_max_positions: int = 1024) -> torch.Tensor:
+    """Affinity distillation loss; ``impl="auto"`` picks dense up to ``dense_max_positions``
+    positions (faster for small maps) and the Gram form above (memory-light)."""
+    if impl not in AFFINITY_IMPLS:
+        raise ValueError(f"affinity impl must be one of {AFFINITY_IMPLS}, not '{impl}'")
+    m = fs.shape[-2] * fs.shape[-1]
+    if impl == "dense" or (impl == "auto" and m <= dense_max_positions):
+        return affinity_loss_dense(fs, ft, reduction)
+    return affinity_loss_gram(fs, ft, reduction)
+
+
+# --------------------------------------------------------------------------- the two tasks
+class AutoencoderTask(nn.Module):
+    """Stage 1: reconstruct the frozen teacher's feature map ``tap`` through the autoencoder."""
+
+    def __init__(self, teacher: nn.Module, autoencoder: FeatureAutoencoder, tap: str = "pre_logits",
+                 alpha: float = 1e-7):
+        super().__init__()
+        self.teacher, self.autoencoder = Frozen(teacher), autoencoder
+        self.tap, self.alpha = tap, alpha
+
+    def forward(self, images, targets=None) -> dict:
+        f = self.teacher(images)["features"][self.tap].float()
+        z, r = self.autoencoder(f)
+        total, rec, l1 = autoencoder_loss(f, r.float(), z.float(), self.alpha)
+        return {"loss": total, "recon": rec, "l1": l1}
+
+
+class DistillTask(nn.Module):
+    """Stage 2: ``L = L_ce + beta * L_adapt + gamma * L_aff`` [paper].
+
+    Trained: the student, C_f and C_a. Frozen, without autograd: the teacher and E. A term whose
+    weight is 0 is neither built nor computed (ablations). Returns every term and, for each
+    weighted term, its ratio to CE (``*_ratio``), which the first iterations also log.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
+                 latent_channels: int, teacher_tap: str = "pre_logits",
+                 student_tap: str = "pre_logits", adapt_weight: float = 50.0,
+                 affinity_weight: float = 1.0, adapt_reduction: str = "element",
+                 affinity_reduction: str = "mse", p: float = 2.0, q: float = 2.0,
+                 affinity_impl: str = "auto", dense_max_positions: int = 1024,
+                 ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        if adapt_reduction not in ADAPT_REDUCTIONS:
+            raise ValueError(f"distill.adapt_reduction must be one of {ADAPT_REDUCTIONS}")
+        if affinity_reduction not in AFFINITY_REDUCTIONS:
+            raise ValueError(f"distill.affinity_reduction must be one of {AFFINITY_REDUCTIONS}")
+        if affinity_impl not in AFFINITY_IMPLS:
+            raise ValueError(f"distill.affinity_impl must be one of {AFFINITY_IMPLS}")
+        self.student = student
+        self.teacher, self.encoder = Frozen(teacher), Frozen(encoder)
+        cs = student.feature_info[student_tap].channels
+        self.adapter = Adapter(cs, latent_channels) if adapt_weight > 0 else None
+        self.affinity_adapter = Adapter(cs, latent_channels) if affinity_weight > 0 else None
+        self.teacher_tap, self.student_tap = teacher_tap, student_tap
+        self.adapt_weight, self.affinity_weight = adapt_weight, affinity_weight
+        self.adapt_reduction, self.affinity_reduction = adapt_reduction, affinity_reduction
+        self.p, self.q, self.affinity_impl = p, q, affinity_impl
+        self.dense_max_positions, self.ignore_index = dense_max_positions, ignore_index
+        self.calls = 0
+
+    def _to(self, z: torch.Tensor, size) -> torch.Tensor:
+        if z.shape[-2:] != size:  # odd input sizes: the two strides round differently
+            z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+        return z
+
+    def forward(self, images, targets) -> dict:
+        out = self.student(images)
+        ce = F.cross_entropy(out["logits"].float(), targets, ignore_index=self.ignore_index)
+        losses = {"ce": ce}
+        total = ce
+        if self.adapter is not None or self.affinity_adapter is not None:
+            zt = self.encoder(self.teacher(images)["features"][self.teacher_tap])
+            fs = out["features"][self.student_tap]
+            if self.adapter is not None:
+                la = adaptation_loss(self._to(self.adapter(fs), zt.shape[-2:]), zt, self.p,
+                                     self.q, self.adapt_reduction)
+                losses["adapt"] = la
+                losses["adapt_ratio"] = (self.adapt_weight * la / ce).detach()
+                total = total + self.adapt_weight * la
+            if self.affinity_adapter is not None:
+                lf = affinity_loss(self._to(self.affinity_adapter(fs), zt.shape[-2:]), zt,
+                                   self.affinity_reduction, self.affinity_impl,
+                                   self.dense_max_positions)
+                losses["affinity"] = lf
+                losses["affinity_ratio"] = (self.affinity_weight * lf / ce).detach()
+                total = total + self.affinity_weight * lf
+        losses["loss"] = total
+        self.calls += 1
+        if self.training and self.calls in (1, 10):
+            log.info("distill iteration %d: CE %.4f%s", self.calls, float(ce), "".join(
+                f", {k.replace('_ratio', '')} x weight / CE = {float(v):.3f}"
+                for k, v in losses.items() if k.endswith("_ratio")))
+        return losses

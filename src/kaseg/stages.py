@@ -1,0 +1,203 @@
+"""The method's stages as commands: ``train-ae`` (stage 1), ``distill`` (stage 2) and ``pipeline``
+(teacher -> autoencoder -> student -> distilled student). Each builds its task from
+:mod:`kaseg.method` and runs it through the one loop, :func:`kaseg.train.fit`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoint import (atomic_write_text, load_model, load_state_strict, read_weights,
+                         resolve_weights, save_model, save_weights)
+from .config import Config, ModelConfig, to_dict
+from .errors import KasegError
+from .evaluate import autocast, evaluate
+from .method import AutoencoderTask, DistillTask, FeatureAutoencoder, ae_strides
+from .models import SegModel, build_model
+from .supervised import build_data, dataset_meta, train_segmenter
+from .train import fit, prepare_run, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def load_teacher(cfg: Config, num_classes: int) -> tuple[SegModel, Path]:
+    if not cfg.teacher.weights:
+        raise KasegError("teacher.weights must name a trained teacher (a run folder or "
+                         ".safetensors file); `kaseg pipeline` trains one for you")
+    path = resolve_weights(cfg.teacher.weights)
+    teacher, _ = load_model(path)
+    if cfg.teacher.tap not in teacher.feature_info:
+        raise KasegError(f"teacher.tap '{cfg.teacher.tap}' is not a feature of {path}; "
+                         f"choose one of {sorted(teacher.feature_info)}")
+    if teacher.num_classes != num_classes:
+        raise KasegError(f"{path}: teacher has {teacher.num_classes} classes, the dataset "
+                         f"{num_classes}")
+    return teacher, path
+
+
+def build_student(cfg: Config, num_classes: int) -> SegModel:
+    m = cfg.model
+    student = build_model(m.name, num_classes, m.output_stride, m.decoder_channels, m.pretrained)
+    if cfg.distill.student_tap not in student.feature_info:
+        raise KasegError(f"distill.student_tap '{cfg.distill.student_tap}' is not a feature of "
+                         f"{m.name}; choose one of {sorted(student.feature_info)}")
+    return student
+
+
+def load_autoencoder(path: str | Path) -> tuple[FeatureAutoencoder, dict]:
+    path = resolve_weights(path)
+    state, meta = read_weights(path)
+    if meta.get("kind") != "autoencoder":
+        raise KasegError(f"{path}: not an autoencoder checkpoint (from `kaseg train-ae`)")
+    ae = FeatureAutoencoder(meta["in_channels"], meta["latent_channels"], tuple(meta["strides"]))
+    load_state_strict(ae, state, path)
+    return ae.eval(), meta
+
+
+@torch.no_grad()
+def reconstruction_error(teacher: SegModel, ae: FeatureAutoencoder, tap: str, dataset,
+                         batch_size: int, device, amp: bool = False) -> dict:
+    """Val reconstruction error of the autoencoder, relative to the teacher features' variance
+    (per channel, over all positions): 0 is perfect, 1 is no better than each channel's mean."""
+    was = ae.training
+    ae.eval()
+    teacher.eval()
+    sse = count = 0.0
+    s1 = s2 = None
+    for images, _ in DataLoader(dataset, batch_size=batch_size):
+        images = images.to(device)
+        with autocast(device, amp):
+            f = teacher(images)["features"][tap].float()
+            _, r = ae(f)
+        f64 = f.double()
+        sse += float((f64 - r.double()).pow(2).sum())
+        s1 = f64.sum((0, 2, 3)) if s1 is None else s1 + f64.sum((0, 2, 3))
+        s2 = f64.pow(2).sum((0, 2, 3)) if s2 is None else s2 + f64.pow(2).sum((0, 2, 3))
+        count += f.shape[0] * f.shape[2] * f.shape[3]
+    ae.train(was)
+    total_var = float((s2 - s1.pow(2) / count).sum())
+    rel = sse / max(total_var, 1e-12)
+    return {"score": -rel, "rel_error": rel, "mse": sse / (count * f.shape[1]),
+            "feature_var": total_var / (count * f.shape[1])}
+
+
+def train_autoencoder(cfg: Config, run: str | Path, force: bool = False) -> dict:
+    """Stage 1 (``kaseg train-ae``): train the feature autoencoder on the frozen teacher."""
+    run = Path(run)
+    seed_everything(cfg.seed, cfg.deterministic)
+    train_set, val_set = build_data(cfg)
+    teacher, teacher_path = load_teacher(cfg, train_set.num_classes)
+    student = build_student(cfg, train_set.num_classes)
+    t_info = teacher.feature_info[cfg.teacher.tap]
+    s_info = student.feature_info[cfg.distill.student_tap]
+    if s_info.stride % t_info.stride:
+        raise KasegError(f"student feature stride {s_info.stride} is not a multiple of the "
+                         f"teacher's {t_info.stride}")
+    try:
+        strides = ae_strides(s_info.stride // t_info.stride)
+    except ValueError as e:
+        raise KasegError(str(e)) from None
+    latent = cfg.ae.latent_channels or max(1, t_info.channels // 2)
+    ae = FeatureAutoencoder(t_info.channels, latent, strides)
+    iters = max(1, math.ceil(cfg.ae.epochs * len(train_set) / cfg.train.batch_size))
+    tcfg = replace(cfg.train, iters=iters, lr=cfg.ae.lr, weight_decay=cfg.ae.weight_decay,
+                   val_every=iters, grad_clip=cfg.ae.grad_clip)
+    device = resolve_device(cfg.train.device)
+    prepare_run(run, to_dict(cfg), force)
+    meta = {"kind": "autoencoder", "in_channels": t_info.channels, "latent_channels": latent,
+            "strides": list(strides), "teacher": str(teacher_path), "tap": cfg.teacher.tap}
+
+    def validate() -> dict:
+        return reconstruction_error(teacher.to(device), ae, cfg.teacher.tap, val_set,
+                                    cfg.train.val_batch_size, device, cfg.train.amp)
+
+    def export(which: str) -> None:
+        save_weights(ae, run / which, meta)
+
+    log.info("autoencoder: %d -> %d channels, strides %s, %d iterations", t_info.channels,
+             latent, strides, iters)
+    summary = fit(AutoencoderTask(teacher, ae, cfg.teacher.tap, cfg.ae.alpha), train_set, tcfg,
+                  run, seed=cfg.seed, validate=validate, export=export, score_key="score",
+                  num_workers=cfg.data.num_workers, desc="train-ae")
+    result = {"val": summary["best_metrics"], "iters": iters, **meta}
+    atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
+    return result
+
+
+def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
+    """Stage 2 (``kaseg distill``): train the student with CE + adaptation + affinity."""
+    run = Path(run)
+    seed_everything(cfg.seed, cfg.deterministic)
+    train_set, val_set = build_data(cfg)
+    teacher, _ = load_teacher(cfg, train_set.num_classes)
+    d = cfg.distill
+    if (d.adapt_weight > 0 or d.affinity_weight > 0) and not cfg.ae.weights:
+        raise KasegError("ae.weights must name a trained autoencoder (`kaseg train-ae`), or set "
+                         "distill.adapt_weight=0 and distill.affinity_weight=0")
+    if cfg.ae.weights:
+        ae, ae_meta = load_autoencoder(cfg.ae.weights)
+        if ae_meta["in_channels"] != teacher.feature_info[cfg.teacher.tap].channels:
+            raise KasegError(f"{cfg.ae.weights}: autoencoder takes {ae_meta['in_channels']} "
+                             f"channels, the teacher's '{cfg.teacher.tap}' has "
+                             f"{teacher.feature_info[cfg.teacher.tap].channels}")
+        encoder, latent = ae.encoder, ae_meta["latent_channels"]
+    else:
+        encoder, latent = torch.nn.Identity(), 1
+    student = build_student(cfg, train_set.num_classes)
+    try:
+        task = DistillTask(student, teacher, encoder, latent, cfg.teacher.tap, d.student_tap,
+                           d.adapt_weight, d.affinity_weight, d.adapt_reduction,
+                           d.affinity_reduction, d.p, d.q, d.affinity_impl, d.dense_max_positions)
+    except ValueError as e:
+        raise KasegError(str(e)) from None
+    device = resolve_device(cfg.train.device)
+    prepare_run(run, to_dict(cfg), force)
+    meta = dataset_meta(train_set)
+    log.info("distill: CE + %g * adapt (%s) + %g * affinity (%s)", d.adapt_weight,
+             d.adapt_reduction, d.affinity_weight, d.affinity_reduction)
+
+    def validate() -> dict:
+        return evaluate(student, val_set, cfg.train.val_batch_size, device, cfg.train.amp,
+                        cfg.data.num_workers)
+
+    def export(which: str) -> None:
+        save_model(student, run / which, meta)  # the student alone: adapters and teacher stay out
+
+    summary = fit(task, train_set, cfg.train, run, seed=cfg.seed, validate=validate,
+                  export=export, num_workers=cfg.data.num_workers, desc=f"distill {cfg.model.name}")
+    result = {"best_miou": summary["best"], "best_iter": summary["best_iter"],
+              "iters": summary["iters"], "model": cfg.model.name, "val": summary["best_metrics"]}
+    atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
+    return result
+
+
+def pipeline(cfg: Config, run: str | Path, force: bool = False) -> dict:
+    """teacher -> autoencoder -> student (CE only, the baseline) -> distilled student, each in its
+    own subfolder of ``run``. Finished stages are not redone; a set ``teacher.weights`` skips the
+    teacher stage."""
+    run = Path(run)
+    results = {}
+    t = cfg.teacher
+    if not t.weights:
+        t_cfg = replace(cfg, model=ModelConfig(t.name, t.output_stride, t.decoder_channels,
+                                               t.pretrained),
+                        train=replace(cfg.train, iters=t.iters or cfg.train.iters,
+                                      lr=t.lr or cfg.train.lr))
+        results["teacher"] = train_segmenter(t_cfg, run / "teacher", force)
+        cfg = replace(cfg, teacher=replace(t, weights=str(run / "teacher")))
+    if not cfg.ae.weights:
+        results["autoencoder"] = train_autoencoder(cfg, run / "ae", force)
+        cfg = replace(cfg, ae=replace(cfg.ae, weights=str(run / "ae")))
+    results["student"] = train_segmenter(cfg, run / "student", force)
+    results["distilled"] = distill(cfg, run / "distilled", force)
+    summary = {k: v["best_miou"] for k, v in results.items() if "best_miou" in v}
+    if "autoencoder" in results:
+        summary["autoencoder_rel_error"] = results["autoencoder"]["val"]["rel_error"]
+    atomic_write_text(run / "summary.json", json.dumps(summary, indent=2))
+    return results

@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kaseg.checkpoint import load_model
+from kaseg.cli import main
+from kaseg.config import load_config
+from kaseg.errors import KasegError
+from kaseg.stages import distill, load_autoencoder, pipeline, train_autoencoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
+        "train.iters=2", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=4",
+        "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5"]
+
+
+def cfg(*extra):
+    return load_config(ROOT / "configs/synthetic_pipeline.yaml", TINY + list(extra))
+
+
+def test_pipeline_runs_every_stage_and_resumes(tmp_path):
+    run = tmp_path / "p"
+    results = pipeline(cfg(), run)
+    assert set(results) == {"teacher", "autoencoder", "student", "distilled"}
+    for stage in ("teacher", "student", "distilled"):
+        assert (run / stage / "best.safetensors").exists()
+    ae, meta = load_autoencoder(run / "ae")
+    assert meta["in_channels"] == 64 and meta["latent_channels"] == 32 and meta["strides"] == [2, 2, 1]
+    assert results["autoencoder"]["iters"] == 2  # half an epoch of 16 images at batch 4
+    assert results["autoencoder"]["val"]["rel_error"] > 0
+    # the distilled student is saved alone: it loads like any other student
+    student, meta = load_model(run / "distilled")
+    assert meta["spec"]["name"] == "tiny-student"
+    assert not any(k.startswith(("adapter", "teacher")) for k in student.state_dict())
+    hist = {s: (run / s / "history.jsonl").read_text() for s in ("teacher", "ae", "student", "distilled")}
+    logged = [json.loads(l) for l in hist["distilled"].splitlines() if "loss" in l]
+    assert {"ce", "adapt", "affinity", "adapt_ratio", "affinity_ratio"} <= set(logged[0])
+    again = pipeline(cfg(), run)  # finished stages are not redone
+    assert {s: (run / s / "history.jsonl").read_text() for s in hist} == hist
+    assert again["distilled"]["best_miou"] == results["distilled"]["best_miou"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) == {"teacher", "student", "distilled", "autoencoder_rel_error"}
+
+
+def test_stage_commands_and_clear_errors(tmp_path, capsys):
+    teacher = tmp_path / "t"
+    assert main(["train", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
+                 str(teacher), *TINY, "model.name=tiny-teacher"]) == 0
+    with pytest.raises(KasegError, match="teacher.weights must name a trained teacher"):
+        train_autoencoder(cfg(), tmp_path / "ae")
+    with pytest.raises(KasegError, match="not an autoencoder checkpoint"):
+        distill(cfg(f"teacher.weights={teacher}", f"ae.weights={teacher}"), tmp_path / "d")
+    assert main(["train-ae", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
+                 str(tmp_path / "ae"), *TINY, f"teacher.weights={teacher}"]) == 0
+    assert "reconstruction error" in capsys.readouterr().out
+    # ablation: adaptation only
+    assert main(["distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
+                 str(tmp_path / "d"), *TINY, f"teacher.weights={teacher}",
+                 f"ae.weights={tmp_path / 'ae'}", "distill.affinity_weight=0"]) == 0
+    logged = [json.loads(l) for l in (tmp_path / "d" / "history.jsonl").read_text().splitlines()
+              if "loss" in l]
+    assert "adapt" in logged[0] and "affinity" not in logged[0]
+    with pytest.raises(KasegError, match="teacher.tap 'nope'"):
+        distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}", "teacher.tap=nope"),
+                tmp_path / "d2")
+    with pytest.raises(KasegError, match="adapt_reduction must be one of"):
+        distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
+                    "distill.adapt_reduction=mean"), tmp_path / "d3")
+    assert not (tmp_path / "d2").exists() and not (tmp_path / "d3").exists()
