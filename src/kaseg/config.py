@@ -109,7 +109,7 @@ class DistillConfig:
     adapt_reduction: str = "element"  # "element" (mean of |d|^p) or "paper" (mean of p-norms)
     p: float = 2.0  # norm of the adaptation difference [ours: paper reads ||.||_p]
     q: float = 2.0  # per-position normalisation [ours]
-    affinity_weight: float = 10.0  # gamma; the paper's 1 pairs with reduction "paper"
+    affinity_weight: float = 30.0  # gamma; the paper's 1 pairs with reduction "paper"
     affinity_reduction: str = "mse"  # "mse" (resolution-free), "paper" (row l2), "element"
     affinity_impl: str = "auto"  # "dense" (m x m matrices), "gram" (never builds them), "auto"
     dense_max_positions: int = 1024  # auto: dense up to this many positions, Gram above

@@ -203,35 +203,130 @@ def affinity_loss_dense(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "ms
     raise ValueError(f"affinity reduction must be one of {AFFINITY_REDUCTIONS}, not '{reduction}'")
 
 
+def _unit_columns(f: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """C x k -> (columns scaled to unit l2 norm, their clamped norms)."""
+    norm = f.norm(dim=0).clamp_min(eps)
+    return f / norm, norm
+
+
+def _chunks(m: int, c: int):
+    step = max(1, 2**20 // max(c, 1))  # ~1M elements of scratch per chunk
+    return [(i, min(m, i + step)) for i in range(0, m, step)]
+
+
+class _GramAffinity(torch.autograd.Function):
+    """Affinity loss from C x C Gram matrices, in chunks of positions, forward and backward.
+
+    Only the inputs, the Gram matrices and (``paper``) one value per position are kept for the
+    backward pass, which recomputes the unit vectors chunk by chunk: no m x m matrix and no m x C
+    intermediate beyond the gradients themselves.
+
+    With unit vectors S, T (C x m, one column per position), A = S S^T, B = S T^T, D = T T^T:
+
+    - ``r_i = s_i^T A s_i - 2 s_i^T B t_i + t_i^T D t_i = ||cos_s(i,:) - cos_t(i,:)||^2``
+    - ``sum_i r_i = ||A||_F^2 - 2 ||B||_F^2 + ||D||_F^2``
+
+    Gradients (w_i = dL/dr_i, M_s = S W S^T, M_st = S W T^T, M_t = T W T^T):
+    ``dL/dS = 2 M_s S + 2 (A S) W - 2 M_st T - 2 (B T) W``,
+    ``dL/dT = 2 M_t T + 2 (D T) W - 2 M_st^T S - 2 (B^T S) W``; for ``mse`` W = I/m^2 folds
+    into ``4 (A S - B T) / m^2`` and ``4 (D T - B^T S) / m^2``. Then through the normalisation:
+    ``dL/df = (g - s (s . g)) / ||f||``.
+    """
+
+    @staticmethod
+    def forward(ctx, fs: torch.Tensor, ft: torch.Tensor, reduction: str) -> torch.Tensor:
+        n, c, m = fs.shape
+        grams, rows, total = [], [], fs.new_zeros(())
+        for b in range(n):
+            a = fs.new_zeros(c, c)
+            bst, d = torch.zeros_like(a), torch.zeros_like(a)
+            for i0, i1 in _chunks(m, c):
+                s, _ = _unit_columns(fs[b, :, i0:i1])
+                t, _ = _unit_columns(ft[b, :, i0:i1])
+                a.addmm_(s, s.T)
+                bst.addmm_(s, t.T)
+                d.addmm_(t, t.T)
+            grams.append(torch.stack([a, bst, d]))
+            if reduction == "paper":
+                r = fs.new_empty(m)
+                for i0, i1 in _chunks(m, c):
+                    s, _ = _unit_columns(fs[b, :, i0:i1])
+                    t, _ = _unit_columns(ft[b, :, i0:i1])
+                    r[i0:i1] = ((a @ s) * s).sum(0) - 2 * ((bst @ t) * s).sum(0) + ((d @ t) * t).sum(0)
+                r.clamp_(min=0)
+                rows.append(r)
+                total = total + r.sqrt().sum() / m**2
+            else:
+                sq = (a.pow(2).sum() - 2 * bst.pow(2).sum() + d.pow(2).sum()).clamp(min=0) / m**2
+                total = total + (sq if reduction == "mse" else sq / m**2)
+        ctx.reduction = reduction
+        ctx.save_for_backward(fs, ft, torch.stack(grams), *rows)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        fs, ft, grams, *rows = ctx.saved_tensors
+        n, c, m = fs.shape
+        need_s, need_t = ctx.needs_input_grad[:2]
+        gfs = torch.zeros_like(fs) if need_s else None
+        gft = torch.zeros_like(ft) if need_t else None
+        scale = grad_out / n
+        for b in range(n):
+            a, bst, d = grams[b]
+            if ctx.reduction == "paper":
+                r = rows[b]
+                pos = r > 0
+                w = torch.where(pos, scale / (2 * m**2 * torch.where(pos, r, 1).sqrt()), 0)
+                ms, mst, mt = torch.zeros_like(a), torch.zeros_like(a), torch.zeros_like(a)
+                for i0, i1 in _chunks(m, c):
+                    s, _ = _unit_columns(fs[b, :, i0:i1])
+                    t, _ = _unit_columns(ft[b, :, i0:i1])
+                    sw = s * w[i0:i1]
+                    ms.addmm_(sw, s.T)
+                    mst.addmm_(sw, t.T)
+                    mt.addmm_(t * w[i0:i1], t.T)
+            else:
+                k = scale * (2 / m**2 if ctx.reduction == "mse" else 2 / m**4)
+            for i0, i1 in _chunks(m, c):
+                s, ns = _unit_columns(fs[b, :, i0:i1])
+                t, nt = _unit_columns(ft[b, :, i0:i1])
+                if ctx.reduction == "paper":
+                    wi = w[i0:i1]
+                    gs = 2 * (ms @ s + (a @ s) * wi - mst @ t - (bst @ t) * wi) if need_s else None
+                    gt = 2 * (mt @ t + (d @ t) * wi - mst.T @ s - (bst.T @ s) * wi) if need_t else None
+                else:
+                    gs = 2 * k * (a @ s - bst @ t) if need_s else None
+                    gt = 2 * k * (d @ t - bst.T @ s) if need_t else None
+                if need_s:
+                    gfs[b, :, i0:i1] = (gs - s * (s * gs).sum(0)) / ns
+                if need_t:
+                    gft[b, :, i0:i1] = (gt - t * (t * gt).sum(0)) / nt
+        return gfs, gft, None
+
+
 def affinity_loss_gram(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse") -> torch.Tensor:
-    """The same values as :func:`affinity_loss_dense`, without the m x m matrices.
+    """The same values and gradients as :func:`affinity_loss_dense`, without the m x m matrices.
 
     With unit position vectors stacked as S, T (m x C) and C x C Gram matrices:
 
     - row i: ``||cos_s(i,:) - cos_t(i,:)||^2 = s_i^T (S^T S) s_i - 2 s_i^T (S^T T) t_i + t_i^T (T^T T) t_i``
     - all:   ``sum_ij (cos_s - cos_t)^2 = ||S^T S||_F^2 - 2 ||S^T T||_F^2 + ||T^T T||_F^2``
 
-    O(m C^2) time, O(C^2 + m C) memory. Accumulated in float32 (autocast off) and clamped at 0
-    before the square root: the terms nearly cancel when the two maps are close.
+    O(m C^2) time; O(C^2 + m) memory besides the inputs and their gradients (positions are
+    processed in chunks, forward and backward, see :class:`_GramAffinity`). Accumulated in float32
+    (autocast off; float64 stays float64) and clamped at 0 before the square root: the terms
+    nearly cancel when the two maps are close.
     """
-    if fs.shape[:1] + fs.shape[2:] != ft.shape[:1] + ft.shape[2:] or fs.shape[1] != ft.shape[1]:
+    if fs.shape != ft.shape:
         raise ValueError(f"affinity (Gram form): student {tuple(fs.shape)} and teacher "
                          f"{tuple(ft.shape)} need the same shape")
+    if reduction not in AFFINITY_REDUCTIONS:
+        raise ValueError(f"affinity reduction must be one of {AFFINITY_REDUCTIONS}, not '{reduction}'")
+    n, c = fs.shape[:2]
     with torch.autocast(fs.device.type, enabled=False):
-        s, t = _positions(fs), _positions(ft)
-        m = s.shape[1]
-        gss = s.transpose(1, 2) @ s
-        gst = s.transpose(1, 2) @ t
-        gtt = t.transpose(1, 2) @ t
-        if reduction in ("mse", "element"):
-            total = gss.pow(2).sum((1, 2)) - 2 * gst.pow(2).sum((1, 2)) + gtt.pow(2).sum((1, 2))
-            mse = total.clamp_min(0) / m**2
-            return mse.mean() if reduction == "mse" else mse.mean() / m**2
-        if reduction == "paper":
-            rows = (((s @ gss) * s).sum(-1) - 2 * ((s @ gst) * t).sum(-1)
-                    + ((t @ gtt) * t).sum(-1))
-            return (_safe_sqrt(rows.clamp_min(0)) / m).mean()
-    raise ValueError(f"affinity reduction must be one of {AFFINITY_REDUCTIONS}, not '{reduction}'")
+        dtype = torch.promote_types(_f32(fs).dtype, _f32(ft).dtype)
+        return _GramAffinity.apply(fs.reshape(n, c, -1).to(dtype), ft.reshape(n, c, -1).to(dtype),
+                                   reduction)
 
 
 def affinity_loss(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse", impl: str = "auto",
@@ -326,7 +421,7 @@ class DistillTask(nn.Module):
         losses["loss"] = total
         self.calls += 1
         if self.training and self.calls in (1, 10):
-            log.info("distill iteration %d: CE %.4f%s", self.calls, float(ce), "".join(
+            log.info("distill iteration %d: CE %.4f%s", self.calls, float(ce.detach()), "".join(
                 f", {k.replace('_ratio', '')} x weight / CE = {float(v):.3f}"
                 for k, v in losses.items() if k.endswith("_ratio")))
         return losses

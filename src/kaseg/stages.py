@@ -20,7 +20,7 @@ from .errors import KasegError
 from .evaluate import autocast, evaluate
 from .method import AutoencoderTask, DistillTask, FeatureAutoencoder, ae_strides
 from .models import SegModel, build_model
-from .supervised import build_data, dataset_meta, train_segmenter
+from .supervised import build_data, dataset_meta, train_segmenter, write_result
 from .train import fit, prepare_run, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -171,10 +171,7 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
 
     summary = fit(task, train_set, cfg.train, run, seed=cfg.seed, validate=validate,
                   export=export, num_workers=cfg.data.num_workers, desc=f"distill {cfg.model.name}")
-    result = {"best_miou": summary["best"], "best_iter": summary["best_iter"],
-              "iters": summary["iters"], "model": cfg.model.name, "val": summary["best_metrics"]}
-    atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
-    return result
+    return write_result(run, summary, cfg.model.name)
 
 
 def pipeline(cfg: Config, run: str | Path, force: bool = False) -> dict:

@@ -65,7 +65,13 @@ def train_segmenter(cfg: Config, run: str | Path, force: bool = False) -> dict:
     summary = fit(SegmentationTask(model), train_set, cfg.train, run, seed=cfg.seed,
                   validate=validate, export=export, num_workers=cfg.data.num_workers,
                   desc=f"train {cfg.model.name}")
+    return write_result(run, summary, cfg.model.name)
+
+
+def write_result(run: Path, summary: dict, model_name: str) -> dict:
+    """``RUN/metrics.json``: the best validation of a segmentation run (what ``kaseg eval`` of its
+    best weights reproduces)."""
     result = {"best_miou": summary["best"], "best_iter": summary["best_iter"],
-              "iters": summary["iters"], "model": cfg.model.name, "val": summary["best_metrics"]}
+              "iters": summary["iters"], "model": model_name, "val": summary["best_metrics"]}
     atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
     return result
