@@ -235,3 +235,16 @@ def test_frozen_cannot_be_unfrozen_by_train():
 
 def test_adapter_shape():
     assert Adapter(8, 4)(torch.randn(1, 8, 5, 5)).shape == (1, 4, 5, 5)
+
+
+def test_bf16_autocast_step_matches_fp32():
+    task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0, affinity_impl="gram")
+    task.eval()  # same BN behaviour in both passes
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    with torch.no_grad():
+        ref = task(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = task(x, y)
+    for k in ("ce", "adapt", "affinity", "loss"):
+        assert amp[k].dtype == torch.float32  # losses accumulate in float32
+        assert amp[k].item() == pytest.approx(ref[k].item(), rel=0.05), k
