@@ -60,6 +60,14 @@ def _cmd_pipeline(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.quick, args.seeds, args.device, args.force)
+    print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from .checkpoint import load_model, resolve_weights
     from .config import load_config
@@ -127,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--force", action="store_true", help="start the run over")
         t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
         t.set_defaults(fn=fn)
+
+    d = sub.add_parser("demo", help="the paper's experiment end to end on built-in data (CPU)")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--quick", action="store_true", help="1 seed, short schedules (~3 min on CPU)")
+    d.add_argument("--seeds", type=int, help="default: 3 (1 with --quick)")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--force", action="store_true", help="recompute every stage")
+    d.set_defaults(fn=_cmd_demo)
 
     e = sub.add_parser("eval", help="evaluate a run folder or a .safetensors checkpoint")
     e.add_argument("checkpoint")

@@ -25,6 +25,30 @@ def count_flops(model: nn.Module, size: tuple[int, int], in_channels: int = 3) -
     return int(counter.get_total_flops())
 
 
+@torch.inference_mode()
+def measure_latency(model: nn.Module, size: tuple[int, int], device: str | torch.device = "cpu",
+                    runs: int = 20, warmup: int = 5) -> float:
+    """Median milliseconds of one forward pass, batch 1, after ``warmup`` passes."""
+    import time
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    x = torch.randn(1, 3, *size, device=device)
+    times = []
+    for i in range(warmup + runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
 def model_cost(model: nn.Module, size: tuple[int, int]) -> dict:
     flops = count_flops(model, size)
     return {"params": count_params(model), "gflops": flops / 1e9, "gmacs": flops / 2e9,

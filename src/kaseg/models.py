@@ -31,8 +31,10 @@ ALIASES: dict[str, dict] = {
     "tiny-teacher": dict(
         arch="deeplabv3plus", encoder="tu-resnet10t", output_stride=8, decoder_channels=64
     ),
+    # small images give small maps (6 x 6 at 96 px): ASPP rates 1-3 instead of 12-36, no dropout
     "tiny-student": dict(
-        arch="deeplabv3", encoder="tu-mobilenetv2_050", output_stride=16, decoder_channels=64
+        arch="deeplabv3", encoder="tu-mobilenetv2_050", output_stride=16, decoder_channels=64,
+        kwargs=dict(decoder_atrous_rates=(1, 2, 3), decoder_aspp_dropout=0.0),
     ),
 }
 
@@ -165,7 +167,7 @@ def build_model(
     arch, encoder, defaults = _resolve(name)
     os_ = output_stride if output_stride is not None else defaults.get("output_stride")
     dc = decoder_channels if decoder_channels is not None else defaults.get("decoder_channels")
-    kwargs: dict = {}
+    kwargs: dict = dict(defaults.get("kwargs", {}))
     if dc is not None:
         kwargs["decoder_channels"] = dc
     dilate_to = None

@@ -35,7 +35,7 @@ def test_context_classes_look_alike_and_follow_the_beacon():
         expected = CONTEXT_CLASSES[0] if beacon[0] > beacon[2] else CONTEXT_CLASSES[1]
         assert twins[0] == expected
         looks.setdefault(twins[0], []).append(img[mask == twins[0]].astype(float).mean(0))
-        # the beacon and the twins are far apart: no twin pixel within 16 px of the beacon
+        # the beacon and the twins are far apart: no twin pixel within 16 px of the beacon band
         by, bx = np.argwhere(mask == 7).mean(0)
         ty, tx = np.argwhere(mask == twins[0]).T
         assert np.min(np.hypot(ty - by, tx - bx)) > 16

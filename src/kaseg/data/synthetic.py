@@ -6,7 +6,7 @@ and the train/val split is fixed. The scenes are built to make distillation meas
 - textured regions (grass, water) on a noisy, smoothly varying background;
 - thin structures (wires, 1-2 px) and small objects (dots), which a large output stride blurs;
 - two *context classes*, ``twin-red`` and ``twin-blue``: objects that look exactly alike; their
-  class is given only by the colour of a beacon in a far corner of the image. Telling them apart
+  class is given only by the colour of a beacon band along the far edge of the image. Telling them apart
   needs a receptive field that spans the image, which a large teacher has and a compact student
   must learn (the long-range structure affinity distillation transfers).
 """
@@ -79,24 +79,24 @@ def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray
         img[region] = tex[region] if tex.ndim == 3 else tex
         mask[region] = cls
 
-    # the context: a beacon in one corner; its colour names the twins' class
+    # the context: a beacon band along one edge of the image; its colour names the twins' class
     mode = int(rng.integers(0, 2))  # 0 -> twin-red, 1 -> twin-blue
-    b = max(3, int(round(6 * s)))
-    corner = int(rng.integers(0, 4))
-    by = 1 if corner in (0, 1) else h - b - 1
-    bx = 1 if corner in (0, 2) else w - b - 1
-    img[by : by + b, bx : bx + b] = (0.9, 0.1, 0.1) if mode == 0 else (0.1, 0.8, 0.9)
-    mask[by : by + b, bx : bx + b] = 7
+    b = max(2, int(round(4 * s)))
+    side = int(rng.integers(0, 4))  # 0 top, 1 bottom, 2 left, 3 right
+    band = (slice(0, b), slice(None)) if side == 0 else (slice(h - b, h), slice(None)) \
+        if side == 1 else (slice(None), slice(0, b)) if side == 2 else (slice(None), slice(w - b, w))
+    img[band] = (0.9, 0.1, 0.1) if mode == 0 else (0.1, 0.8, 0.9)
+    mask[band] = 7
 
     # twins: identical grey checkered boxes, kept in the half of the image away from the beacon
     twin_cls = CONTEXT_CLASSES[mode]
-    far_y = (h // 2, h) if corner in (0, 1) else (0, h // 2)
-    far_x = (w // 2, w) if corner in (0, 2) else (0, w // 2)
+    far_y = (h // 2, h) if side == 0 else (0, h // 2) if side == 1 else (b, h - b)
+    far_x = (w // 2, w) if side == 2 else (0, w // 2) if side == 3 else (b, w - b)
     for _ in range(rng.integers(1, 3)):
         th, tw = (int(v) for v in rng.integers(int(6 * s), int(14 * s) + 1, size=2))
         y0 = int(rng.integers(far_y[0], max(far_y[0] + 1, far_y[1] - th)))
         x0 = int(rng.integers(far_x[0], max(far_x[0] + 1, far_x[1] - tw)))
-        y1, x1 = min(h, y0 + th), min(w, x0 + tw)
+        y1, x1 = min(far_y[1], y0 + th), min(far_x[1], x0 + tw)
         cy, cx = np.mgrid[y0:y1, x0:x1]
         check = ((cy // max(1, int(2 * s)) + cx // max(1, int(2 * s))) % 2).astype(np.float32)
         img[y0:y1, x0:x1] = 0.45 + 0.2 * check[..., None]
