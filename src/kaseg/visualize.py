@@ -63,14 +63,15 @@ def training_curves(path: str | Path, runs: dict[str, str | Path], dpi: int = 10
     panels = [*terms, "val mIoU"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, term in zip(axes[0], panels):
-        for name, (tr, val) in histories.items():
+        for idx, (name, (tr, val)) in enumerate(histories.items()):
             if term == "val mIoU":
                 pts = [(r["iter"], r["val"]["miou"]) for r in val if "miou" in r["val"]]
             else:
                 pts = [(r["iter"], r[term]) for r in tr if term in r]
             if pts:
                 x, y = zip(*pts)
-                ax.plot(x, y, label=name, marker="o" if term == "val mIoU" else None, ms=3)
+                ax.plot(x, y, label=name, color=f"C{idx % 10}",  # one colour per run everywhere
+                        marker="o" if term == "val mIoU" else None, ms=3)
         ax.set_title(term)
         ax.set_xlabel("iteration")
         if term in ("ce", "recon"):
