@@ -1,4 +1,3 @@
-import torch
 from torch import nn
 
 from kaseg.cost import count_flops, count_params, model_cost

@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from kaseg.checkpoint import load_model
 from kaseg.cli import main

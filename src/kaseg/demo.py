@@ -28,6 +28,7 @@ from .data.synthetic import CONTEXT_CLASSES
 from .evaluate import evaluate
 from .stages import distill, train_autoencoder
 from .supervised import train_segmenter
+from .train import resolve_device
 from .visualize import prediction_grid, training_curves
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,7 @@ def evaluate_all(out: Path, cfg: Config, runs: dict[str, tuple[str, int]]) -> li
     """Every model's *last* weights on the same val set (no checkpoint picked on val)."""
     val = build_dataset(cfg.data, cfg.data.val_split, train=False)
     size = (cfg.data.crop_size, cfg.data.crop_size)
-    device = torch.device("cuda" if cfg.train.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.train.device == "auto" else cfg.train.device))
+    device = resolve_device(cfg.train.device)
     costs: dict[str, dict] = {}
     records = []
     for folder, (method, seed) in tqdm(runs.items(), desc="evaluate", leave=False):
