@@ -26,7 +26,7 @@ from .cost import measure_latency, model_cost
 from .data import build_dataset
 from .data.synthetic import CONTEXT_CLASSES
 from .evaluate import evaluate
-from .stages import distill, train_autoencoder
+from .stages import distill, teacher_training_config, train_autoencoder
 from .supervised import train_segmenter
 from .train import resolve_device
 from .visualize import prediction_grid, training_curves
@@ -79,11 +79,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
         run = out / folder
         bar.set_postfix_str(folder)
         if method == "teacher":
-            t = cfg.teacher
-            t_cfg = replace(cfg, model=ModelConfig(t.name),
-                            train=replace(cfg.train, iters=t.iters, lr=t.lr or cfg.train.lr))
-            train_segmenter(t_cfg, run, force)
-            cfg = replace(cfg, teacher=replace(t, weights=str(run)))
+            train_segmenter(teacher_training_config(cfg), run, force)
+            cfg = replace(cfg, teacher=replace(cfg.teacher, weights=str(run)))
         elif method == "ae":
             train_autoencoder(cfg, run, force)
             cfg = replace(cfg, ae=replace(cfg.ae, weights=str(run)))
@@ -97,7 +94,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
     records = evaluate_all(out, cfg, runs)
     atomic_write_text(out / "results.json", json.dumps(records, indent=2))
     write_report(out, cfg, records, seeds, quick)
-    write_pictures(out, cfg, runs)
+    write_pictures(out, cfg)
     log.info("demo: done in %.0fs; see %s", time.perf_counter() - t0, out / "report.md")
     return records
 
@@ -195,7 +192,7 @@ def write_report(out: Path, cfg: Config, records: list[dict], seeds: int, quick:
 
 
 @torch.no_grad()
-def write_pictures(out: Path, cfg: Config, runs: dict[str, tuple[str, int]], count: int = 4) -> None:
+def write_pictures(out: Path, cfg: Config, count: int = 4) -> None:
     val = build_dataset(cfg.data, cfg.data.val_split, train=False)
     models = {"teacher": "teacher", "student (CE only)": "students/baseline-s0",
               "distilled (ka)": "students/ka-s0"}

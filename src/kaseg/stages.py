@@ -174,20 +174,22 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     return write_result(run, summary, cfg.model.name)
 
 
+def teacher_training_config(cfg: Config) -> Config:
+    """The config that trains ``cfg.teacher`` itself (its network, iterations and lr)."""
+    t = cfg.teacher
+    return replace(cfg, model=ModelConfig(t.name, t.output_stride, t.decoder_channels, t.pretrained),
+                   train=replace(cfg.train, iters=t.iters or cfg.train.iters, lr=t.lr or cfg.train.lr))
+
+
 def pipeline(cfg: Config, run: str | Path, force: bool = False) -> dict:
     """teacher -> autoencoder -> student (CE only, the baseline) -> distilled student, each in its
     own subfolder of ``run``. Finished stages are not redone; a set ``teacher.weights`` skips the
     teacher stage."""
     run = Path(run)
     results = {}
-    t = cfg.teacher
-    if not t.weights:
-        t_cfg = replace(cfg, model=ModelConfig(t.name, t.output_stride, t.decoder_channels,
-                                               t.pretrained),
-                        train=replace(cfg.train, iters=t.iters or cfg.train.iters,
-                                      lr=t.lr or cfg.train.lr))
-        results["teacher"] = train_segmenter(t_cfg, run / "teacher", force)
-        cfg = replace(cfg, teacher=replace(t, weights=str(run / "teacher")))
+    if not cfg.teacher.weights:
+        results["teacher"] = train_segmenter(teacher_training_config(cfg), run / "teacher", force)
+        cfg = replace(cfg, teacher=replace(cfg.teacher, weights=str(run / "teacher")))
     if not cfg.ae.weights:
         results["autoencoder"] = train_autoencoder(cfg, run / "ae", force)
         cfg = replace(cfg, ae=replace(cfg.ae, weights=str(run / "ae")))
