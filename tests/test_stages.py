@@ -68,3 +68,15 @@ def test_stage_commands_and_clear_errors(tmp_path, capsys):
         distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
                     "distill.adapt_reduction=mean"), tmp_path / "d3")
     assert not (tmp_path / "d2").exists() and not (tmp_path / "d3").exists()
+    # the field's other losses, without an autoencoder, and combined with ours
+    assert main(["distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
+                 str(tmp_path / "kd"), *TINY, f"teacher.weights={teacher}",
+                 "distill.adapt_weight=0", "distill.affinity_weight=0",
+                 "distill.extra_losses=[kd, fitnet]", "distill.kd_temperature=2"]) == 0
+    logged = [json.loads(l) for l in (tmp_path / "kd" / "history.jsonl").read_text().splitlines()
+              if "loss" in l]
+    assert {"kd", "fitnet"} <= set(logged[0]) and "adapt" not in logged[0]
+    load_model(tmp_path / "kd")  # strict load: the student alone, no regressor in its weights
+    with pytest.raises(KasegError, match="unknown \\['nope'\\]"):
+        distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
+                    "distill.extra_losses=[kd, nope]"), tmp_path / "d4")

@@ -113,6 +113,21 @@ class DistillConfig:
     affinity_reduction: str = "mse"  # "mse" (resolution-free), "paper" (row l2), "element"
     affinity_impl: str = "auto"  # "dense" (m x m matrices), "gram" (never builds them), "auto"
     dense_max_positions: int = 1024  # auto: dense up to this many positions, Gram above
+    # the field's other losses (kaseg.kd_losses), added to the terms above: any of "kd", "fitnet",
+    # "skd", "cwd", "ifvd"; each with its authors' weight unless set below
+    extra_losses: list[str] = field(default_factory=list)
+    kd_weight: float = 1.0  # Hinton et al. / CIRKD
+    kd_temperature: float = 4.0  # He et al. compare 2, 4, 6
+    fitnet_weight: float = 1.0  # CIRKD
+    skd_weight: float = 10.0  # CIRKD's SKD pair-wise weight
+    skd_pool: int = 2  # node = pool x pool feature positions (CIRKD)
+    cwd_weight: float = 3.0  # Shu et al., on logits
+    cwd_temperature: float = 4.0  # Shu et al.
+    ifvd_weight: float = 200.0  # Wang et al.
+
+    def extra_weights(self) -> dict[str, float]:
+        """``{name: weight}`` of the selected extra losses."""
+        return {name: getattr(self, f"{name}_weight", float("nan")) for name in self.extra_losses}
 
 
 @dataclass

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.transforms import IGNORE_INDEX
+from .kd_losses import (EXTRA_LOSSES, FitNetRegressor, cwd_loss, fitnet_loss, ifvd_loss, kd_loss,
+                        skd_pairwise_loss, valid_mask)
 
 log = logging.getLogger(__name__)
 
@@ -359,11 +361,13 @@ class AutoencoderTask(nn.Module):
 
 
 class DistillTask(nn.Module):
-    """Stage 2: ``L = L_ce + beta * L_adapt + gamma * L_aff`` [paper].
+    """Stage 2: ``L = L_ce + beta * L_adapt + gamma * L_aff`` [paper], plus any of the field's
+    other losses (:mod:`kaseg.kd_losses`) given in ``extra`` as ``{name: weight}``, so that every
+    method and every combination trains in the same loop.
 
-    Trained: the student, C_f and C_a. Frozen, without autograd: the teacher and E. A term whose
-    weight is 0 is neither built nor computed (ablations). Returns every term and, for each
-    weighted term, its ratio to CE (``*_ratio``), which the first iterations also log.
+    Trained: the student, C_f, C_a (and FitNet's regressor). Frozen, without autograd: the teacher
+    and E. A term whose weight is 0 is neither built nor computed (ablations). Returns every term
+    and, for each weighted term, its ratio to CE (``*_ratio``), which the first iterations also log.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
@@ -372,8 +376,13 @@ class DistillTask(nn.Module):
                  affinity_weight: float = 1.0, adapt_reduction: str = "element",
                  affinity_reduction: str = "mse", p: float = 2.0, q: float = 2.0,
                  affinity_impl: str = "auto", dense_max_positions: int = 1024,
-                 ignore_index: int = IGNORE_INDEX):
+                 ignore_index: int = IGNORE_INDEX, extra: dict[str, float] | None = None,
+                 kd_temperature: float = 4.0, cwd_temperature: float = 4.0, skd_pool: int = 2):
         super().__init__()
+        unknown = sorted(set(extra or {}) - set(EXTRA_LOSSES))
+        if unknown:
+            raise ValueError(f"distill.extra_losses: unknown {unknown}; choose from {EXTRA_LOSSES}")
+        extra = {k: float(w) for k, w in (extra or {}).items() if w > 0}
         if adapt_reduction not in ADAPT_REDUCTIONS:
             raise ValueError(f"distill.adapt_reduction must be one of {ADAPT_REDUCTIONS}")
         if affinity_reduction not in AFFINITY_REDUCTIONS:
@@ -390,6 +399,11 @@ class DistillTask(nn.Module):
         self.adapt_reduction, self.affinity_reduction = adapt_reduction, affinity_reduction
         self.p, self.q, self.affinity_impl = p, q, affinity_impl
         self.dense_max_positions, self.ignore_index = dense_max_positions, ignore_index
+        self.extra = extra
+        self.kd_temperature, self.cwd_temperature, self.skd_pool = (kd_temperature,
+                                                                    cwd_temperature, skd_pool)
+        self.fitnet = (FitNetRegressor(cs, teacher.feature_info[teacher_tap].channels)
+                       if "fitnet" in extra else None)
         self.calls = 0
 
     def _to(self, z: torch.Tensor, size) -> torch.Tensor:
@@ -397,14 +411,34 @@ class DistillTask(nn.Module):
             z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
         return z
 
+    def _extra_term(self, name: str, out: dict, t_out: dict, targets) -> torch.Tensor:
+        fs, ft = out["features"][self.student_tap], t_out["features"][self.teacher_tap]
+        zs, zt = out["logits"], t_out["logits"]
+        if name == "kd":
+            return kd_loss(zs, zt, self.kd_temperature,
+                           valid_mask(targets, zt.shape[-2:], self.ignore_index))
+        if name == "cwd":
+            return cwd_loss(zs, zt, self.cwd_temperature,
+                            valid_mask(targets, zt.shape[-2:], self.ignore_index))
+        if name == "fitnet":
+            return fitnet_loss(self.fitnet(fs), ft,
+                               valid_mask(targets, ft.shape[-2:], self.ignore_index))
+        if name == "skd":
+            return skd_pairwise_loss(fs, ft, self.skd_pool,
+                                     valid_mask(targets, ft.shape[-2:], self.ignore_index))
+        return ifvd_loss(fs, ft, targets, zt.shape[1], self.ignore_index)
+
     def forward(self, images, targets) -> dict:
         out = self.student(images)
         ce = F.cross_entropy(out["logits"].float(), targets, ignore_index=self.ignore_index)
         losses = {"ce": ce}
         total = ce
-        if self.adapter is not None or self.affinity_adapter is not None:
-            zt = self.encoder(self.teacher(images)["features"][self.teacher_tap])
+        ours = self.adapter is not None or self.affinity_adapter is not None
+        if ours or self.extra:
+            t_out = self.teacher(images)
             fs = out["features"][self.student_tap]
+        if ours:
+            zt = self.encoder(t_out["features"][self.teacher_tap])
             if self.adapter is not None:
                 la = adaptation_loss(self._to(self.adapter(fs), zt.shape[-2:]), zt, self.p,
                                      self.q, self.adapt_reduction)
@@ -418,6 +452,11 @@ class DistillTask(nn.Module):
                 losses["affinity"] = lf
                 losses["affinity_ratio"] = (self.affinity_weight * lf / ce).detach()
                 total = total + self.affinity_weight * lf
+        for name, weight in self.extra.items():
+            term = self._extra_term(name, out, t_out, targets)
+            losses[name] = term
+            losses[f"{name}_ratio"] = (weight * term / ce).detach()
+            total = total + weight * term
         losses["loss"] = total
         self.calls += 1
         if self.training and self.calls in (1, 10):

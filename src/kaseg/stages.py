@@ -153,14 +153,17 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     try:
         task = DistillTask(student, teacher, encoder, latent, cfg.teacher.tap, d.student_tap,
                            d.adapt_weight, d.affinity_weight, d.adapt_reduction,
-                           d.affinity_reduction, d.p, d.q, d.affinity_impl, d.dense_max_positions)
+                           d.affinity_reduction, d.p, d.q, d.affinity_impl, d.dense_max_positions,
+                           extra=d.extra_weights(), kd_temperature=d.kd_temperature,
+                           cwd_temperature=d.cwd_temperature, skd_pool=d.skd_pool)
     except ValueError as e:
         raise KasegError(str(e)) from None
     device = resolve_device(cfg.train.device)
     prepare_run(run, to_dict(cfg), force)
     meta = dataset_meta(train_set)
-    log.info("distill: CE + %g * adapt (%s) + %g * affinity (%s)", d.adapt_weight,
-             d.adapt_reduction, d.affinity_weight, d.affinity_reduction)
+    log.info("distill: CE + %g * adapt (%s) + %g * affinity (%s)%s", d.adapt_weight,
+             d.adapt_reduction, d.affinity_weight, d.affinity_reduction,
+             "".join(f" + {w:g} * {k}" for k, w in task.extra.items()))
 
     def validate() -> dict:
         return evaluate(student, val_set, cfg.train.val_batch_size, device, cfg.train.amp,

@@ -1,0 +1,222 @@
+"""The field's other segmentation-distillation losses, to compare with ours (:mod:`kaseg.method`)
+on the same footing: same networks, data, recipe and loop, each term selectable and weighted in the
+distillation config (``distill.extra_losses``) and combinable with the method's two terms.
+
+Every function is a pure loss on tensors. Teacher tensors get no gradient (callers pass them from a
+frozen teacher; the functions also detach them). ``valid`` is an optional ``(B, H, W)`` bool mask at
+the loss's own resolution (:func:`valid_mask` makes it from the labels): positions outside it
+(ignore pixels) take no part in the loss. With ``valid=None`` every function is its source's formula
+exactly; the mask is [ours], so that a label the dataset marks as "unknown" never steers training.
+
+Default weights are those the methods' authors (or the CIRKD code base, CVPR 2022, which re-ran
+them all on Cityscapes with one recipe) used; each is given with its source below.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.transforms import IGNORE_INDEX
+
+EXTRA_LOSSES = ("kd", "fitnet", "skd", "cwd", "ifvd")
+
+
+def valid_mask(targets: torch.Tensor, size: tuple[int, int],
+               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``(B, H, W)`` labels -> bool mask of non-ignore positions at ``size`` (nearest sampling,
+    the rule IFVD uses to bring labels to feature resolution)."""
+    if tuple(targets.shape[-2:]) != tuple(size):
+        targets = F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return targets != ignore_index
+
+
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """Losses accumulate in float32 or better (half-precision inputs under AMP are upcast)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _full_precision(fn):
+    """Run a loss with autocast off: under AMP its softmaxes and Gram products stay in float32."""
+
+    @functools.wraps(fn)
+    def wrapper(x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(x, *args, **kwargs)
+
+    return wrapper
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Student maps are upsampled to the teacher's size (the comparison in He et al.)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``x`` (B, H, W) over valid positions; 0 (with a gradient) when none is valid."""
+    if valid is None:
+        return x.mean()
+    v = valid.to(x.dtype)
+    return (x * v).sum() / v.sum().clamp(min=1.0)
+
+
+@_full_precision
+def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 4.0,
+            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel-wise logit distillation (Hinton et al., 2015; per pixel as in Liu et al., CVPR 2019):
+
+        L_kd = T^2 * 1/|V| * sum_{i in V} KL( softmax(z_t,i / T) || softmax(z_s,i / T) )
+
+    V: the valid pixels. The T^2 keeps the gradient's size independent of T (Hinton et al.).
+    At T = 1 with a one-hot teacher this is exactly the cross-entropy with the teacher's labels.
+    Student logits are upsampled to the teacher's size. Default weight 1 (Hinton et al.; CIRKD
+    ``--lambda-kd 1``); He et al. compare T = 2, 4, 6.
+    """
+    s_logits = _resize(_acc(s_logits), t_logits.shape[-2:])
+    t = _acc(t_logits.detach()) / temperature
+    log_ps = F.log_softmax(s_logits / temperature, dim=1)
+    log_pt = F.log_softmax(t, dim=1)
+    pt = log_pt.exp()
+    # 0 * log 0 = 0: a one-hot (or -inf) teacher class contributes nothing
+    kl = torch.where(pt > 0, pt * (log_pt - log_ps), torch.zeros_like(pt)).sum(1)
+    return temperature**2 * _masked_mean(kl, valid)
+
+
+@_full_precision
+def fitnet_loss(fs: torch.Tensor, ft: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+    """FitNet hint regression (Romero et al., ICLR 2015), as He et al. compare it:
+
+        L_fit = 1/(|V| C) * sum_{i in V} || up(r(F_s))_i - F_t,i ||_2^2
+
+    ``fs`` is the student's feature map *after* the regressor r (:class:`FitNetRegressor`, a 1x1
+    conv to the teacher's channels), upsampled (bilinear) to the teacher's size: a mean squared
+    error over channels and valid positions. Default weight 1 (CIRKD ``--lambda-fitnet 1``).
+    """
+    ft = _acc(ft.detach())
+    d = (_resize(_acc(fs), ft.shape[-2:]) - ft).pow(2).mean(1)
+    return _masked_mean(d, valid)
+
+
+class FitNetRegressor(nn.Conv2d):
+    """FitNet's regressor r: a 1x1 convolution, student channels -> teacher channels (no bias,
+    as in CIRKD). Trained with the student and dropped after training."""
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__(student_channels, teacher_channels, kernel_size=1, bias=False)
+
+
+def _pool_nodes(f: torch.Tensor, valid: torch.Tensor | None, pool: int):
+    """Max-pool positions into ``pool x pool`` nodes (ceil mode); a node is valid if any of its
+    positions is. Invalid positions never win the max."""
+    if valid is None:
+        return F.max_pool2d(f, pool, pool, ceil_mode=True), None
+    neg = torch.finfo(f.dtype).min
+    f = f.masked_fill(~valid[:, None], neg)
+    nodes = F.max_pool2d(f, pool, pool, ceil_mode=True)
+    node_valid = F.max_pool2d(valid[:, None].float(), pool, pool, ceil_mode=True)[:, 0] > 0
+    return nodes.masked_fill(~node_valid[:, None], 0.0), node_valid
+
+
+@_full_precision
+def skd_pairwise_loss(fs: torch.Tensor, ft: torch.Tensor, pool: int = 2,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
+    """SKD pair-wise distillation (Liu et al., "Structured Knowledge Distillation for Semantic
+    Segmentation", CVPR 2019): features are max-pooled into nodes (``pool x pool`` positions each),
+    and the two networks' node-to-node cosine-similarity matrices are matched:
+
+        a_ij = f_i . f_j / (||f_i|| ||f_j||),   L_pa = 1/N^2 * sum_{i,j} (a^s_ij - a^t_ij)^2
+
+    averaged over the batch (N nodes; with a mask, the mean over valid node pairs). The channel
+    counts of the two maps may differ; the student map is upsampled to the teacher's size. Pool 2
+    and weight 10 follow CIRKD's re-implementation (``--lambda-skd 10``); the SKD code pools a
+    quarter of the map per node (a 2 x 2 node grid).
+    """
+    ft = _acc(ft.detach())
+    fs = _resize(_acc(fs), ft.shape[-2:])
+    ns, node_valid = _pool_nodes(fs, valid, pool)
+    nt, _ = _pool_nodes(ft, valid, pool)
+    s = F.normalize(ns.flatten(2), dim=1)  # (B, C, N), unit columns
+    t = F.normalize(nt.flatten(2), dim=1)
+    d = (s.transpose(1, 2) @ s - t.transpose(1, 2) @ t).pow(2)  # (B, N, N)
+    if node_valid is None:
+        return d.mean()
+    v = node_valid.flatten(1).to(d.dtype)
+    pairs = v[:, :, None] * v[:, None, :]
+    return (d * pairs).sum() / pairs.sum().clamp(min=1.0)
+
+
+@_full_precision
+def cwd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 4.0,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., "Channel-wise Knowledge Distillation for Dense
+    Prediction", ICCV 2021): each channel becomes a distribution over positions, and the
+    student's is matched to the teacher's:
+
+        phi(y_c)_i = exp(y_c,i / T) / sum_j exp(y_c,j / T)
+        L_cwd = T^2 / (B C) * sum_{b,c} sum_i phi(y^t_c)_i log( phi(y^t_c)_i / phi(y^s_c)_i )
+
+    On logits (C = classes), the student's upsampled to the teacher's size; with a mask the
+    softmax runs over valid positions only. T = 4 and weight 3 on logits: the authors' setting
+    for segmentation (also CIRKD ``--lambda-cwd-logit 3``, temperature 4).
+    """
+    s = _resize(_acc(s_logits), t_logits.shape[-2:]).flatten(2) / temperature
+    t = _acc(t_logits.detach()).flatten(2) / temperature
+    if valid is not None:
+        v = valid.flatten(1)
+        some = v.any(1, keepdim=True)  # an image without a valid position is left out below
+        out = (~v & some)[:, None]
+        s, t = s.masked_fill(out, float("-inf")), t.masked_fill(out, float("-inf"))
+    log_ps, log_pt = F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
+    pt = log_pt.exp()
+    kl = torch.where(pt > 0, pt * (log_pt - log_ps), torch.zeros_like(pt)).sum(-1)  # (B, C)
+    if valid is not None:
+        kl = kl * some.to(kl.dtype)
+    return temperature**2 * kl.mean()
+
+
+def class_prototype_similarity(f: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                               valid: torch.Tensor | None = None) -> torch.Tensor:
+    """IFVD's intra-class feature variation map: the cosine similarity of each position's feature
+    to its class prototype (the mean feature of that class in the same image). ``labels`` are at
+    the feature's size; invalid positions get similarity 0 (and are left out by the loss)."""
+    b, c = f.shape[:2]
+    if valid is None:
+        valid = torch.ones_like(labels, dtype=torch.bool)
+    lab = torch.where(valid, labels, torch.zeros_like(labels)).clamp(0, num_classes - 1)
+    onehot = F.one_hot(lab.flatten(1), num_classes).to(f.dtype)
+    onehot = onehot * valid.flatten(1)[..., None].to(f.dtype)  # (B, HW, K)
+    flat = f.flatten(2)  # (B, C, HW)
+    protos = (flat @ onehot) / onehot.sum(1, keepdim=True).clamp(min=1.0)  # (B, C, K)
+    per_pixel = protos @ onehot.transpose(1, 2)  # (B, C, HW): each position's class prototype
+    sim = F.cosine_similarity(flat, per_pixel, dim=1, eps=1e-8)
+    return sim.view(b, *f.shape[-2:])
+
+
+@_full_precision
+def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_classes: int,
+              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Intra-class feature variation distillation (Wang et al., ECCV 2020):
+
+        p_k = mean of f_i over the positions i of class k (per image),
+        M_i = cos(f_i, p_{y_i}),   L_ifv = 1/|V| * sum_{i in V} (M^s_i - M^t_i)^2
+
+    Labels are brought to the teacher's feature size with nearest sampling (as in IFVD's code),
+    the student's features upsampled to it; ignore pixels join no prototype and no mean (the
+    source keeps them at similarity 1 in both maps, so only its mean's denominator differs).
+    Default weight 200 (IFVD's ``lambda_ifv``; also CIRKD).
+    """
+    ft = _acc(ft.detach())
+    fs = _resize(_acc(fs), ft.shape[-2:])
+    if tuple(targets.shape[-2:]) != tuple(ft.shape[-2:]):
+        targets = F.interpolate(targets[:, None].float(), size=ft.shape[-2:],
+                                mode="nearest")[:, 0].long()
+    valid = (targets != ignore_index) & (targets >= 0) & (targets < num_classes)
+    ms = class_prototype_similarity(fs, targets, num_classes, valid)
+    mt = class_prototype_similarity(ft, targets, num_classes, valid)
+    return _masked_mean((ms - mt).pow(2), valid)

@@ -1,0 +1,222 @@
+"""The field's other losses: hand values, KD = CE for a one-hot teacher, zero for identical maps,
+ignore pixels, gradcheck, and their place in the distillation task."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kaseg.kd_losses import (FitNetRegressor, class_prototype_similarity, cwd_loss, fitnet_loss,
+                             ifvd_loss, kd_loss, skd_pairwise_loss, valid_mask)
+from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
+from kaseg.models import build_model
+
+IGN = 255
+
+
+def _kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+# --------------------------------------------------------------------------- hand values
+def test_kd_by_hand():
+    s = torch.zeros(1, 2, 1, 1)
+    t = torch.tensor([math.log(3.0), 0.0]).view(1, 2, 1, 1)
+    assert kd_loss(s, t, 1.0).item() == pytest.approx(_kl([0.75, 0.25], [0.5, 0.5]), rel=1e-6)
+    r3 = math.sqrt(3.0)  # T = 2: softmax(ln3 / 2, 0) = (sqrt3, 1) / (sqrt3 + 1)
+    expected = 4 * _kl([r3 / (r3 + 1), 1 / (r3 + 1)], [0.5, 0.5])
+    assert kd_loss(s, t, 2.0).item() == pytest.approx(expected, rel=1e-6)
+    # two pixels, the second ignored: the mean runs over the first only
+    s2, t2 = torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 1, 2)
+    t2[0, 0, 0, 0], t2[0, 0, 0, 1] = math.log(3.0), 50.0
+    valid = torch.tensor([[[True, False]]])
+    assert kd_loss(s2, t2, 1.0, valid).item() == pytest.approx(_kl([0.75, 0.25], [0.5, 0.5]),
+                                                               rel=1e-6)
+
+
+def test_fitnet_by_hand_with_upsampling():
+    fs = torch.ones(1, 1, 1, 1)  # student at a quarter of the teacher's positions: upsampled
+    ft = torch.tensor([[1.0, 2.0], [3.0, 5.0]]).view(1, 1, 2, 2)
+    assert fitnet_loss(fs, ft).item() == pytest.approx((0 + 1 + 4 + 16) / 4)
+    fs2 = torch.zeros(1, 2, 2, 2)
+    ft2 = torch.stack([ft[0, 0], torch.zeros(2, 2)])[None]  # mean over channels too
+    assert fitnet_loss(fs2, ft2).item() == pytest.approx((1 + 4 + 9 + 25) / 8)
+    valid = torch.tensor([[[True, False], [False, True]]])
+    assert fitnet_loss(fs2, ft2, valid).item() == pytest.approx((1 + 25) / 4)
+
+
+def test_skd_by_hand():
+    # positions are nodes (pool 1): student (1,0), (0,1); teacher (1,0), (1,1)
+    fs = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)
+    ft = torch.tensor([[1.0, 0.0], [1.0, 1.0]]).T.reshape(1, 2, 1, 2)
+    # cos_s = [[1,0],[0,1]], cos_t = [[1,r],[r,1]] with r = 1/sqrt2: mean of squared diff = 2r^2/4
+    assert skd_pairwise_loss(fs, ft, pool=1).item() == pytest.approx(0.25, rel=1e-6)
+    # pool 2 over a 2x4 map: the node is the max of each 2x2 block
+    fs4 = torch.zeros(1, 2, 2, 4)
+    fs4[0, 0, 1, 1] = 1.0  # node 1 -> (1, 0)
+    fs4[0, 1, 0, 3] = 2.0  # node 2 -> (0, 2)
+    ft4 = torch.zeros(1, 2, 2, 4)
+    ft4[0, 0, 0, 0], ft4[0, 0, 1, 2], ft4[0, 1, 0, 2] = 3.0, 1.0, 1.0  # (3, 0), (1, 1)
+    assert skd_pairwise_loss(fs4, ft4, pool=2).item() == pytest.approx(0.25, rel=1e-6)
+
+
+def test_cwd_by_hand():
+    s = torch.zeros(1, 2, 1, 2)  # channel 0: positions (0, 0); channel 1: identical maps
+    t = torch.zeros(1, 2, 1, 2)
+    t[0, 0, 0, 0] = math.log(3.0)
+    expected = _kl([0.75, 0.25], [0.5, 0.5]) / 2  # mean over channels
+    assert cwd_loss(s, t, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # T = 2: both scaled by 1/2 inside, T^2 = 4 outside
+    r3 = math.sqrt(3.0)
+    expected2 = 4 * _kl([r3 / (r3 + 1), 1 / (r3 + 1)], [0.5, 0.5]) / 2
+    assert cwd_loss(s, t, 2.0).item() == pytest.approx(expected2, rel=1e-6)
+
+
+def test_ifvd_by_hand():
+    labels = torch.tensor([[[0, 0, 1]]])
+    fs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]).T.reshape(1, 2, 1, 3)
+    ft = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]]).T.reshape(1, 2, 1, 3)
+    # student prototype of class 0 = (.5, .5): cos = 1/sqrt2 at both; teacher cos = 1 everywhere
+    ms = class_prototype_similarity(fs, labels, 2)
+    torch.testing.assert_close(ms, torch.tensor([[[2**-0.5, 2**-0.5, 1.0]]]))
+    expected = 2 * (1 - 2**-0.5) ** 2 / 3
+    assert ifvd_loss(fs, ft, labels, 2).item() == pytest.approx(expected, rel=1e-6)
+    # the third pixel ignored: it leaves the mean (and its class has no prototype)
+    labels_ign = torch.tensor([[[0, 0, IGN]]])
+    assert ifvd_loss(fs, ft, labels_ign, 2).item() == pytest.approx(expected * 3 / 2, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- properties
+def test_kd_with_one_hot_teacher_at_t1_is_cross_entropy_with_same_gradient():
+    torch.manual_seed(0)
+    s = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 4, (2, 3, 5))
+    y[0, 0, :2] = IGN
+    one_hot = F.one_hot(y.clamp(max=3), 4).permute(0, 3, 1, 2).bool()
+    t = torch.where(one_hot, 0.0, float("-inf")).double()
+    kd = kd_loss(s, t, 1.0, valid_mask(y, y.shape[-2:]))
+    (g_kd,) = torch.autograd.grad(kd, s)
+    ce = F.cross_entropy(s, y, ignore_index=IGN)
+    (g_ce,) = torch.autograd.grad(ce, s)
+    torch.testing.assert_close(kd, ce)
+    torch.testing.assert_close(g_kd, g_ce)
+
+
+def _maps(seed=0, c=6, h=6, w=8):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
+    t = torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (2, h, w), generator=g)
+    y[0, :2, :3] = IGN  # a whole 2x2 node ignored, and parts of others
+    y[1, 3, 5] = IGN
+    return s, t, y
+
+
+def _all_losses(s, t, y):
+    v = valid_mask(y, y.shape[-2:])
+    return {
+        "kd": kd_loss(s[:, :4], t[:, :4], 4.0, v),
+        "fitnet": fitnet_loss(s, t, v),
+        "skd": skd_pairwise_loss(s, t, 2, v),
+        "cwd": cwd_loss(s[:, :4], t[:, :4], 4.0, v),
+        "ifvd": ifvd_loss(s, t, y, 4),
+    }
+
+
+def test_identical_student_and_teacher_give_zero():
+    s, _, y = _maps()
+    for name, value in _all_losses(s, s.clone(), y).items():
+        assert abs(value.item()) < 1e-12, name
+    for name, value in _all_losses(s, s.clone(), torch.zeros_like(y)).items():
+        assert abs(value.item()) < 1e-12, name
+
+
+def test_ignore_pixels_do_not_change_any_loss():
+    s, t, y = _maps()
+    ref = _all_losses(s, t, y)
+    ign = (y == IGN)[:, None].expand_as(s)
+    noise = torch.randn_like(s) * 5
+    moved = _all_losses(torch.where(ign, s + noise, s), torch.where(ign, t - noise, t), y)
+    for name in ref:
+        torch.testing.assert_close(moved[name], ref[name], msg=name)
+    # ... while the same change at valid pixels does change each loss (the test can fail)
+    val = (y != IGN)[:, None].expand_as(s)
+    changed = _all_losses(torch.where(val, s + noise, s), t, y)
+    for name in ref:
+        assert abs(changed[name].item() - ref[name].item()) > 1e-6, name
+
+
+@pytest.mark.parametrize("name", ["kd", "fitnet", "skd", "cwd", "ifvd"])
+def test_gradcheck(name):
+    s, t, y = _maps(seed=3, c=5, h=4, w=6)
+    s.requires_grad_(True)
+    v = valid_mask(y, y.shape[-2:])
+    fn = {
+        "kd": lambda x: kd_loss(x, t, 2.0, v),
+        "fitnet": lambda x: fitnet_loss(x, t, v),
+        "skd": lambda x: skd_pairwise_loss(x, t, 2, v),
+        "cwd": lambda x: cwd_loss(x, t, 4.0, v),
+        "ifvd": lambda x: ifvd_loss(x, t, y, 4),
+    }[name]
+    assert torch.autograd.gradcheck(fn, (s,))
+    # unmasked, with a student at half the teacher's resolution (the upsampling path)
+    half = s[:, :, ::2, ::2].detach().clone().requires_grad_(True)
+    fn_half = {
+        "kd": lambda x: kd_loss(x, t, 2.0),
+        "fitnet": lambda x: fitnet_loss(x, t),
+        "skd": lambda x: skd_pairwise_loss(x, t, 2),
+        "cwd": lambda x: cwd_loss(x, t, 4.0),
+        "ifvd": lambda x: ifvd_loss(x, t, y.clamp(max=3), 4),
+    }[name]
+    assert torch.autograd.gradcheck(fn_half, (half,))
+
+
+def test_valid_mask_nearest_downsampling():
+    y = torch.tensor([[[0, IGN, 1, 1], [IGN, IGN, 1, 1]]])
+    torch.testing.assert_close(valid_mask(y, (1, 2)), torch.tensor([[[True, True]]]))
+    torch.testing.assert_close(valid_mask(y, (2, 4)), y != IGN)
+
+
+# --------------------------------------------------------------------------- in the task
+def _task(**kw):
+    torch.manual_seed(6)
+    teacher = build_model("tiny-teacher", 3)
+    student = build_model("tiny-student", 3)
+    teacher.train()(torch.randn(2, 3, 64, 64))
+    ae = FeatureAutoencoder(64, 16, ae_strides(4))
+    return DistillTask(student, teacher, ae.encoder, 16, **kw), teacher
+
+
+def test_task_adds_selected_losses_with_their_weights_and_combines_with_ours():
+    weights = {"kd": 1.0, "fitnet": 2.0, "skd": 10.0, "cwd": 3.0, "ifvd": 200.0}
+    task, teacher = _task(adapt_weight=50.0, affinity_weight=0.0, extra=weights)
+    assert isinstance(task.fitnet, FitNetRegressor)
+    assert task.fitnet.weight.shape == (64, 64, 1, 1)  # student 64 -> teacher 64 channels
+    assert any(n.startswith("fitnet.") for n, _ in task.named_parameters())
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    y[:, :8] = IGN
+    losses = task.train()(x, y)
+    assert set(weights) | {"ce", "adapt", "loss"} <= set(losses)
+    total = losses["ce"] + 50 * losses["adapt"] + sum(w * losses[k] for k, w in weights.items())
+    torch.testing.assert_close(losses["loss"], total)
+    # each term is the pure loss on the two networks' outputs
+    task.eval()
+    losses = task(x, y)
+    s_out, t_out = task.student(x), teacher.eval()(x)
+    v = valid_mask(y, (64, 64))
+    torch.testing.assert_close(losses["kd"], kd_loss(s_out["logits"], t_out["logits"], 4.0, v))
+    ft = t_out["features"]["pre_logits"]
+    torch.testing.assert_close(
+        losses["ifvd"], ifvd_loss(s_out["features"]["pre_logits"], ft, y, 3))
+    losses["loss"].backward()
+    assert task.fitnet.weight.grad is not None and task.fitnet.weight.grad.abs().sum() > 0
+
+
+def test_task_with_only_extra_losses_needs_no_autoencoder_terms():
+    task, _ = _task(adapt_weight=0.0, affinity_weight=0.0, extra={"kd": 1.0, "cwd": 0.0})
+    assert task.adapter is None and task.affinity_adapter is None and task.fitnet is None
+    losses = task(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))
+    assert set(losses) == {"ce", "kd", "kd_ratio", "loss"}  # weight 0 = not computed
+    with pytest.raises(ValueError, match="unknown \\['at'\\]"):
+        _task(extra={"at": 1.0})
