@@ -2,7 +2,8 @@
 
 METHOD.md ("Magnitudes"): the paper's weights (50, 1) mean something only with a reduction. This
 prints, for every reduction, the term's value, weight x value / CE, and how it moves when the
-resolution doubles, so a default pair can be chosen by measurement.
+resolution doubles, so a default pair can be chosen by measurement. The field's other losses
+(:mod:`kaseg.kd_losses`) are measured beside them, each at its authors' default weight.
 
     python benchmarks/magnitudes.py [--teacher paper-teacher|WEIGHTS] [--student paper-student]
                                     [--ae AE_RUN] [--sizes 128 256] [--classes 21] [--json]
@@ -20,8 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from kaseg.checkpoint import load_model
+from kaseg.config import DistillConfig
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import EvalTransform
+from kaseg.kd_losses import (FitNetRegressor, cwd_loss, fitnet_loss, ifvd_loss, kd_loss,
+                             skd_pairwise_loss)
 from kaseg.method import Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss
 from kaseg.models import build_model
 from kaseg.stages import load_autoencoder
@@ -54,6 +58,10 @@ def main() -> None:
         ae = FeatureAutoencoder(t_info.channels, t_info.channels // 2,
                                 ae_strides(s_info.stride // t_info.stride)).eval()
     adapter = Adapter(s_info.channels, ae.latent_channels).eval()
+    regressor = FitNetRegressor(s_info.channels, t_info.channels).eval()
+    d = DistillConfig()
+    others = {"kd": d.kd_weight, "fitnet": d.fitnet_weight, "skd": d.skd_weight,
+              "cwd": d.cwd_weight, "ifvd": d.ifvd_weight}
     rows = []
     for size in args.sizes:
         ds = SyntheticScenes("val", args.batch, size, transform=EvalTransform())
@@ -62,7 +70,9 @@ def main() -> None:
         with torch.no_grad():
             out = student(x)
             ce = F.cross_entropy(out["logits"], y).item()
-            zt = ae.encoder(teacher(x)["features"]["pre_logits"])
+            t_out = teacher(x)
+            ft, fs = t_out["features"]["pre_logits"], out["features"]["pre_logits"]
+            zt = ae.encoder(ft)
             zs = adapter(out["features"]["pre_logits"])
             zs = F.interpolate(zs, size=zt.shape[-2:], mode="bilinear") if zs.shape != zt.shape else zs
             row = {"size": size, "positions": zt.shape[-2] * zt.shape[-1], "ce": ce}
@@ -74,6 +84,16 @@ def main() -> None:
                 v = affinity_loss(zs, zt, red, impl="gram").item()
                 row[f"affinity_{red}"] = v
                 row[f"affinity_{red}_ratio"] = w * v / ce
+            values = {
+                "kd": kd_loss(out["logits"], t_out["logits"], d.kd_temperature),
+                "fitnet": fitnet_loss(regressor(fs), ft),
+                "skd": skd_pairwise_loss(fs, ft, d.skd_pool),
+                "cwd": cwd_loss(out["logits"], t_out["logits"], d.cwd_temperature),
+                "ifvd": ifvd_loss(fs, ft, y, classes),
+            }
+            for name, v in values.items():
+                row[name] = v.item()
+                row[f"{name}_ratio"] = others[name] * v.item() / ce
         rows.append(row)
     if args.json:
         for r in rows:
@@ -86,6 +106,10 @@ def main() -> None:
         print(f"{r['size']:>5} {r['positions']:>6} {r['ce']:>6.3f} | {r['adapt_paper_ratio']:>15.3f} "
               f"{r['adapt_element_ratio']:>17.3f} | {r['affinity_paper_ratio']:>12.4f} "
               f"{r['affinity_mse_ratio']:>12.4f}")
+    print("\nthe field's other losses at their default weights (ratios to CE):")
+    print(f"{'size':>5} " + " ".join(f"{f'{w:g}*{k}':>11}" for k, w in others.items()))
+    for r in rows:
+        print(f"{r['size']:>5} " + " ".join(f"{r[f'{k}_ratio']:>11.4f}" for k in others))
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from kaseg.config import Config, diff_configs, dump_config, load_config, parse_overrides, to_dict
@@ -47,3 +49,28 @@ def test_round_trip_and_diff(tmp_path):
 def test_override_syntax_error():
     with pytest.raises(KasegError, match="key=value"):
         parse_overrides(["train.iters"])
+
+
+def test_every_shipped_config_loads_and_the_paper_recipes_hold():
+    from kaseg.models import _resolve
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfgs = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
+    assert {"paper_voc", "paper_cityscapes", "paper_context", "cirkd_cityscapes_r18",
+            "cirkd_cityscapes_mbv2"} <= set(cfgs)
+    for name, cfg in cfgs.items():
+        assert _resolve(cfg.model.name) and _resolve(cfg.teacher.name), name  # known networks
+    for name, crop, iters in [("paper_voc", 513, 30000), ("paper_cityscapes", 769, 90000),
+                              ("paper_context", 513, 30000)]:
+        c = cfgs[name]
+        assert (c.train.batch_size, c.train.lr, c.train.weight_decay, c.train.poly_power) == (
+            16, 0.007, 4e-5, 0.9)
+        assert (c.data.crop_size, c.train.iters, c.data.scale_min, c.data.scale_max) == (
+            crop, iters, 0.5, 2.0)
+        assert c.model.name == "paper-student" and c.teacher.name == "paper-teacher"
+    assert cfgs["paper_voc"].data.train_split == "trainaug"
+    assert cfgs["paper_context"].data.dataset == "context"
+    for name in ("cirkd_cityscapes_r18", "cirkd_cityscapes_mbv2"):
+        c = cfgs[name]
+        assert c.data.crop_size == (512, 1024) and c.train.iters == 40000
+        assert c.teacher.name == "deeplabv3:resnet101" and c.teacher.output_stride == 8

@@ -220,3 +220,15 @@ def test_task_with_only_extra_losses_needs_no_autoencoder_terms():
     assert set(losses) == {"ce", "kd", "kd_ratio", "loss"}  # weight 0 = not computed
     with pytest.raises(ValueError, match="unknown \\['at'\\]"):
         _task(extra={"at": 1.0})
+
+
+def test_kl_of_close_maps_over_many_positions_is_accurate_in_float32():
+    # the textbook form loses ~1e-6 to cancelling log-normalisers over 10^4 positions and can go
+    # negative; the loss must stay >= 0 and near its float64 value
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 3, 128, 128, generator=g, dtype=torch.float64) * 0.05
+    s = t + torch.randn(t.shape, generator=g, dtype=torch.float64) * 1e-3
+    exact = cwd_loss(s, t, 4.0).item()
+    approx = cwd_loss(s.float(), t.float(), 4.0).item()
+    assert approx >= 0 and abs(approx - exact) < 1e-8 and exact > 0  # textbook: 5.7e-7 off
+    assert abs(kd_loss(s.float(), t.float(), 4.0).item() - kd_loss(s, t, 4.0).item()) < 1e-7

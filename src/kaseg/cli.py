@@ -63,7 +63,7 @@ def _cmd_pipeline(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, args.quick, args.seeds, args.device, args.force)
+    run_demo(args.out, args.quick, args.seeds, args.device, args.force, args.all_methods)
     print((Path(args.out) / "report.md").read_text())
     return 0
 
@@ -73,6 +73,7 @@ def _cmd_eval(args) -> int:
     from .config import load_config
     from .data import build_dataset
     from .evaluate import evaluate
+    from .inference import MS_SCALES, protocol_name
     from .metrics import format_table
     from .train import resolve_device
 
@@ -87,14 +88,29 @@ def _cmd_eval(args) -> int:
     if dataset.num_classes != model.num_classes:
         raise KasegError(f"{weights}: model has {model.num_classes} classes, "
                          f"dataset has {dataset.num_classes}")
+    scales = MS_SCALES if args.ms_flip else tuple(args.scales)
+    flip = args.flip or args.ms_flip
+    tta = dict(scales=scales, flip=flip, window=args.window, stride=args.stride)
     metrics = evaluate(model, dataset, cfg.train.val_batch_size, device, cfg.train.amp,
-                       cfg.data.num_workers, progress=not args.json)
-    metrics.update(checkpoint=str(weights), split=dataset.split, protocol="single-scale")
+                       cfg.data.num_workers, progress=not args.json, **tta)
+    metrics.update(checkpoint=str(weights), split=dataset.split, protocol=protocol_name(**tta))
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(format_table(metrics, f"{weights} on {dataset.split}"))
+        print(format_table(metrics, f"{weights} on {dataset.split} ({metrics['protocol']})"))
     return 0
+
+
+def _cmd_data_check(args) -> int:
+    from .data.check import check_dataset, format_report
+
+    names, reports = check_dataset(args.dataset, args.root, args.split or None,
+                                   progress=not args.quiet)
+    print(format_report(args.dataset, args.root, names, reports))
+    bad = sum(len(r.defects) for r in reports)
+    if bad:
+        print(f"{bad} defect(s) found", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _cmd_info(args) -> int:
@@ -142,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=int, help="default: 3 (1 with --quick)")
     d.add_argument("--device", default="auto")
     d.add_argument("--force", action="store_true", help="recompute every stage")
+    d.add_argument("--all-methods", action="store_true",
+                   help="also SKD, CWD, IFVD and logit KD at T = 2 and 6 (default: baseline, KD "
+                        "T = 4, FitNet and the method's variants)")
     d.set_defaults(fn=_cmd_demo)
 
     e = sub.add_parser("eval", help="evaluate a run folder or a .safetensors checkpoint")
@@ -152,7 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--json", action="store_true")
     e.add_argument("overrides", nargs="*")
+    e.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="multi-scale: average softmax over these input scales")
+    e.add_argument("--flip", action="store_true", help="also average the mirrored image")
+    e.add_argument("--ms-flip", action="store_true",
+                   help="the field's multi-scale protocol: scales 0.5-1.75 + flip")
+    e.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                   help="sliding-window inference with this crop (e.g. 769 769 for Cityscapes)")
+    e.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
+                   help="sliding-window stride (default: 2/3 of the window)")
     e.set_defaults(fn=_cmd_eval)
+
+    dt = sub.add_parser("data", help="dataset tools")
+    dsub = dt.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="read every file of a dataset and report its defects")
+    dc.add_argument("root")
+    dc.add_argument("--dataset", required=True,
+                    help="folder, voc, cityscapes, context, context60, ade20k or camvid")
+    dc.add_argument("--split", nargs="+", help="default: every split found")
+    dc.add_argument("--quiet", action="store_true", help="no progress bar")
+    dc.set_defaults(fn=_cmd_data_check)
 
     i = sub.add_parser("info", help="params, FLOPs and feature maps of a model")
     i.add_argument("model", nargs="?")

@@ -24,8 +24,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # "synthetic" (built in) or "folder" (images/ + masks/)
-    root: str | None = None  # the folder dataset's root; unused by "synthetic"
+    # "synthetic" (built in), "folder" (images/ + masks/), or a public dataset in its standard
+    # layout: "voc", "cityscapes", "context" (59), "context60", "ade20k", "camvid"
+    dataset: str = "synthetic"
+    root: str | None = None  # the dataset's folder; unused by "synthetic"
     train_split: str = "train"
     val_split: str = "val"
     # synthetic scenes: image side, sample counts and the data seed (fixed, not the training seed,
@@ -35,7 +37,7 @@ class DataConfig:
     val_count: int = 128
     data_seed: int = 0
     # training augmentation (validation images are only normalised)
-    crop_size: int = 64
+    crop_size: int | tuple[int, int] = 64  # side, or [height, width] (e.g. [512, 1024])
     scale_min: float = 0.5
     scale_max: float = 2.0
     flip: bool = True

@@ -1,9 +1,10 @@
 """``kaseg demo``: the paper's experiment end to end on the built-in synthetic scenes, on a CPU.
 
-teacher -> autoencoder -> the student trained five ways with one recipe, seed and budget
-(CE only, + adaptation, + affinity, + both = the method, + both with the paper-literal reductions),
-then every model evaluated on the same validation set and a report written. Every stage is a run
-folder under DIR; a finished stage is not redone (``--force`` redoes it).
+teacher -> autoencoder -> the student trained with one recipe, seed and budget in the rows of the
+paper's comparison table: CE only, + logit KD, + FitNet, + adaptation, + affinity, + both (the
+method), and + both with the paper-literal reductions (``--all-methods``: also SKD, CWD, IFVD and
+KD at T = 2 and 6); then every model evaluated on the same validation set and a report written.
+Every stage is a run folder under DIR; a finished stage is not redone (``--force`` redoes it).
 """
 
 from __future__ import annotations
@@ -33,17 +34,40 @@ from .visualize import prediction_grid, training_curves
 
 log = logging.getLogger(__name__)
 
-# the student variants: DistillConfig changes from the defaults (the method, "ka")
+# the student variants: DistillConfig changes from the defaults (the method, "ka"), in the order
+# of the paper's comparison table (baseline, KD, FitNet, + adaptation, + affinity, ours)
+_OFF = dict(adapt_weight=0.0, affinity_weight=0.0)
 METHODS: dict[str, dict] = {
-    "baseline": dict(adapt_weight=0.0, affinity_weight=0.0),
+    "baseline": _OFF,
+    "kd": dict(_OFF, extra_losses=["kd"], kd_temperature=4.0),
+    "fitnet": dict(_OFF, extra_losses=["fitnet"]),
     "adapt": dict(affinity_weight=0.0),
     "affinity": dict(adapt_weight=0.0),
     "ka": {},
     "ka_paper": dict(adapt_reduction="paper", affinity_reduction="paper", affinity_weight=1.0),
 }
-LABELS = {"teacher": "teacher", "baseline": "student (CE only)", "adapt": "+ adaptation",
-          "affinity": "+ affinity", "ka": "+ both (the method)",
-          "ka_paper": "+ both, paper-literal reductions"}
+# ``--all-methods`` adds the rest of the field (each at its authors' weight) and KD's other T
+MORE_METHODS: dict[str, dict] = {
+    "kd_t2": dict(_OFF, extra_losses=["kd"], kd_temperature=2.0),
+    "kd_t6": dict(_OFF, extra_losses=["kd"], kd_temperature=6.0),
+    "skd": dict(_OFF, extra_losses=["skd"]),
+    "cwd": dict(_OFF, extra_losses=["cwd"]),
+    "ifvd": dict(_OFF, extra_losses=["ifvd"]),
+}
+# report order: the paper's table, with the extra methods beside their kin
+ORDER = ["teacher", "baseline", "kd_t2", "kd", "kd_t6", "fitnet", "skd", "cwd", "ifvd", "adapt",
+         "affinity", "ka", "ka_paper"]
+LABELS = {"teacher": "teacher", "baseline": "student (CE only)", "kd": "+ logit KD (T = 4)",
+          "kd_t2": "+ logit KD (T = 2)", "kd_t6": "+ logit KD (T = 6)",
+          "fitnet": "+ FitNet (feature L2)", "skd": "+ SKD pair-wise", "cwd": "+ CWD (logits)",
+          "ifvd": "+ IFVD", "adapt": "+ adaptation", "affinity": "+ affinity",
+          "ka": "+ both (the method)", "ka_paper": "+ both, paper-literal reductions"}
+
+
+def methods(all_methods: bool = False) -> dict[str, dict]:
+    """The student variants a demo trains, in report order."""
+    chosen = {**METHODS, **(MORE_METHODS if all_methods else {})}
+    return {m: chosen[m] for m in ORDER if m in chosen}
 
 
 def demo_config(quick: bool = False, device: str = "auto") -> Config:
@@ -51,9 +75,9 @@ def demo_config(quick: bool = False, device: str = "auto") -> Config:
     decides the context classes is always in view of a network that can use it."""
     data = DataConfig(image_size=96, train_count=1024, val_count=256, crop_size=96,
                       scale_min=0.5, scale_max=1.0, flip=True, jitter=0.2)
-    iters = 60 if quick else 200
+    iters = 60 if quick else 160
     train = TrainConfig(iters=iters, batch_size=8, lr=0.1, weight_decay=1e-4,
-                        val_every=iters if quick else 100, val_batch_size=64, log_every=10,
+                        val_every=iters if quick else 80, val_batch_size=64, log_every=10,
                         device=device)
     teacher = TeacherConfig(name="tiny-teacher", iters=150 if quick else 600, lr=0.05)
     return Config(seed=0, data=data, model=ModelConfig(name="tiny-student"), train=train,
@@ -61,17 +85,18 @@ def demo_config(quick: bool = False, device: str = "auto") -> Config:
                   distill=DistillConfig())
 
 
-def _stages(seeds: int) -> list[tuple[str, str, int]]:
+def _stages(seeds: int, variants: dict[str, dict]) -> list[tuple[str, str, int]]:
     return [("teacher", "teacher", 0), ("ae", "ae", 0)] + [
-        (f"students/{m}-s{s}", m, s) for s in range(seeds) for m in METHODS]
+        (f"students/{m}-s{s}", m, s) for s in range(seeds) for m in variants]
 
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | None = None,
-             device: str = "auto", force: bool = False) -> list[dict]:
+             device: str = "auto", force: bool = False, all_methods: bool = False) -> list[dict]:
     out = Path(out)
     seeds = seeds if seeds is not None else (1 if quick else 3)
     cfg = demo_config(quick, device)
-    stages = _stages(seeds)
+    variants = methods(all_methods)
+    stages = _stages(seeds, variants)
     t0 = time.perf_counter()
     bar = tqdm(total=len(stages), desc="demo", unit="stage", position=0, dynamic_ncols=True)
     runs: dict[str, tuple[str, int]] = {}
@@ -85,7 +110,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
             train_autoencoder(cfg, run, force)
             cfg = replace(cfg, ae=replace(cfg.ae, weights=str(run)))
         else:
-            s_cfg = replace(cfg, seed=seed, distill=replace(cfg.distill, **METHODS[method]))
+            s_cfg = replace(cfg, seed=seed, distill=replace(cfg.distill, **variants[method]))
             distill(s_cfg, run, force)
         runs[folder] = (method, seed)
         bar.update(1)
@@ -94,7 +119,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
     records = evaluate_all(out, cfg, runs)
     atomic_write_text(out / "results.json", json.dumps(records, indent=2))
     write_report(out, cfg, records, seeds, quick)
-    write_pictures(out, cfg)
+    write_pictures(out, cfg, variants)
     log.info("demo: done in %.0fs; see %s", time.perf_counter() - t0, out / "report.md")
     return records
 
@@ -153,7 +178,7 @@ def write_report(out: Path, cfg: Config, records: list[dict], seeds: int, quick:
         "CPU latency (ms) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for method in ["teacher", *METHODS]:
+    for method in ORDER:
         rs = by.get(method)
         if not rs:
             continue
@@ -168,7 +193,7 @@ def write_report(out: Path, cfg: Config, records: list[dict], seeds: int, quick:
     lines += ["", "Per-class IoU (%, mean over seeds):", "",
               "| method | " + " | ".join(classes) + " |",
               "| --- |" + " ---: |" * len(classes)]
-    for method in ["teacher", *METHODS]:
+    for method in ORDER:
         rs = by.get(method)
         if rs:
             vals = []
@@ -192,7 +217,7 @@ def write_report(out: Path, cfg: Config, records: list[dict], seeds: int, quick:
 
 
 @torch.no_grad()
-def write_pictures(out: Path, cfg: Config, count: int = 4) -> None:
+def write_pictures(out: Path, cfg: Config, variants: dict[str, dict], count: int = 4) -> None:
     val = build_dataset(cfg.data, cfg.data.val_split, train=False)
     models = {"teacher": "teacher", "student (CE only)": "students/baseline-s0",
               "distilled (ka)": "students/ka-s0"}
@@ -208,5 +233,5 @@ def write_pictures(out: Path, cfg: Config, count: int = 4) -> None:
         preds[label] = list(model(batch)["logits"].argmax(1).numpy())
     prediction_grid(out / "predictions.png", images, preds, val.class_names, val.palette)
     curve_runs = {"teacher": out / "teacher", "autoencoder": out / "ae"}
-    curve_runs.update({m: out / f"students/{m}-s0" for m in METHODS})
+    curve_runs.update({m: out / f"students/{m}-s0" for m in variants})
     training_curves(out / "curves.png", curve_runs)

@@ -1,4 +1,6 @@
-"""Evaluation of a segmentation model on a dataset: single scale, full resolution, argmax."""
+"""Evaluation of a segmentation model on a dataset: confusion-matrix metrics of the argmax of
+:func:`kaseg.inference.predict` (single scale at full resolution by default; sliding window and
+multi-scale + flip on request)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .inference import predict
 from .metrics import ConfusionMatrix
 from .models import SegModel
 
@@ -18,7 +21,9 @@ def autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.device = "cpu",
-             amp: bool = False, num_workers: int = 0, progress: bool = False) -> dict:
+             amp: bool = False, num_workers: int = 0, progress: bool = False,
+             scales: tuple[float, ...] = (1.0,), flip: bool = False, window=None,
+             stride=None) -> dict:
     """Confusion-matrix metrics over ``dataset`` (reduced across processes when distributed)."""
     device = torch.device(device)
     was_training = model.training
@@ -28,8 +33,8 @@ def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.
     for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         images, targets = images.to(device), targets.to(device)
         with autocast(device, amp):
-            logits = model(images)["logits"]
-        cm.update(logits.float().argmax(1), targets)
+            scores = predict(model, images, scales, flip, window, stride)
+        cm.update(scores.float().argmax(1), targets)
     cm.reduce()
     model.train(was_training)
     return cm.compute(getattr(dataset, "class_names", None))

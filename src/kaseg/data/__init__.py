@@ -5,10 +5,11 @@ from __future__ import annotations
 from ..config import DataConfig
 from ..errors import KasegError
 from .folder import FolderDataset
+from .standard import LAYOUTS, PairedDataset
 from .synthetic import SyntheticScenes
 from .transforms import IGNORE_INDEX, EvalTransform, TrainTransform
 
-DATASETS = ("synthetic", "folder")
+DATASETS = ("synthetic", "folder", *LAYOUTS)
 
 
 def build_dataset(cfg: DataConfig, split: str, train: bool):
@@ -25,7 +26,12 @@ def build_dataset(cfg: DataConfig, split: str, train: bool):
         if not cfg.root:
             raise KasegError("data.root must be set for the folder dataset")
         return FolderDataset(cfg.root, split, tf)
+    if cfg.dataset in LAYOUTS:
+        if not cfg.root:
+            raise KasegError(f"data.root must be set for the {cfg.dataset} dataset")
+        return PairedDataset(cfg.dataset, cfg.root, split, tf)
     raise KasegError(f"unknown data.dataset '{cfg.dataset}'; known: {', '.join(DATASETS)}")
 
 
-__all__ = ["build_dataset", "FolderDataset", "SyntheticScenes", "IGNORE_INDEX", "DATASETS"]
+__all__ = ["build_dataset", "FolderDataset", "PairedDataset", "SyntheticScenes", "IGNORE_INDEX",
+           "DATASETS"]

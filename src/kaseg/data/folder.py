@@ -117,6 +117,32 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+def _find(images_dir: Path, name: str, listing: Path) -> Path:
+    direct = images_dir / name
+    if direct.suffix.lower() in IMAGE_EXTS and direct.is_file():
+        return direct
+    for ext in IMAGE_EXTS:
+        if (p := images_dir / f"{name}{ext}").is_file():
+            return p
+    raise KasegError(f"{listing}: lists '{name}' but there is no such image in {images_dir}")
+
+
+def split_images(root: Path, split: str) -> list[Path]:
+    """The images of ``split`` under ``root/images`` by the rules in the module docstring."""
+    images_dir = root / "images"
+    for lst in (root / "splits" / f"{split}.txt", root / f"{split}.txt"):
+        if lst.is_file():
+            return [_find(images_dir, line.strip(), lst)
+                    for line in lst.read_text().splitlines() if line.strip()]
+    if (images_dir / split).is_dir():
+        return _list_images(images_dir / split)
+    everything = _list_images(images_dir)
+    if split not in ("train", "val"):
+        raise KasegError(f"{root}: no split list or folder for split '{split}'")
+    log.warning("%s: no split lists; using every 10th image as val", root)
+    return [p for i, p in enumerate(everything) if (i % 10 == 9) == (split == "val")]
+
+
 class FolderDataset:
     def __init__(self, root: str | Path, split: str = "train", transform=None):
         root = Path(root)
@@ -129,7 +155,7 @@ class FolderDataset:
         self.root, self.split, self.transform = root, split, transform
         self.class_names, self.palette = read_classes(root)
         self.context_classes = ()
-        self.images = self._split_images(images_dir, split)
+        self.images = split_images(root, split)
         if not self.images:
             raise KasegError(f"{root}: split '{split}' has no images")
         self.masks = []
@@ -138,29 +164,6 @@ class FolderDataset:
             if not mask.is_file():
                 raise KasegError(f"{img}: has no mask (expected {mask})")
             self.masks.append(mask)
-
-    def _split_images(self, images_dir: Path, split: str) -> list[Path]:
-        for lst in (self.root / "splits" / f"{split}.txt", self.root / f"{split}.txt"):
-            if lst.is_file():
-                return [self._find(images_dir, line.strip(), lst)
-                        for line in lst.read_text().splitlines() if line.strip()]
-        if (images_dir / split).is_dir():
-            return _list_images(images_dir / split)
-        everything = _list_images(images_dir)
-        if split not in ("train", "val"):
-            raise KasegError(f"{self.root}: no split list or folder for split '{split}'")
-        log.warning("%s: no split lists; using every 10th image as val", self.root)
-        return [p for i, p in enumerate(everything) if (i % 10 == 9) == (split == "val")]
-
-    @staticmethod
-    def _find(images_dir: Path, name: str, listing: Path) -> Path:
-        direct = images_dir / name
-        if direct.suffix.lower() in IMAGE_EXTS and direct.is_file():
-            return direct
-        for ext in IMAGE_EXTS:
-            if (p := images_dir / f"{name}{ext}").is_file():
-                return p
-        raise KasegError(f"{listing}: lists '{name}' but there is no such image in {images_dir}")
 
     @property
     def num_classes(self) -> int:

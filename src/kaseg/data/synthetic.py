@@ -13,6 +13,8 @@ and the train/val split is fixed. The scenes are built to make distillation meas
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 CLASS_NAMES = ("background", "grass", "water", "wire", "dot", "twin-red", "twin-blue", "beacon")
@@ -116,6 +118,11 @@ def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), mask
 
 
+# Scenes are pure functions of their arguments and cost ~2 ms each; runs in one process (the demo's
+# many students) see the same images, so keep them (4096 scenes at 96 px: ~150 MB at most).
+_cached_scene = functools.lru_cache(maxsize=4096)(make_scene)
+
+
 class SyntheticScenes:
     """Map-style dataset over :func:`make_scene`; ``transform(image, mask)`` gives tensors."""
 
@@ -140,7 +147,8 @@ class SyntheticScenes:
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self.count:
             raise IndexError(index)
-        return make_scene(self.size, self.data_seed, self.split, index)
+        image, mask = _cached_scene(self.size, self.data_seed, self.split, index)
+        return image.copy(), mask.copy()  # callers may write into them
 
     def name(self, index: int) -> str:
         return f"synthetic-{self.split}-{index:05d}"

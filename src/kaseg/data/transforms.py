@@ -30,17 +30,20 @@ def random_scale(img: torch.Tensor, mask: torch.Tensor, lo: float, hi: float):
     return img, mask
 
 
-def pad_crop(img: torch.Tensor, mask: torch.Tensor, size: int, ignore_index: int = IGNORE_INDEX):
-    """Pad (image 0, mask ignore) up to ``size``, then take a random ``size`` x ``size`` crop."""
+def pad_crop(img: torch.Tensor, mask: torch.Tensor, size: int | tuple[int, int],
+             ignore_index: int = IGNORE_INDEX):
+    """Pad (image 0, mask ignore) up to ``size`` (side, or (height, width)), then take a random
+    crop of that size."""
+    ch, cw = (size, size) if isinstance(size, int) else size
     h, w = mask.shape
-    ph, pw = max(0, size - h), max(0, size - w)
+    ph, pw = max(0, ch - h), max(0, cw - w)
     if ph or pw:
         img = torch.nn.functional.pad(img, (0, pw, 0, ph), value=0.0)
         mask = torch.nn.functional.pad(mask, (0, pw, 0, ph), value=ignore_index)
         h, w = mask.shape
-    y = int(torch.randint(0, h - size + 1, (1,)))
-    x = int(torch.randint(0, w - size + 1, (1,)))
-    return img[:, y : y + size, x : x + size], mask[y : y + size, x : x + size]
+    y = int(torch.randint(0, h - ch + 1, (1,)))
+    x = int(torch.randint(0, w - cw + 1, (1,)))
+    return img[:, y : y + ch, x : x + cw], mask[y : y + ch, x : x + cw]
 
 
 def random_flip(img: torch.Tensor, mask: torch.Tensor, p: float = 0.5):
@@ -66,7 +69,7 @@ def normalize(img: torch.Tensor, mean, std) -> torch.Tensor:
 class TrainTransform:
     """jitter -> random scale -> pad/crop -> flip -> normalise (the DeepLab recipe)."""
 
-    def __init__(self, crop_size: int, scale_min: float = 0.5, scale_max: float = 2.0,
+    def __init__(self, crop_size: int | tuple[int, int], scale_min: float = 0.5, scale_max: float = 2.0,
                  flip: bool = True, jitter: float = 0.0, mean=(0.0,) * 3, std=(1.0,) * 3):
         self.crop_size, self.scale = crop_size, (scale_min, scale_max)
         self.flip, self.jitter, self.mean, self.std = flip, jitter, mean, std

@@ -1,0 +1,135 @@
+"""``kaseg data check ROOT --dataset NAME``: read every file of a dataset once, without training,
+and report what would break (or silently spoil) a run: counts per split, images without masks,
+unreadable files, image/mask size mismatches, label values outside the class set, and the class
+pixel histogram."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import KasegError
+from .folder import IMAGE_EXTS, read_classes, split_images
+from .standard import LAYOUTS, Pair, get_layout, identity_lut, scan
+from .transforms import IGNORE_INDEX
+
+
+@dataclass
+class SplitReport:
+    split: str
+    count: int = 0
+    defects: list[str] = field(default_factory=list)  # one line each, naming the file
+    histogram: np.ndarray | None = None  # pixels per training id
+    ignored: int = 0  # ignore pixels
+
+    @property
+    def ok(self) -> bool:
+        return not self.defects
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) after decoding the whole file (a truncated file fails here)."""
+    from .folder import read_image
+
+    return read_image(path).shape[:2]
+
+
+def _folder_pairs(root: Path, split: str) -> list[Pair]:
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise KasegError(f"{root}: a folder dataset needs images/ and masks/")
+    images = split_images(root, split)
+    return [Pair(p, masks_dir / p.relative_to(images_dir).with_suffix(".png")) for p in images]
+
+
+def check_split(pairs: list[Pair], lut: np.ndarray, num_classes: int, split: str,
+                progress: bool = True) -> SplitReport:
+    from .standard import map_labels, read_label_file
+
+    rep = SplitReport(split, len(pairs), histogram=np.zeros(num_classes, dtype=np.int64))
+    if not pairs:
+        rep.defects.append(f"split '{split}' is empty")
+    for p in tqdm(pairs, desc=f"check {split}", disable=not progress, leave=False):
+        if not p.image.is_file():
+            rep.defects.append(f"{p.image}: image not found")
+            continue
+        if not p.mask.is_file():
+            rep.defects.append(f"{p.image}: has no mask (expected {p.mask})")
+            continue
+        try:
+            size = _image_size(p.image)
+        except KasegError as e:
+            rep.defects.append(str(e))
+            continue
+        try:
+            raw = read_label_file(p.mask)
+            mask = map_labels(raw, lut if p.lut is None else p.lut, p.mask)
+        except KasegError as e:
+            rep.defects.append(str(e))
+            continue
+        if mask.shape[:2] != size:
+            rep.defects.append(f"{p.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                               f"is {size[1]}x{size[0]} (width x height)")
+            continue
+        valid = mask[mask != IGNORE_INDEX]
+        rep.histogram += np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
+        rep.ignored += int(mask.size - valid.size)
+    return rep
+
+
+def check_dataset(name: str, root: str | Path, splits: list[str] | None = None,
+                  progress: bool = True) -> tuple[list[str], list[SplitReport]]:
+    """``(class names, one report per split)``; splits default to every split the layout knows
+    that is present on disk."""
+    root = Path(root)
+    if not root.is_dir():
+        raise KasegError(f"{root}: dataset folder not found")
+    if name == "folder":
+        names, _ = read_classes(root)
+        lut = identity_lut(len(names))
+        lister = _folder_pairs
+        known = splits or ["train", "val"]
+    else:
+        layout = get_layout(name)
+        names, lut = list(layout.class_names), layout.lut
+        lister = None
+        known = splits or list(layout.splits)
+    reports = []
+    for split in known:
+        try:
+            pairs = lister(root, split) if lister else scan(name, root, split)[1]
+        except KasegError as e:
+            if splits:  # asked for by name: its absence is a defect
+                reports.append(SplitReport(split, defects=[str(e)]))
+            continue
+        reports.append(check_split(pairs, lut, len(names), split, progress))
+    if not reports:
+        raise KasegError(f"{root}: no split of {name} found")
+    return names, reports
+
+
+def format_report(name: str, root: str | Path, names: list[str],
+                  reports: list[SplitReport]) -> str:
+    lines = [f"{name} at {root}"]
+    for r in reports:
+        status = "ok" if r.ok else f"{len(r.defects)} defect(s)"
+        lines.append(f"  {r.split}: {r.count} samples, {status}")
+        for d in r.defects[:20]:
+            lines.append(f"    - {d}")
+        if len(r.defects) > 20:
+            lines.append(f"    ... and {len(r.defects) - 20} more")
+    total = sum(r.histogram for r in reports if r.histogram is not None)
+    if isinstance(total, np.ndarray) and total.sum():
+        lines.append("  class pixels (all splits checked):")
+        frac = total / total.sum()
+        for i, n in enumerate(names):
+            lines.append(f"    {i:>3} {n:<24} {int(total[i]):>14} {100 * frac[i]:6.2f}%")
+        lines.append(f"    ignore: {sum(r.ignored for r in reports)} pixels")
+    return "\n".join(lines)
+
+
+SUPPORTED = ("folder", *LAYOUTS)
+__all__ = ["check_dataset", "format_report", "SUPPORTED", "IMAGE_EXTS"]
