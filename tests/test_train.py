@@ -120,3 +120,103 @@ def test_changed_config_is_refused_and_nothing_overwritten(tmp_path):
         train_segmenter(tiny_config(**{"model.name": "nope"}), run, force=True)
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert before == after
+
+
+def test_augmentation_depends_on_sample_position_only_not_on_workers_or_resume():
+    from torch.utils.data import DataLoader
+
+    from kaseg.data.transforms import TrainTransform
+    from kaseg.train import SeededSamples
+
+    ds = SyntheticScenes("train", count=6, size=32, transform=TrainTransform(24, 0.5, 2.0, True, 0.2))
+
+    def batches(workers, start=0, n=4):
+        loader = DataLoader(SeededSamples(ds, seed=3), batch_size=2, num_workers=workers,
+                            sampler=InfiniteSampler(6, 3, start, positions=True),
+                            generator=torch.Generator().manual_seed(0))
+        it = iter(loader)
+        return [next(it) for _ in range(n)]
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    ref = batches(0)
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG is not touched
+    for other in (batches(2), batches(0, start=4, n=2)):
+        offset = len(ref) - len(other)
+        for (x, y), (x2, y2) in zip(ref[offset:], other):
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert not torch.equal(ref[0][0], ref[1][0])  # different samples, different augmentation
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path):
+    class SometimesNaN(SegmentationTask):
+        calls = 0
+
+        def forward(self, images, targets):
+            out = super().forward(images, targets)
+            SometimesNaN.calls += 1
+            if SometimesNaN.calls in (2, 4):
+                return {"loss": out["loss"] * float("inf"), "ce": out["ce"]}
+            return out
+
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    model = build_model("tiny-student", 8)
+    snapshots = []
+
+    class Spy(SometimesNaN):
+        def forward(self, images, targets):
+            snapshots.append(next(model.parameters()).detach().clone())
+            return super().forward(images, targets)
+
+    cfg = tiny_config(**{"train.skip_nonfinite": "true"}).train
+    out = fit(Spy(model), ds, cfg, tmp_path, seed=0, validate=lambda: {"miou": 0.5},
+              export=lambda w: None)
+    assert out["skipped"] == 2
+    assert torch.equal(snapshots[2], snapshots[1])  # step 2 skipped: no update before step 3
+    assert not torch.equal(snapshots[1], snapshots[0])  # step 1 did update
+    logged = [json.loads(l) for l in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in logged if "loss" in r] == [0, 1, 1, 2, 2, 2]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _train_cmd(out, *extra):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return [sys.executable, "-m", "kaseg", "train", "--config",
+            str(root / "configs" / "synthetic_tiny.yaml"), "--out", str(out),
+            "data.image_size=32", "data.crop_size=32", "data.train_count=32", "data.val_count=8",
+            "train.iters=15", "train.val_every=3", "train.batch_size=4", "train.val_batch_size=8",
+            "train.log_every=1", "train.device=cpu", "deterministic=true", "data.num_workers=1",
+            *extra]
+
+
+def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.pt").exists():  # written by rename: complete when it exists
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before a checkpoint"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert state["iter"] < 15, "killed too late to test resuming"
+    subprocess.run(_train_cmd(killed), check=True, env=env, capture_output=True)  # resumes
+    a, b = load_file(ref / "last.safetensors"), load_file(killed / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (ref / "metrics.json").read_text() == (killed / "metrics.json").read_text()
+    losses = [[json.loads(l) for l in (r / "history.jsonl").read_text().splitlines()]
+              for r in (ref, killed)]
+    assert losses[0] == losses[1]

@@ -101,6 +101,21 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from .inference import MS_SCALES
+    from .predict import predict_files
+    from .train import resolve_device
+
+    summary = predict_files(
+        args.checkpoint, args.inputs, args.out, resolve_device(args.device), args.which,
+        MS_SCALES if args.ms_flip else tuple(args.scales), args.flip or args.ms_flip,
+        args.window, args.stride, args.alpha, args.amp, progress=True)
+    n, bad = len(summary["written"]), len(summary["failed"])
+    print(f"{args.out}: {n} image(s) segmented (mask + overlay each)"
+          + (f"; {bad} failed" if bad else ""))
+    return 1 if bad else 0
+
+
 def _cmd_data_check(args) -> int:
     from .data.check import check_dataset, format_report
 
@@ -181,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
                    help="sliding-window stride (default: 2/3 of the window)")
     e.set_defaults(fn=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="segment images: palette masks and overlays as PNG")
+    pr.add_argument("checkpoint", help="a run folder or a .safetensors file")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--which", default="best", choices=["best", "last"])
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--amp", action="store_true")
+    pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    pr.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    pr.add_argument("--flip", action="store_true")
+    pr.add_argument("--ms-flip", action="store_true")
+    pr.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                    help="sliding-window inference for large images")
+    pr.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
+    pr.set_defaults(fn=_cmd_predict)
 
     dt = sub.add_parser("data", help="dataset tools")
     dsub = dt.add_subparsers(dest="data_command", required=True)

@@ -65,6 +65,7 @@ class TrainConfig:
     poly_power: float = 0.9
     amp: bool = False  # bf16 autocast on CPU, fp16 (+ GradScaler) on CUDA
     grad_clip: float | None = None  # max global grad norm; None = no clipping
+    skip_nonfinite: bool = False  # a non-finite loss: skip that step and count it (default: stop)
     val_every: int = 200  # validate (and checkpoint) every N iterations and at the end
     val_batch_size: int = 1  # >1 only when all validation images have one size
     log_every: int = 10

@@ -34,7 +34,12 @@ class SegmentationTask(nn.Module):
 
 def dataset_meta(dataset) -> dict:
     """What a checkpoint records about its classes, so it can be used without the dataset."""
-    return {"class_names": list(dataset.class_names), "palette": [list(c) for c in dataset.palette]}
+    meta = {"class_names": list(dataset.class_names),
+            "palette": [list(c) for c in dataset.palette]}
+    tf = getattr(dataset, "transform", None)
+    if hasattr(tf, "mean") and hasattr(tf, "std"):  # the input normalisation, for `kaseg predict`
+        meta.update(mean=list(tf.mean), std=list(tf.std))
+    return meta
 
 
 def build_data(cfg: Config):

@@ -57,13 +57,17 @@ class InfiniteSampler(Sampler):
     """Endless shuffled indices, one fresh permutation per epoch, seeded by (seed, epoch).
 
     ``start`` skips that many samples without loading them, so a resumed run sees the data in the
-    same order as one that was never stopped. ``rank``/``world`` shard each permutation.
+    same order as one that was never stopped. ``rank``/``world`` shard each permutation. With
+    ``positions=True`` it yields ``(index, k)``, k the sample's position in the stream, which
+    :class:`SeededSamples` turns into that sample's augmentation seed.
     """
 
-    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1,
+                 positions: bool = False):
         if n == 0:
             raise KasegError("the training split is empty")
         self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+        self.positions = positions
 
     def __iter__(self):
         k = self.start
@@ -72,8 +76,28 @@ class InfiniteSampler(Sampler):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
             for i in perm[pos:]:
-                yield i
+                yield (i, k) if self.positions else i
+                k += 1
             k = (epoch + 1) * self.n
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Each training sample's random augmentation is a pure function of (seed, its position k in
+    the sample stream), not of the process, worker or moment that loads it: a run resumed after a
+    crash, or run with another ``num_workers``, sees exactly the same crops, scales and flips.
+    The global RNG of the loading process is left as it was (dropout etc. keep their stream)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, k = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 0x9E3779B1 + k) % 2**63)
+            return self.dataset[index]
 
 
 def poly_lr(iters: int, power: float) -> Callable[[int], float]:
@@ -126,7 +150,7 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lr(cfg.iters, cfg.poly_power))
     use_scaler = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    start, best, best_iter, best_metrics = 0, -math.inf, 0, {}
+    start, best, best_iter, best_metrics, skipped = 0, -math.inf, 0, {}, 0
     if (run / STATE).exists():
         ckpt = load_state(run / STATE)
         task.load_state_dict(ckpt["task"])
@@ -135,72 +159,97 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
         scaler.load_state_dict(ckpt["scaler"])
         start, best, best_iter = ckpt["iter"], ckpt["best"], ckpt["best_iter"]
         best_metrics = json.loads(ckpt["best_metrics"])
+        skipped = int(ckpt.get("skipped", 0))
         _set_rng_state(ckpt["rng"])
         _trim_history(run, start)
         log.info("resuming %s from iteration %d", run, start)
     if start >= cfg.iters:
         return {"best": best, "best_iter": best_iter, "iters": start, "best_metrics": best_metrics}
 
-    sampler = InfiniteSampler(len(train_set), seed, start * cfg.batch_size)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=num_workers > 0)
+    sampler = InfiniteSampler(len(train_set), seed, start * cfg.batch_size, positions=True)
+    # the loader's own generator: creating it must not draw from the global RNG (a resumed run
+    # would then continue from a different RNG state than an uninterrupted one)
+    loader = DataLoader(SeededSamples(train_set, seed), batch_size=cfg.batch_size,
+                        sampler=sampler, drop_last=True, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
     batches = iter(loader)
-    writer = SummaryWriter(str(run / "tb"), purge_step=start + 1 if start else None)
+    writer = None  # opened at the first log, so a run that fails on its first batch adds nothing
     task.train()
     bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0)
     t0 = time.perf_counter()
-    for it in range(start + 1, cfg.iters + 1):
-        images, targets = next(batches)
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with autocast(device, cfg.amp):
-            losses = task(images, targets)
-        for name, value in losses.items():
-            if not torch.isfinite(value.detach()).all():
-                raise KasegError(f"{run}: loss term '{name}' is {value.item()} at iteration {it}; "
-                                 f"lower train.lr or set train.grad_clip")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        bar.update(1)
-        if it % cfg.log_every == 0 or it == cfg.iters:
-            record = {k: float(v.detach()) for k, v in losses.items()}
-            record.update(iter=it, lr=opt.param_groups[0]["lr"])
-            for k, v in record.items():
-                if k != "iter":
-                    writer.add_scalar(f"train/{k}", v, it)
-            _append_history(run, record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if it % cfg.val_every == 0 or it == cfg.iters:
-            metrics = validate()
-            task.train()
-            score = float(metrics[score_key])
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    writer.add_scalar(f"val/{k}", v, it)
-            _append_history(run, {"iter": it, "val": metrics})
-            if score > best:
-                best, best_iter, best_metrics = score, it, metrics
-                export("best")
-            export("last")
-            save_state(run / STATE, {
-                "task": task.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "iter": it,
-                "best": best, "best_iter": best_iter, "best_metrics": json.dumps(best_metrics),
-                "rng": _rng_state()})
-            bar.write(f"[{desc}] iter {it}/{cfg.iters}: val {score_key} {score:.4f} "
-                      f"(best {best:.4f} @ {best_iter})")
-    bar.close()
-    writer.close()
-    log.info("%s: %d iterations in %.1fs", desc, cfg.iters - start, time.perf_counter() - t0)
-    return {"best": best, "best_iter": best_iter, "iters": cfg.iters, "best_metrics": best_metrics}
+    try:
+        for it in range(start + 1, cfg.iters + 1):
+            images, targets = next(batches)
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, cfg.amp):
+                losses = task(images, targets)
+            bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+            opt.zero_grad(set_to_none=True)
+            if bad and not cfg.skip_nonfinite:
+                raise KasegError(f"{run}: loss term '{bad[0]}' is {losses[bad[0]].item()} at iteration "
+                                 f"{it}; lower train.lr, set train.grad_clip, or set "
+                                 f"train.skip_nonfinite=true to skip such steps")
+            if bad:  # skip the step: no update, but the schedule moves on as if it had happened
+                skipped += 1
+                log.warning("%s: iteration %d skipped: loss term '%s' is not finite (%d skipped so "
+                            "far)", desc, it, bad[0], skipped)
+            else:
+                scaler.scale(losses["loss"]).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            sched.step()
+            bar.update(1)
+            if it % cfg.log_every == 0 or it == cfg.iters:
+                record = {k: float(v.detach()) for k, v in losses.items()}
+                record.update(iter=it, lr=opt.param_groups[0]["lr"])
+                if cfg.skip_nonfinite:
+                    record["skipped"] = skipped
+                if writer is None:
+                    writer = SummaryWriter(str(run / "tb"), purge_step=start + 1 if start else None)
+                for k, v in record.items():
+                    if k != "iter":
+                        writer.add_scalar(f"train/{k}", v, it)
+                _append_history(run, record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if it % cfg.val_every == 0 or it == cfg.iters:
+                metrics = validate()
+                task.train()
+                score = float(metrics[score_key])
+                if writer is None:
+                    writer = SummaryWriter(str(run / "tb"), purge_step=start + 1 if start else None)
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)):
+                        writer.add_scalar(f"val/{k}", v, it)
+                _append_history(run, {"iter": it, "val": metrics})
+                if score > best:
+                    best, best_iter, best_metrics = score, it, metrics
+                    export("best")
+                export("last")
+                save_state(run / STATE, {
+                    "task": task.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "iter": it,
+                    "best": best, "best_iter": best_iter, "best_metrics": json.dumps(best_metrics),
+                    "rng": _rng_state(), "skipped": skipped})
+                bar.write(f"[{desc}] iter {it}/{cfg.iters}: val {score_key} {score:.4f} "
+                          f"(best {best:.4f} @ {best_iter})")
+    finally:  # the bar ends its line even on an error, so the error gets a line of its own
+        bar.close()
+        if writer is not None:
+            writer.close()
+    log.info("%s: %d iterations in %.1fs%s", desc, cfg.iters - start, time.perf_counter() - t0,
+             f" ({skipped} skipped: non-finite loss)" if skipped else "")
+    return {"best": best, "best_iter": best_iter, "iters": cfg.iters, "best_metrics": best_metrics,
+            "skipped": skipped}
 
+
+# settings that change how a run is executed, not what it computes: a run may resume with others
+# (augmentation is seeded per sample, so the number of loader workers does not change results)
+RUNTIME_KEYS = {"data.num_workers", "train.device", "train.log_every"}
 
 RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safetensors", "last.json",
                  "history.jsonl", "metrics.json", "tb")
@@ -219,7 +268,7 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
         raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
     if cfg_path.exists() and not force:
         old = yaml.safe_load(cfg_path.read_text()) or {}
-        changed = diff_configs(old, config)
+        changed = [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
         if changed:
             raise KasegError(
                 f"{run}: was started with a different config ({', '.join(changed[:5])}); "
