@@ -5,7 +5,7 @@
 - Training state (optimizer, scheduler, RNG, ...): ``torch.save``, read back with
   ``weights_only=True`` only; never full unpickling.
 - Every write goes to a temp file, is fsynced, then renamed over the target: a crash mid-write
-  leaves the previous file intact.
+  leaves the previous file intact. Under torchrun only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .distributed import is_main
 from .errors import KasegError
 from .models import SegModel, build_from_spec
 
@@ -28,6 +29,8 @@ BEST, LAST, STATE = "best", "last", "checkpoint.pt"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    if not is_main():  # under torchrun rank 0 alone writes files
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

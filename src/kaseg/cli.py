@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,27 @@ def _cmd_predict(args) -> int:
     return 1 if bad else 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import bench, format_bench
+    from .train import resolve_device
+
+    r = bench(args.teacher, args.student, tuple(args.size), resolve_device(args.device),
+              args.batch, args.runs, args.workers, amp=args.amp)
+    print(json.dumps(r, indent=2) if args.json else format_bench(r))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_onnx
+
+    r = export_onnx(args.checkpoint, args.out, args.which, tuple(args.size), args.opset)
+    print(f"{r['path']}: ONNX (opset {r['opset']}), dynamic batch and size; "
+          + (f"onnxruntime vs PyTorch max abs difference {r['max_abs_diff']:.2e} at "
+             f"{r['checked_size'][0]}x{r['checked_size'][1]}" if r["max_abs_diff"] is not None
+             else "not checked: onnxruntime is not installed (pip install onnxruntime)"))
+    return 0
+
+
 def _cmd_data_check(args) -> int:
     from .data.check import check_dataset, format_report
 
@@ -213,6 +235,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
     pr.set_defaults(fn=_cmd_predict)
 
+    b = sub.add_parser("bench", help="cost of a teacher/student pair: FLOPs, latency, steps")
+    b.add_argument("--teacher", default="paper-teacher")
+    b.add_argument("--student", default="paper-student")
+    b.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batch", type=int, default=8)
+    b.add_argument("--runs", type=int, default=10, help="timed runs (median) after warm-up")
+    b.add_argument("--workers", type=int, default=2, help="data loader workers")
+    b.add_argument("--amp", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_cmd_bench)
+
+    x = sub.add_parser("export", help="export a trained model to ONNX (dynamic batch and size)")
+    x.add_argument("checkpoint", help="a run folder or a .safetensors file")
+    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("--out", help="default: next to the weights, .onnx")
+    x.add_argument("--which", default="best", choices=["best", "last"])
+    x.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"),
+                   help="example input size for tracing and the check")
+    x.add_argument("--opset", type=int, default=18)
+    x.set_defaults(fn=_cmd_export)
+
     dt = sub.add_parser("data", help="dataset tools")
     dsub = dt.add_subparsers(dest="data_command", required=True)
     dc = dsub.add_parser("check", help="read every file of a dataset and report its defects")
@@ -245,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.DEBUG if args.debug else logging.INFO)  # kaseg's own messages only
+    from .distributed import init_from_env, is_main
+
+    init_from_env()  # torchrun: join the process group; otherwise nothing
+    if not is_main():  # one process reports; the others only compute
+        log.setLevel(logging.WARNING)
+        sys.stdout = open(os.devnull, "w")
     try:
         return args.fn(args)
     except KasegError as e:

@@ -58,7 +58,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     iters: int = 1000
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch: split over the processes under torchrun
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -66,6 +66,8 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast on CPU, fp16 (+ GradScaler) on CUDA
     grad_clip: float | None = None  # max global grad norm; None = no clipping
     skip_nonfinite: bool = False  # a non-finite loss: skip that step and count it (default: stop)
+    sync_bn: bool = False  # torchrun: SyncBatchNorm in the trained network (not the teacher)
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
     val_every: int = 200  # validate (and checkpoint) every N iterations and at the end
     val_batch_size: int = 1  # >1 only when all validation images have one size
     log_every: int = 10

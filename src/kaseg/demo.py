@@ -75,11 +75,11 @@ def demo_config(quick: bool = False, device: str = "auto") -> Config:
     decides the context classes is always in view of a network that can use it."""
     data = DataConfig(image_size=96, train_count=1024, val_count=256, crop_size=96,
                       scale_min=0.5, scale_max=1.0, flip=True, jitter=0.2)
-    iters = 60 if quick else 160
+    iters = 60 if quick else 150
     train = TrainConfig(iters=iters, batch_size=8, lr=0.1, weight_decay=1e-4,
-                        val_every=iters if quick else 80, val_batch_size=64, log_every=10,
+                        val_every=iters if quick else 75, val_batch_size=64, log_every=10,
                         device=device)
-    teacher = TeacherConfig(name="tiny-teacher", iters=150 if quick else 600, lr=0.05)
+    teacher = TeacherConfig(name="tiny-teacher", iters=150 if quick else 500, lr=0.05)
     return Config(seed=0, data=data, model=ModelConfig(name="tiny-student"), train=train,
                   teacher=teacher, ae=AEConfig(epochs=0.5 if quick else 1.0),
                   distill=DistillConfig())

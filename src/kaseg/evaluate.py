@@ -5,9 +5,10 @@ multi-scale + flip on request)."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from .distributed import is_distributed, shard
 from .inference import predict
 from .metrics import ConfusionMatrix
 from .models import SegModel
@@ -28,7 +29,12 @@ def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    if is_distributed():  # each rank its share, every sample once; the matrices are summed
+        dataset_part = Subset(dataset, shard(len(dataset)))
+    else:
+        dataset_part = dataset
+    loader = DataLoader(dataset_part, batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
     cm = ConfusionMatrix(model.num_classes, device=device)
     for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         images, targets = images.to(device), targets.to(device)

@@ -135,8 +135,9 @@ class SegModel(nn.Module):
         h, w = x.shape[-2:]
         d = self.divisor
         ph, pw = (-h) % d, (-w) % d
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+        # unconditional (a zero pad is free): no shape-dependent branch, so an exported graph
+        # (ONNX, torch.export) keeps working at sizes other than the traced one
+        x = F.pad(x, (0, pw, 0, ph))
         feats = self.net.encoder(x)
         if isinstance(feats, tuple):  # transformer encoders (DPT) also return prefix tokens
             dec = self.net.decoder(*feats)
@@ -145,8 +146,8 @@ class SegModel(nn.Module):
             dec = self.net.decoder(feats)
             last = feats[-1]
         logits = self.net.segmentation_head(dec)
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # to the padded input's size (a copy when the head already upsampled to it)
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return {"logits": logits[..., :h, :w], "features": {"pre_logits": dec, "encoder": last}}
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .checkpoint import STATE, atomic_write_text, load_state, save_state
 from .config import TrainConfig, diff_configs
+from .distributed import barrier, is_distributed, is_main, local_device, rank, world_size
 from .errors import KasegError
 from .evaluate import autocast
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
+    if is_distributed() and torch.cuda.is_available() and name in ("auto", "cuda"):
+        return local_device()  # torchrun: this process's GPU
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -64,21 +67,25 @@ class InfiniteSampler(Sampler):
 
     def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1,
                  positions: bool = False):
-        if n == 0:
-            raise KasegError("the training split is empty")
+        if n < world or n == 0:
+            raise KasegError(f"the training split has {n} samples, fewer than the {world} "
+                             "process(es)" if n else "the training split is empty")
         self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
         self.positions = positions
+        self.per_rank = n // world  # every rank the same share per epoch (the rest is dropped)
 
     def __iter__(self):
-        k = self.start
+        k = self.start  # position in this rank's stream
         while True:
-            epoch, pos = divmod(k, self.n)
+            epoch, pos = divmod(k, self.per_rank)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
-            for i in perm[pos:]:
-                yield (i, k) if self.positions else i
+            perm = torch.randperm(self.n, generator=g)
+            mine = perm[self.rank : self.per_rank * self.world : self.world].tolist()
+            for i in mine[pos:]:
+                # globally unique position: the sample's augmentation seed
+                yield (i, k * self.world + self.rank) if self.positions else i
                 k += 1
-            k = (epoch + 1) * self.n
+            k = (epoch + 1) * self.per_rank
 
 
 class SeededSamples(torch.utils.data.Dataset):
@@ -144,7 +151,19 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     when ``metrics[score_key]`` improves, ``export("last")``, and an atomic training checkpoint.
     """
     device = resolve_device(cfg.device)
+    world, main = world_size(), is_main()
+    if cfg.batch_size % world:
+        raise KasegError(f"train.batch_size={cfg.batch_size} (the global batch) must be divisible "
+                         f"by the {world} processes")
+    if cfg.sync_bn and world > 1:  # the trainable modules only: the frozen teacher is not in them
+        if device.type == "cuda":
+            task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
+        else:
+            log.warning("train.sync_bn: SyncBatchNorm needs CUDA; on %s each process keeps its "
+                        "own BatchNorm statistics", device.type)
     task.to(device)
+    if cfg.channels_last:
+        task.to(memory_format=torch.channels_last)
     params = [p for p in task.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lr(cfg.iters, cfg.poly_power))
@@ -161,31 +180,48 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
         best_metrics = json.loads(ckpt["best_metrics"])
         skipped = int(ckpt.get("skipped", 0))
         _set_rng_state(ckpt["rng"])
-        _trim_history(run, start)
+        if main:
+            _trim_history(run, start)
         log.info("resuming %s from iteration %d", run, start)
     if start >= cfg.iters:
         return {"best": best, "best_iter": best_iter, "iters": start, "best_metrics": best_metrics}
 
-    sampler = InfiniteSampler(len(train_set), seed, start * cfg.batch_size, positions=True)
+    per_rank = cfg.batch_size // world
+    sampler = InfiniteSampler(len(train_set), seed, start * per_rank, rank(), world,
+                              positions=True)
     # the loader's own generator: creating it must not draw from the global RNG (a resumed run
     # would then continue from a different RNG state than an uninterrupted one)
-    loader = DataLoader(SeededSamples(train_set, seed), batch_size=cfg.batch_size,
+    loader = DataLoader(SeededSamples(train_set, seed), batch_size=per_rank,
                         sampler=sampler, drop_last=True, num_workers=num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
                         generator=torch.Generator().manual_seed(seed))
     batches = iter(loader)
     writer = None  # opened at the first log, so a run that fails on its first batch adds nothing
+    # DDP wraps the task, whose parameters are the trainable ones only (the teacher and the
+    # encoder are held outside the module tree by Frozen: no gradients, no all-reduce)
+    model = task
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            task, device_ids=[device.index] if device.type == "cuda" else None)
     task.train()
-    bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0,
+               disable=not main)
     t0 = time.perf_counter()
     try:
         for it in range(start + 1, cfg.iters + 1):
             images, targets = next(batches)
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg.amp):
-                losses = task(images, targets)
+                losses = model(images, targets)
             bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+            if world > 1:  # every rank skips (or stops) together, or the all-reduce would hang
+                flag = torch.tensor([float(bool(bad))], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                if flag.item() and not bad:
+                    bad = ["loss (on another process)"]
             opt.zero_grad(set_to_none=True)
             if bad and not cfg.skip_nonfinite:
                 raise KasegError(f"{run}: loss term '{bad[0]}' is {losses[bad[0]].item()} at iteration "
@@ -204,39 +240,44 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
                 scaler.update()
             sched.step()
             bar.update(1)
-            if it % cfg.log_every == 0 or it == cfg.iters:
+            if main and (it % cfg.log_every == 0 or it == cfg.iters):
                 record = {k: float(v.detach()) for k, v in losses.items()}
                 record.update(iter=it, lr=opt.param_groups[0]["lr"])
                 if cfg.skip_nonfinite:
                     record["skipped"] = skipped
-                if writer is None:
-                    writer = SummaryWriter(str(run / "tb"), purge_step=start + 1 if start else None)
+                writer = writer or SummaryWriter(str(run / "tb"),
+                                                 purge_step=start + 1 if start else None)
                 for k, v in record.items():
                     if k != "iter":
                         writer.add_scalar(f"train/{k}", v, it)
                 _append_history(run, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
             if it % cfg.val_every == 0 or it == cfg.iters:
-                metrics = validate()
+                metrics = validate()  # on every rank (evaluation shards and reduces)
                 task.train()
                 score = float(metrics[score_key])
-                if writer is None:
-                    writer = SummaryWriter(str(run / "tb"), purge_step=start + 1 if start else None)
-                for k, v in metrics.items():
-                    if isinstance(v, (int, float)):
-                        writer.add_scalar(f"val/{k}", v, it)
-                _append_history(run, {"iter": it, "val": metrics})
-                if score > best:
+                improved = score > best
+                if improved:
                     best, best_iter, best_metrics = score, it, metrics
-                    export("best")
-                export("last")
-                save_state(run / STATE, {
-                    "task": task.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "iter": it,
-                    "best": best, "best_iter": best_iter, "best_metrics": json.dumps(best_metrics),
-                    "rng": _rng_state(), "skipped": skipped})
-                bar.write(f"[{desc}] iter {it}/{cfg.iters}: val {score_key} {score:.4f} "
-                          f"(best {best:.4f} @ {best_iter})")
+                if main:  # rank 0 alone writes
+                    writer = writer or SummaryWriter(str(run / "tb"),
+                                                     purge_step=start + 1 if start else None)
+                    for k, v in metrics.items():
+                        if isinstance(v, (int, float)):
+                            writer.add_scalar(f"val/{k}", v, it)
+                    _append_history(run, {"iter": it, "val": metrics})
+                    if improved:
+                        export("best")
+                    export("last")
+                    save_state(run / STATE, {
+                        "task": task.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                        "iter": it, "best": best, "best_iter": best_iter,
+                        "best_metrics": json.dumps(best_metrics), "rng": _rng_state(),
+                        "skipped": skipped})
+                    bar.write(f"[{desc}] iter {it}/{cfg.iters}: val {score_key} {score:.4f} "
+                              f"(best {best:.4f} @ {best_iter})")
+                barrier()  # rank 0's checkpoint is on disk before anyone moves on
     finally:  # the bar ends its line even on an error, so the error gets a line of its own
         bar.close()
         if writer is not None:
@@ -274,6 +315,9 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
                 f"{run}: was started with a different config ({', '.join(changed[:5])}); "
                 f"use --force to start over or choose another --out"
             )
+    if not is_main():  # the checks above run everywhere (same answer); rank 0 alone writes
+        barrier()
+        return
     if force:
         for name in RUN_ARTEFACTS:
             p = run / name
@@ -283,3 +327,4 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
                 p.unlink()
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
+    barrier()

@@ -1,0 +1,56 @@
+"""(a) What the distillation terms themselves cost: distilled step time divided by (student step +
+teacher forward). Goal: <= 1.15 (the adapters, the autoencoder's encoder and the two losses add at
+most 15%).
+
+    python benchmarks/distill_overhead.py [--pairs tiny paper] [--size 256 256] [--device auto]
+                                          [--batch 4] [--runs 10] [--amp]
+
+Prints one table row per pair; every ratio is measured within one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from kaseg.bench import _teacher_forward, step_time
+from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
+from kaseg.models import build_model
+from kaseg.supervised import SegmentationTask
+from kaseg.train import resolve_device
+
+PAIRS = {"tiny": ("tiny-teacher", "tiny-student"), "paper": ("paper-teacher", "paper-student")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--pairs", nargs="+", default=["tiny", "paper"], choices=list(PAIRS))
+    ap.add_argument("--size", nargs=2, type=int, default=[256, 256])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--amp", action="store_true")
+    args = ap.parse_args()
+    device, size = resolve_device(args.device), tuple(args.size)
+    print(f"{size[0]}x{size[1]}, batch {args.batch}, {device}{' amp' if args.amp else ''}")
+    print(f"{'pair':<8} {'student ms':>10} {'teacher fwd ms':>14} {'distill ms':>10} "
+          f"{'distill / (student + teacher)':>30} {'goal':>6}")
+    for name in args.pairs:
+        torch.manual_seed(0)
+        t_name, s_name = PAIRS[name]
+        teacher, student = build_model(t_name, 8), build_model(s_name, 8)
+        ti, si = teacher.feature_info["pre_logits"], student.feature_info["pre_logits"]
+        ae = FeatureAutoencoder(ti.channels, ti.channels // 2, ae_strides(si.stride // ti.stride))
+        base = step_time(SegmentationTask(student), size, device, args.batch, args.runs,
+                         amp=args.amp)
+        tf = _teacher_forward(teacher, size, device, args.batch, args.runs, args.amp)
+        dist = step_time(DistillTask(student, teacher, ae.encoder, ae.latent_channels), size,
+                         device, args.batch, args.runs, amp=args.amp)
+        ratio = dist / (base + tf)
+        print(f"{name:<8} {1e3 * base:>10.1f} {1e3 * tf:>14.1f} {1e3 * dist:>10.1f} "
+              f"{ratio:>30.3f} {'ok' if ratio <= 1.15 else 'MISSED':>6}")
+
+
+if __name__ == "__main__":
+    main()
