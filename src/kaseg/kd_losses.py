@@ -25,17 +25,22 @@ from .data.transforms import IGNORE_INDEX
 EXTRA_LOSSES = ("kd", "fitnet", "skd", "cwd", "ifvd")
 
 
+def labels_at(targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, H, W)`` labels at ``size`` by nearest sampling (IFVD's rule for feature resolution)."""
+    if tuple(targets.shape[-2:]) == tuple(size):
+        return targets
+    return F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
 def valid_mask(targets: torch.Tensor, size: tuple[int, int],
                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``(B, H, W)`` labels -> bool mask of non-ignore positions at ``size`` (nearest sampling,
-    the rule IFVD uses to bring labels to feature resolution)."""
-    if tuple(targets.shape[-2:]) != tuple(size):
-        targets = F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    return targets != ignore_index
+    """Bool mask of the non-ignore positions at ``size``."""
+    return labels_at(targets, size) != ignore_index
 
 
-def _acc(x: torch.Tensor) -> torch.Tensor:
-    """Losses accumulate in float32 or better (half-precision inputs under AMP are upcast)."""
+def at_least_f32(x: torch.Tensor) -> torch.Tensor:
+    """Losses accumulate in float32 or better (half precision under AMP is upcast; float64 stays,
+    for gradcheck)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
@@ -96,8 +101,8 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float =
     Student logits are upsampled to the teacher's size. Default weight 1 (Hinton et al.; CIRKD
     ``--lambda-kd 1``); He et al. compare T = 2, 4, 6.
     """
-    s = _resize(_acc(s_logits), t_logits.shape[-2:]) / temperature
-    t = _acc(t_logits.detach()) / temperature
+    s = _resize(at_least_f32(s_logits), t_logits.shape[-2:]) / temperature
+    t = at_least_f32(t_logits.detach()) / temperature
     return temperature**2 * _masked_mean(kl_from_logits(t, s, dim=1), valid)
 
 
@@ -112,8 +117,8 @@ def fitnet_loss(fs: torch.Tensor, ft: torch.Tensor,
     conv to the teacher's channels), upsampled (bilinear) to the teacher's size: a mean squared
     error over channels and valid positions. Default weight 1 (CIRKD ``--lambda-fitnet 1``).
     """
-    ft = _acc(ft.detach())
-    d = (_resize(_acc(fs), ft.shape[-2:]) - ft).pow(2).mean(1)
+    ft = at_least_f32(ft.detach())
+    d = (_resize(at_least_f32(fs), ft.shape[-2:]) - ft).pow(2).mean(1)
     return _masked_mean(d, valid)
 
 
@@ -151,8 +156,8 @@ def skd_pairwise_loss(fs: torch.Tensor, ft: torch.Tensor, pool: int = 2,
     and weight 10 follow CIRKD's re-implementation (``--lambda-skd 10``); the SKD code pools a
     quarter of the map per node (a 2 x 2 node grid).
     """
-    ft = _acc(ft.detach())
-    fs = _resize(_acc(fs), ft.shape[-2:])
+    ft = at_least_f32(ft.detach())
+    fs = _resize(at_least_f32(fs), ft.shape[-2:])
     ns, node_valid = _pool_nodes(fs, valid, pool)
     nt, _ = _pool_nodes(ft, valid, pool)
     s = F.normalize(ns.flatten(2), dim=1)  # (B, C, N), unit columns
@@ -179,8 +184,8 @@ def cwd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float 
     softmax runs over valid positions only. T = 4 and weight 3 on logits: the authors' setting
     for segmentation (also CIRKD ``--lambda-cwd-logit 3``, temperature 4).
     """
-    s = _resize(_acc(s_logits), t_logits.shape[-2:]).flatten(2) / temperature
-    t = _acc(t_logits.detach()).flatten(2) / temperature
+    s = _resize(at_least_f32(s_logits), t_logits.shape[-2:]).flatten(2) / temperature
+    t = at_least_f32(t_logits.detach()).flatten(2) / temperature
     if valid is not None:
         v = valid.flatten(1)
         some = v.any(1, keepdim=True)  # an image without a valid position is left out below
@@ -223,11 +228,9 @@ def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_cla
     source keeps them at similarity 1 in both maps, so only its mean's denominator differs).
     Default weight 200 (IFVD's ``lambda_ifv``; also CIRKD).
     """
-    ft = _acc(ft.detach())
-    fs = _resize(_acc(fs), ft.shape[-2:])
-    if tuple(targets.shape[-2:]) != tuple(ft.shape[-2:]):
-        targets = F.interpolate(targets[:, None].float(), size=ft.shape[-2:],
-                                mode="nearest")[:, 0].long()
+    ft = at_least_f32(ft.detach())
+    fs = _resize(at_least_f32(fs), ft.shape[-2:])
+    targets = labels_at(targets, ft.shape[-2:])
     valid = (targets != ignore_index) & (targets >= 0) & (targets < num_classes)
     ms = class_prototype_similarity(fs, targets, num_classes, valid)
     mt = class_prototype_similarity(ft, targets, num_classes, valid)

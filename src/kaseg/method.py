@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.transforms import IGNORE_INDEX
-from .kd_losses import (EXTRA_LOSSES, FitNetRegressor, cwd_loss, fitnet_loss, ifvd_loss, kd_loss,
-                        skd_pairwise_loss, valid_mask)
+from .kd_losses import (EXTRA_LOSSES, FitNetRegressor, at_least_f32, cwd_loss, fitnet_loss,
+                        ifvd_loss, kd_loss, skd_pairwise_loss, valid_mask)
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,6 @@ def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    """At least float32 (half precision from autocast is upcast; float64 stays, for gradcheck)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 def _unit(f: torch.Tensor, q: float, eps: float = 1e-12) -> torch.Tensor:
     """Normalise each position's channel vector (dim 1) to unit q-norm; zero vectors stay zero."""
     return f / f.norm(p=q, dim=1, keepdim=True).clamp_min(eps)
@@ -159,7 +154,7 @@ def adaptation_loss(zs: torch.Tensor, zt: torch.Tensor, p: float = 2.0, q: float
     if zs.shape != zt.shape:
         raise ValueError(f"adaptation: student {tuple(zs.shape)} and teacher {tuple(zt.shape)} differ")
     with torch.autocast(zs.device.type, enabled=False):
-        d = _unit(_f32(zs), q) - _unit(_f32(zt), q)
+        d = _unit(at_least_f32(zs), q) - _unit(at_least_f32(zt), q)
         if reduction == "element":
             return d.abs().pow(p).mean()
         if reduction == "paper":
@@ -172,7 +167,7 @@ def adaptation_loss(zs: torch.Tensor, zt: torch.Tensor, p: float = 2.0, q: float
 def _positions(f: torch.Tensor) -> torch.Tensor:
     """N x C x h x w -> N x m x C unit vectors (at least float32, whatever autocast says)."""
     n, c = f.shape[:2]
-    return _unit(_f32(f).reshape(n, c, -1), 2.0).transpose(1, 2)
+    return _unit(at_least_f32(f).reshape(n, c, -1), 2.0).transpose(1, 2)
 
 
 def affinity_matrix(f: torch.Tensor) -> torch.Tensor:
@@ -326,7 +321,7 @@ def affinity_loss_gram(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse
         raise ValueError(f"affinity reduction must be one of {AFFINITY_REDUCTIONS}, not '{reduction}'")
     n, c = fs.shape[:2]
     with torch.autocast(fs.device.type, enabled=False):
-        dtype = torch.promote_types(_f32(fs).dtype, _f32(ft).dtype)
+        dtype = torch.promote_types(at_least_f32(fs).dtype, at_least_f32(ft).dtype)
         return _GramAffinity.apply(fs.reshape(n, c, -1).to(dtype), ft.reshape(n, c, -1).to(dtype),
                                    reduction)
 

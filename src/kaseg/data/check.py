@@ -12,8 +12,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import KasegError
-from .folder import IMAGE_EXTS, read_classes, split_images
-from .standard import LAYOUTS, Pair, get_layout, identity_lut, scan
+from .folder import IMAGE_EXTS, read_classes, read_image, split_images
+from .standard import (LAYOUTS, Pair, get_layout, identity_lut, map_labels, read_label_file,
+                       scan)
 from .transforms import IGNORE_INDEX
 
 
@@ -32,8 +33,6 @@ class SplitReport:
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(height, width) after decoding the whole file (a truncated file fails here)."""
-    from .folder import read_image
-
     return read_image(path).shape[:2]
 
 
@@ -47,8 +46,6 @@ def _folder_pairs(root: Path, split: str) -> list[Pair]:
 
 def check_split(pairs: list[Pair], lut: np.ndarray, num_classes: int, split: str,
                 progress: bool = True) -> SplitReport:
-    from .standard import map_labels, read_label_file
-
     rep = SplitReport(split, len(pairs), histogram=np.zeros(num_classes, dtype=np.int64))
     if not pairs:
         rep.defects.append(f"split '{split}' is empty")
