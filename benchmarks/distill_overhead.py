@@ -14,10 +14,8 @@ import argparse
 
 import torch
 
-from kaseg.bench import _teacher_forward, step_time
-from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
+from kaseg.bench import train_times
 from kaseg.models import build_model
-from kaseg.supervised import SegmentationTask
 from kaseg.train import resolve_device
 
 PAIRS = {"tiny": ("tiny-teacher", "tiny-student"), "paper": ("paper-teacher", "paper-student")}
@@ -39,18 +37,12 @@ def main() -> None:
     for name in args.pairs:
         torch.manual_seed(0)
         t_name, s_name = PAIRS[name]
-        teacher, student = build_model(t_name, 8), build_model(s_name, 8)
-        ti, si = teacher.feature_info["pre_logits"], student.feature_info["pre_logits"]
-        ae = FeatureAutoencoder(ti.channels, ti.channels // 2, ae_strides(si.stride // ti.stride))
-        base = step_time(SegmentationTask(student), size, device, args.batch, args.runs,
-                         amp=args.amp)
-        tf = _teacher_forward(teacher, size, device, args.batch, args.runs, args.amp)
-        dist = step_time(DistillTask(student, teacher, ae.encoder, ae.latent_channels), size,
-                         device, args.batch, args.runs, amp=args.amp)
-        ratio = dist / (base + tf)
+        r = train_times(build_model(t_name, 8), build_model(s_name, 8), size, device, args.batch,
+                        args.runs, args.amp)
+        base, tf, dist = r["student_step_s"], r["teacher_forward_s"], r["distill_step_s"]
+        ratio = r["distill_overhead"]
         print(f"{name:<8} {1e3 * base:>10.1f} {1e3 * tf:>14.1f} {1e3 * dist:>10.1f} "
               f"{ratio:>30.3f} {'ok' if ratio <= 1.15 else 'MISSED':>6}")
-
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from .cost import count_params, count_flops, measure_latency
 from .data.synthetic import SyntheticScenes
 from .data.transforms import TrainTransform
+from .evaluate import autocast
 from .method import DistillTask, FeatureAutoencoder, ae_strides
 from .models import build_model
 from .supervised import SegmentationTask
@@ -23,44 +24,63 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-@torch.inference_mode()
-def throughput(model, size, device, batch: int, runs: int = 10, warmup: int = 3) -> float:
-    """Images per second of inference at ``batch``."""
-    model.eval().to(device)
-    x = torch.randn(batch, 3, *size, device=device)
-    for _ in range(warmup):
-        model(x)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        model(x)
-    _sync(device)
-    return batch * runs / (time.perf_counter() - t0)
-
-
-def step_time(task, size, device, batch: int, runs: int = 10, warmup: int = 3,
-              amp: bool = False) -> float:
-    """Median seconds of one training step (forward, backward, SGD update) of ``task``."""
-    from .evaluate import autocast
-
-    task.to(device).train()
-    params = [p for p in task.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    x = torch.randn(batch, 3, *size, device=device)
-    y = torch.randint(0, 8, (batch, *size), device=device)
+def median_seconds(fn, device: torch.device, runs: int = 10, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` (GPU work included)."""
     times = []
     for i in range(warmup + runs):
         _sync(device)
         t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def step_time(task, size, device, batch: int, runs: int = 10, amp: bool = False) -> float:
+    """Median seconds of one training step (forward, backward, SGD update) of ``task``."""
+    task.to(device).train()
+    opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    x = torch.randn(batch, 3, *size, device=device)
+    y = torch.randint(0, 8, (batch, *size), device=device)
+
+    def step():
         with autocast(device, amp):
             loss = task(x, y)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+
+    return median_seconds(step, device, runs)
+
+
+@torch.inference_mode()
+def forward_time(net, size, device, batch: int, runs: int = 10, amp: bool = False) -> float:
+    """Median seconds of one inference forward pass at ``batch`` (the teacher's share of a step)."""
+    net.eval().to(device)
+    x = torch.randn(batch, 3, *size, device=device)
+
+    def forward():
+        with autocast(device, amp):
+            net(x)
+
+    return median_seconds(forward, device, runs)
+
+
+def train_times(teacher, student, size, device, batch: int, runs: int = 10,
+                amp: bool = False) -> dict:
+    """A training step of the student alone vs distilled (the method's two terms, a fresh
+    autoencoder), and the teacher's forward pass; their ratios are the distillation's cost."""
+    ti, si = teacher.feature_info["pre_logits"], student.feature_info["pre_logits"]
+    ae = FeatureAutoencoder(ti.channels, max(1, ti.channels // 2),
+                            ae_strides(si.stride // ti.stride))
+    alone = step_time(SegmentationTask(student), size, device, batch, runs, amp)
+    distilled = step_time(DistillTask(student, teacher, ae.encoder, ae.latent_channels), size,
+                          device, batch, runs, amp)
+    teacher_fwd = forward_time(teacher, size, device, batch, runs, amp)
+    return {"student_step_s": alone, "distill_step_s": distilled,
+            "teacher_forward_s": teacher_fwd, "distill_vs_student": distilled / alone,
+            "distill_overhead": distilled / (alone + teacher_fwd)}
 
 
 def loader_rate(size, batch: int, workers: int, batches: int = 20) -> float:
@@ -89,42 +109,13 @@ def bench(teacher: str, student: str, size: tuple[int, int], device: str | torch
         out[role + "_cost"] = {
             "params_m": count_params(net) / 1e6, "gflops": count_flops(net, size) / 1e9,
             "latency_ms": measure_latency(net, size, device, runs=runs),
-            "images_per_s": throughput(net, size, device, batch, runs)}
+            "images_per_s": batch / forward_time(net, size, device, batch, runs, amp)}
     t, s = out["teacher_cost"], out["student_cost"]
     out["flops_ratio"] = s["gflops"] / t["gflops"]
     out["latency_ratio"] = s["latency_ms"] / t["latency_ms"]
-    # training: the student alone, and distilled (the method's two terms, a fresh autoencoder)
-    t_info = nets["teacher"].feature_info["pre_logits"]
-    s_info = nets["student"].feature_info["pre_logits"]
-    ae = FeatureAutoencoder(t_info.channels, max(1, t_info.channels // 2),
-                            ae_strides(s_info.stride // t_info.stride))
-    baseline = step_time(SegmentationTask(nets["student"]), size, device, batch, runs, amp=amp)
-    distill = step_time(DistillTask(nets["student"], nets["teacher"], ae.encoder,
-                                    ae.latent_channels), size, device, batch, runs, amp=amp)
-    teacher_fwd = _teacher_forward(nets["teacher"], size, device, batch, runs, amp)
-    out["train"] = {"student_step_s": baseline, "distill_step_s": distill,
-                    "teacher_forward_s": teacher_fwd, "distill_vs_student": distill / baseline,
-                    "distill_overhead": distill / (baseline + teacher_fwd)}
+    out["train"] = train_times(nets["teacher"], nets["student"], size, device, batch, runs, amp)
     out["loader_images_per_s"] = loader_rate(size, batch, workers)
     return out
-
-
-@torch.inference_mode()
-def _teacher_forward(teacher, size, device, batch, runs, amp) -> float:
-    from .evaluate import autocast
-
-    teacher.eval().to(device)
-    x = torch.randn(batch, 3, *size, device=device)
-    times = []
-    for i in range(3 + runs):
-        _sync(device)
-        t0 = time.perf_counter()
-        with autocast(device, amp):
-            teacher(x)
-        _sync(device)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def format_bench(r: dict) -> str:

@@ -57,11 +57,3 @@ def shard(n: int) -> list[int]:
     (no padding duplicates, so reduced metrics equal the single-process ones)."""
     return list(range(rank(), n, world_size()))
 
-
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank (e.g. a validation score that decides "best")."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -9,7 +9,6 @@ palette, 16-bit, any size. A file that cannot be read is reported and skipped; t
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from .data.transforms import normalize
 from .errors import KasegError
 from .evaluate import autocast
 from .inference import predict
-
-log = logging.getLogger(__name__)
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path]]:

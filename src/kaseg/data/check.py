@@ -12,9 +12,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import KasegError
-from .folder import IMAGE_EXTS, read_classes, read_image, split_images
-from .standard import (LAYOUTS, Pair, get_layout, identity_lut, map_labels, read_label_file,
-                       scan)
+from .folder import check_mask_size, read_classes, read_image, read_label_file, split_images
+from .standard import Pair, get_layout, identity_lut, map_labels, scan
 from .transforms import IGNORE_INDEX
 
 
@@ -29,11 +28,6 @@ class SplitReport:
     @property
     def ok(self) -> bool:
         return not self.defects
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) after decoding the whole file (a truncated file fails here)."""
-    return read_image(path).shape[:2]
 
 
 def _folder_pairs(root: Path, split: str) -> list[Pair]:
@@ -56,20 +50,12 @@ def check_split(pairs: list[Pair], lut: np.ndarray, num_classes: int, split: str
         if not p.mask.is_file():
             rep.defects.append(f"{p.image}: has no mask (expected {p.mask})")
             continue
-        try:
-            size = _image_size(p.image)
+        try:  # decode every file whole (a truncated one fails here), then its labels and size
+            image = read_image(p.image)
+            mask = map_labels(read_label_file(p.mask), lut if p.lut is None else p.lut, p.mask)
+            check_mask_size(p.mask, mask.shape, image.shape)
         except KasegError as e:
             rep.defects.append(str(e))
-            continue
-        try:
-            raw = read_label_file(p.mask)
-            mask = map_labels(raw, lut if p.lut is None else p.lut, p.mask)
-        except KasegError as e:
-            rep.defects.append(str(e))
-            continue
-        if mask.shape[:2] != size:
-            rep.defects.append(f"{p.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                               f"is {size[1]}x{size[0]} (width x height)")
             continue
         valid = mask[mask != IGNORE_INDEX]
         rep.histogram += np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
@@ -127,6 +113,3 @@ def format_report(name: str, root: str | Path, names: list[str],
         lines.append(f"    ignore: {sum(r.ignored for r in reports)} pixels")
     return "\n".join(lines)
 
-
-SUPPORTED = ("folder", *LAYOUTS)
-__all__ = ["check_dataset", "format_report", "SUPPORTED", "IMAGE_EXTS"]

@@ -84,8 +84,8 @@ def read_image(path: Path) -> np.ndarray:
         raise KasegError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
 
 
-def read_mask(path: Path, num_classes: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A PNG of class indices (mode L, P or I) -> uint8 HxW, with values checked."""
+def read_label_file(path: Path) -> np.ndarray:
+    """A label PNG as stored (single channel: mode L, P, I or 1), values not yet checked."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -94,16 +94,26 @@ def read_mask(path: Path, num_classes: int, image_shape: tuple[int, int] | None 
                     f"{path}: mask has mode {im.mode}; masks must be single-channel PNGs of class "
                     f"indices (mode L or P), not colour images"
                 )
-            arr = np.asarray(im)
+            return np.asarray(im)
     except KasegError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise KasegError(f"{path}: unreadable mask ({type(e).__name__}: {e})") from None
-    if image_shape is not None and arr.shape[:2] != tuple(image_shape):
+
+
+def check_mask_size(path: Path, mask_shape: tuple, image_shape: tuple) -> None:
+    if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
         raise KasegError(
-            f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but its image is "
+            f"{path}: mask is {mask_shape[1]}x{mask_shape[0]} but its image is "
             f"{image_shape[1]}x{image_shape[0]} (width x height)"
         )
+
+
+def read_mask(path: Path, num_classes: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A PNG of class indices (mode L, P or I) -> uint8 HxW, with values checked."""
+    arr = read_label_file(path)
+    if image_shape is not None:
+        check_mask_size(path, arr.shape, image_shape)
     bad = np.unique(arr[(arr >= num_classes) & (arr != IGNORE_INDEX)])
     if bad.size:
         raise KasegError(

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import KasegError
-from .folder import IMAGE_EXTS, default_palette, read_image
+from .folder import IMAGE_EXTS, check_mask_size, default_palette, read_image, read_label_file
 from .transforms import IGNORE_INDEX
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -298,21 +297,6 @@ def scan(name: str, root: str | Path, split: str) -> tuple[Path, list[Pair]]:
     return base, layout.pairs(base, split)
 
 
-def read_label_file(path: Path) -> np.ndarray:
-    """A label PNG as stored (uint8 or 16-bit single channel), unchecked."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
-                raise KasegError(f"{path}: mask has mode {im.mode}; expected a single-channel PNG "
-                                 "of label values (mode L or P)")
-            return np.asarray(im)
-    except KasegError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise KasegError(f"{path}: unreadable mask ({type(e).__name__}: {e})") from None
-
-
 def map_labels(raw: np.ndarray, lut: np.ndarray, path: Path) -> np.ndarray:
     """File label values -> training ids through ``lut``; values the layout does not know are an
     error naming the file."""
@@ -361,9 +345,7 @@ class PairedDataset:
         image = read_image(p.image)
         mask = map_labels(read_label_file(p.mask), self.layout.lut if p.lut is None else p.lut,
                           p.mask)
-        if mask.shape[:2] != image.shape[:2]:
-            raise KasegError(f"{p.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                             f"{image.shape[1]}x{image.shape[0]} (width x height)")
+        check_mask_size(p.mask, mask.shape, image.shape)
         return image, mask
 
     def __getitem__(self, index: int):
