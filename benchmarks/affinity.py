@@ -1,5 +1,7 @@
 """Affinity loss, dense (m x m matrices) vs Gram form (C x C matrices): time and peak memory of
-forward + backward, measured in one run, and their relative difference.
+forward + backward, measured in one run, and their relative difference; then, for maps that nearly
+agree (student = teacher + a small perturbation, as late in training), each float32 form's relative
+error against a float64 reference.
 
     python benchmarks/affinity.py [--json] [--device cpu|cuda] [--reduction mse|paper] [--repeats N]
 
@@ -109,6 +111,30 @@ def main() -> None:
             else:
                 print(f"{row['m']:>6} {c:>4} {d_ms:>9.1f} {g_ms:>8.1f} {d_mb:>9.1f} {g_mb:>8.1f} "
                       f"{d_mb / max(g_mb, 1e-9):>8.1f}x {row['rel_diff']:>9.1e}")
+    near_agreement(args, device)
+
+
+def near_agreement(args, device, c: int = 16, side: int = 48) -> None:
+    """Relative error of the float32 dense and Gram forms against float64, for a student map
+    equal to the teacher's plus a per-element perturbation of the given size."""
+    if not args.json:
+        print(f"\nnear agreement (C = {c}, m = {side * side}, {args.reduction}): relative error "
+              "against float64")
+        print(f"{'perturbation':>12} {'dense f32':>10} {'gram f32':>10}")
+    for eps in (1e-1, 1e-2, 1e-3):
+        g = torch.Generator().manual_seed(1)
+        ft = torch.randn(2, c, side, side, generator=g, dtype=torch.float64)
+        fs = ft + eps * torch.randn(ft.shape, generator=g, dtype=torch.float64)
+        ref = affinity_loss_dense(fs, ft, args.reduction).item()
+        f32 = [fn(fs.float().to(device), ft.float().to(device), args.reduction).item()
+               for fn in (affinity_loss_dense, affinity_loss_gram)]
+        errs = [abs(v - ref) / abs(ref) for v in f32]
+        if args.json:
+            print(json.dumps({"near_agreement": eps, "c": c, "m": side * side,
+                              "dense_rel_err": errs[0], "gram_rel_err": errs[1],
+                              "reduction": args.reduction, "device": str(device)}))
+        else:
+            print(f"{eps:>12.0e} {errs[0]:>10.1e} {errs[1]:>10.1e}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from kaseg.kd_losses import (FitNetRegressor, class_prototype_similarity, cwd_loss, fitnet_loss,
-                             ifvd_loss, kd_loss, skd_pairwise_loss, valid_mask)
+                             ifvd_loss, kd_loss, kl_from_logits, skd_pairwise_loss,
+                             valid_mask)
 from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 
@@ -232,3 +233,64 @@ def test_kl_of_close_maps_over_many_positions_is_accurate_in_float32():
     approx = cwd_loss(s.float(), t.float(), 4.0).item()
     assert approx >= 0 and abs(approx - exact) < 1e-8 and exact > 0  # textbook: 5.7e-7 off
     assert abs(kd_loss(s.float(), t.float(), 4.0).item() - kd_loss(s, t, 4.0).item()) < 1e-7
+
+
+# --------------------------------------------------------------------------- review defects (#12)
+@pytest.mark.parametrize("shift", [-10.0, -16.0, -18.0, -60.0, 25.0])
+def test_kd_is_invariant_to_a_constant_shift_and_finite(shift):
+    # softmax ignores a constant per position: the true KD of s against s + shift is 0
+    s = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
+    x = s.clone().requires_grad_(True)
+    value = kd_loss(x, s + shift, 1.0)
+    value.backward()
+    assert value.item() == pytest.approx(0.0, abs=1e-5)
+    assert torch.isfinite(x.grad).all()
+    assert x.grad.abs().max().item() < 1e-5
+    # a shift of the teacher by a different constant at every position: still 0
+    per_pos = s + torch.linspace(-40, 40, 64).view(1, 1, 8, 8)
+    assert kd_loss(s, per_pos, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("shift", [-10.0, -60.0, -200.0])
+def test_cwd_is_invariant_to_a_per_channel_shift(shift):
+    s = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0)) * 2
+    t = s.flip(1)
+    ref = cwd_loss(s.double(), t.double(), 4.0).item()  # 3.935 for this seed
+    shifted = t + shift + torch.arange(5.0).view(1, 5, 1, 1)  # a different constant per channel
+    assert cwd_loss(s, shifted, 4.0).item() == pytest.approx(ref, rel=1e-5)
+    assert cwd_loss(s, s + shift, 4.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_kl_keeps_its_accuracy_for_close_maps():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(4, 3000, generator=g, dtype=torch.float64)
+    s = t + 1e-3 * torch.randn(t.shape, generator=g, dtype=torch.float64)
+    pt = t.softmax(1)
+    ref = (pt * (t.log_softmax(1) - s.log_softmax(1))).sum(1)
+    got = kl_from_logits(t.float() - 7.0, s.float(), dim=1).double()
+    assert torch.allclose(got, ref, rtol=1e-3, atol=0)
+
+
+def test_cwd_mask_does_not_count_images_without_valid_pixels():
+    s, t, _ = _maps(c=4)
+    v = torch.ones(2, 6, 8, dtype=torch.bool)
+    v[1] = False  # the second image has no valid pixel: only the first one's channels count
+    one = cwd_loss(s[:1], t[:1], 4.0)
+    assert cwd_loss(s, t, 4.0, v).item() == pytest.approx(one.item(), rel=1e-10)
+
+
+def test_skd_pools_the_larger_teacher_map_to_the_students_size():
+    g = torch.Generator().manual_seed(0)
+    fs = torch.randn(2, 6, 6, 8, generator=g, dtype=torch.float64)
+    ft = torch.randn(2, 10, 24, 32, generator=g, dtype=torch.float64)  # teacher at 4x the size
+    pooled = F.max_pool2d(ft, 4)
+    assert skd_pairwise_loss(fs, ft, 2).item() == pytest.approx(
+        skd_pairwise_loss(fs, pooled, 2).item(), rel=1e-12)
+    # the node count follows the student's map (12 nodes), not the teacher's (192)
+    node_s = F.normalize(F.max_pool2d(fs, 2, 2, ceil_mode=True).flatten(2), dim=1)
+    node_t = F.normalize(F.max_pool2d(pooled, 2, 2, ceil_mode=True).flatten(2), dim=1)
+    by_hand = (node_s.transpose(1, 2) @ node_s - node_t.transpose(1, 2) @ node_t).pow(2).mean()
+    assert skd_pairwise_loss(fs, ft, 2).item() == pytest.approx(by_hand.item(), rel=1e-12)
+    # a mask at the teacher's size is reduced with the maps
+    valid = torch.ones(2, 24, 32, dtype=torch.bool)
+    assert skd_pairwise_loss(fs, ft, 2, valid).item() == pytest.approx(by_hand.item(), rel=1e-12)

@@ -248,3 +248,83 @@ def test_bf16_autocast_step_matches_fp32():
     for k in ("ce", "adapt", "affinity", "loss"):
         assert amp[k].dtype == torch.float32  # losses accumulate in float32
         assert amp[k].item() == pytest.approx(ref[k].item(), rel=0.05), k
+
+
+# --------------------------------------------------------------------------- review defects (#12)
+@pytest.mark.parametrize("p", [1.0, 1.5, 3.0])
+def test_adaptation_paper_reduction_zero_difference_gives_zero_gradient(p):
+    g = torch.Generator().manual_seed(0)
+    zt = torch.relu(torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64))
+    zs = zt.clone()
+    zs[0, :, 0, 0] = 0.0  # both zero vectors at this position (ReLU outputs)
+    zt[0, :, 0, 0] = 0.0
+    zs[1, :, 1, 1] += 0.5  # one position differs
+    x = zs.clone().requires_grad_(True)
+    adaptation_loss(x, zt, p=p, reduction="paper").backward()
+    assert torch.isfinite(x.grad).all()
+    same = torch.ones(2, 3, 3, dtype=torch.bool)
+    same[1, 1, 1] = False
+    assert x.grad.permute(0, 2, 3, 1)[same].abs().max().item() == 0.0
+    assert x.grad[1, :, 1, 1].abs().sum().item() > 0
+
+
+def _impulse_autoencoder(strides):
+    """E and D pass an impulse through: centre taps 1, BN identity (eval), ReLU on positives."""
+    ae = FeatureAutoencoder(1, 1, strides).eval()
+    with torch.no_grad():
+        for mod in ae.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                mod.weight.zero_()
+                mod.weight[..., 1, 1] = 1.0
+                if mod.bias is not None:
+                    mod.bias.zero_()
+    return ae
+
+
+@pytest.mark.parametrize("strides,side,at", [((2, 1, 1), 13, (12, 6)), ((2, 2, 1), 13, (12, 8)),
+                                             ((2, 2, 2), 21, (16, 8))])
+def test_autoencoder_reconstruction_is_aligned_at_odd_sizes(strides, side, at):
+    # the side is not a multiple of the total stride: the decoder's output is larger than F_t;
+    # an impulse on the encoder's sampling grid must come back where it was
+    ae = _impulse_autoencoder(strides)
+    f = torch.zeros(1, 1, side, side)
+    f[0, 0, at[0], at[1]] = 1.0
+    with torch.no_grad():
+        _, r = ae(f)
+    assert r.shape == f.shape
+    peak = int(r.flatten().argmax())
+    assert divmod(peak, side) == at
+    assert r[0, 0, at[0], at[1]].item() == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gram_form_is_accurate_when_the_maps_nearly_agree(reduction):
+    g = torch.Generator().manual_seed(1)
+    ft = torch.randn(2, 16, 48, 48, generator=g, dtype=torch.float64)
+    fs = ft + 1e-3 * torch.randn(ft.shape, generator=g, dtype=torch.float64)
+    ref = affinity_loss_dense(fs, ft, reduction)
+    a, b = fs.float().requires_grad_(True), ft.float().requires_grad_(True)
+    got = affinity_loss_gram(a, b, reduction)
+    assert abs(got.item() - ref.item()) / ref.item() <= 1e-4
+    got.backward()
+    x, y = fs.clone().requires_grad_(True), ft.clone().requires_grad_(True)
+    affinity_loss_dense(x, y, reduction).backward()
+    for mine, exact in ((a.grad, x.grad), (b.grad, y.grad)):
+        rel = (mine.double() - exact).norm() / exact.norm()
+        assert rel.item() <= 1e-3
+
+
+def test_distill_refuses_a_latent_of_another_scale():
+    # an autoencoder made for an OS 16 student (strides 2,2,1) used with an OS 8 one
+    torch.manual_seed(0)
+    teacher = build_model("tiny-teacher", 3)
+    student = build_model("tiny-student", 3, output_stride=8)
+    ae = FeatureAutoencoder(64, 16, ae_strides(4))
+    task = DistillTask(student, teacher, ae.encoder, 16, affinity_weight=0.0)
+    with pytest.raises(ValueError, match="another feature stride"):
+        task(torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))
+    # the right pair at an input size that is not a multiple of 16 trains as usual
+    right = DistillTask(build_model("tiny-student", 3), teacher, ae.encoder, 16,
+                        affinity_weight=0.0)
+    out = right(torch.randn(2, 3, 72, 72), torch.randint(0, 3, (2, 72, 72)))
+    assert torch.isfinite(out["loss"])

@@ -32,6 +32,33 @@ def test_paper_pair_strides_without_a_forward():
     assert ALIASES["paper-teacher"]["encoder"] == "tu-xception65"
 
 
+def test_paper_student_is_tf_deeplabs_mobilenet_v2_without_aspp():
+    s = build_model("paper-student", 21).eval()
+    # the backbone stops at the last inverted residual (320 channels), no 1x1 expansion to 1280
+    assert s.feature_info["encoder"].channels == 320
+    head = s.net.decoder
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    # 1x1 branch, image-pooling branch, 1x1 projection: no atrous 3x3 anywhere in the head
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (320, 256, (1, 1)), (320, 256, (1, 1)), (512, 256, (1, 1))]
+    with torch.no_grad():
+        out = s(torch.randn(1, 3, 64, 96))
+    assert out["features"]["pre_logits"].shape == (1, 256, 4, 6)
+    assert out["logits"].shape == (1, 21, 64, 96)
+    # the image-pooling branch makes the head see the whole image: a change far away moves
+    # every position's feature
+    x = torch.randn(1, 3, 64, 96)
+    y = x.clone()
+    y[..., :16, :16] += 3.0
+    with torch.no_grad():
+        a, b = s(x)["features"]["pre_logits"], s(y)["features"]["pre_logits"]
+    assert (a[..., -1, -1] - b[..., -1, -1]).abs().max() > 0
+    # the ASPP variant stays available under its own name
+    aspp = build_model("paper-student-aspp", 21)
+    assert aspp.feature_info["encoder"].channels == 1280
+    assert sum(p.numel() for p in s.parameters()) < sum(p.numel() for p in aspp.parameters()) / 4
+
+
 def test_any_input_size_gives_logits_at_input_size():
     model = build_model("tiny-student", 3).eval()
     with torch.no_grad():

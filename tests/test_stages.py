@@ -61,6 +61,14 @@ def test_stage_commands_and_clear_errors(tmp_path, capsys):
     logged = [json.loads(l) for l in (tmp_path / "d" / "history.jsonl").read_text().splitlines()
               if "loss" in l]
     assert "adapt" in logged[0] and "affinity" not in logged[0]
+    # an autoencoder made for an OS 16 student is refused for an OS 8 one, naming both
+    with pytest.raises(KasegError, match=r"strides \[2, 2, 1\].*needs \[2, 1, 1\].*student stride 8"):
+        distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
+                    "model.output_stride=8"), tmp_path / "d5")
+    with pytest.raises(KasegError, match="tap 'pre_logits'.*needs 'encoder'"):
+        distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
+                    "teacher.tap=encoder"), tmp_path / "d6")
+    assert not (tmp_path / "d5").exists() and not (tmp_path / "d6").exists()
     with pytest.raises(KasegError, match="teacher.tap 'nope'"):
         distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}", "teacher.tap=nope"),
                 tmp_path / "d2")

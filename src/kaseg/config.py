@@ -106,7 +106,7 @@ class DistillConfig:
     """Stage 2: L = L_ce + adapt_weight * L_adapt + affinity_weight * L_aff. Weight 0 = term off.
 
     The paper's weights (50, 1) only mean something with a stated reduction; the defaults are a
-    balanced pair (see METHOD.md, "Magnitudes"), ``*_reduction: paper`` is the literal reading.
+    balanced pair (docs/method.md, "Magnitudes"), ``*_reduction: paper`` is the literal reading.
     """
 
     student_tap: str = "pre_logits"

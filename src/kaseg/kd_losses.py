@@ -71,22 +71,35 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 
 
 def kl_from_logits(t: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
-    """``KL(softmax(t) || softmax(s))`` along ``dim``, accurate when the two are close.
+    """``KL(softmax(t) || softmax(s))`` along ``dim``: accurate when the two are close, invariant
+    to a constant shift of either side, finite for any finite input.
 
     The textbook ``sum p_t (log p_t - log p_s)`` subtracts two log-normalisers of size log(n): over
     the 10^5 positions of a CWD map float32 leaves an error of ~1e-6 that can make the loss
-    negative. Written as ``sum p_t d - log(1 + sum p_s expm1(d))`` with ``d = t - s`` no large
-    terms cancel. Entries at -inf in both (masked) or in ``t`` (a one-hot teacher) add nothing.
+    negative. With ``d = t - s`` and any constant c, exactly
+
+        KL = sum p_t (d - c) - log(1 + sum p_s expm1(d - c)),
+
+    and with ``c = sum p_t d`` (the teacher-weighted mean of d) no large terms cancel and
+    ``d - c`` is small when the maps are close, whatever constant separates the two sides. Where
+    the maps are far apart (``d - c`` would overflow exp, or the log1p argument nears -1) the
+    textbook form on log-softmaxes is used: its rounding is small next to a large KL. Entries at
+    -inf in both (masked) or in ``t`` (a one-hot teacher) add nothing.
     """
     pt, ps = t.softmax(dim), s.softmax(dim)
     d = t - s
     d = torch.where(torch.isnan(d), torch.zeros_like(d), d)  # -inf in both: a masked entry
-    cross = torch.where(pt > 0, pt * d, torch.zeros_like(d)).sum(dim)
-    near = (ps * torch.expm1(d.clamp(max=30.0))).sum(dim)
-    # far apart (exp would overflow): the plain difference of log-normalisers is accurate enough
-    far = torch.logsumexp(t, dim) - torch.logsumexp(s, dim)
-    shift = torch.where(d.amax(dim) < 30.0, torch.log1p(near), far)
-    return (cross - shift).clamp(min=0.0)  # >= 0 exactly, not just up to rounding
+    live = pt > 0  # entries with teacher mass (t = -inf has none); elsewhere no term, no NaN
+    zero = torch.zeros_like(d)
+    c = (pt * torch.where(live, d, zero)).sum(dim, keepdim=True)
+    dc = d - c
+    cross = (pt * torch.where(live, dc, zero)).sum(dim)
+    near = (ps * torch.expm1(dc.clamp(max=30.0))).sum(dim)
+    log_ratio = torch.where(live, t.log_softmax(dim) - s.log_softmax(dim), zero)
+    textbook = (pt * log_ratio).sum(dim)
+    use_near = (dc.amax(dim) < 30.0) & (near > -0.5)
+    kl = torch.where(use_near, cross - torch.log1p(near.clamp(min=-0.5)), textbook)
+    return kl.clamp(min=0.0)  # >= 0 exactly, not just up to rounding
 
 
 @_full_precision
@@ -142,6 +155,13 @@ def _pool_nodes(f: torch.Tensor, valid: torch.Tensor | None, pool: int):
     return nodes.masked_fill(~node_valid[:, None], 0.0), node_valid
 
 
+def _max_pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` at ``size`` by adaptive max pooling (unchanged when already that size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.adaptive_max_pool2d(x, size)
+
+
 @_full_precision
 def skd_pairwise_loss(fs: torch.Tensor, ft: torch.Tensor, pool: int = 2,
                       valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,12 +172,22 @@ def skd_pairwise_loss(fs: torch.Tensor, ft: torch.Tensor, pool: int = 2,
         a_ij = f_i . f_j / (||f_i|| ||f_j||),   L_pa = 1/N^2 * sum_{i,j} (a^s_ij - a^t_ij)^2
 
     averaged over the batch (N nodes; with a mask, the mean over valid node pairs). The channel
-    counts of the two maps may differ; the student map is upsampled to the teacher's size. Pool 2
-    and weight 10 follow CIRKD's re-implementation (``--lambda-skd 10``); the SKD code pools a
-    quarter of the map per node (a 2 x 2 node grid).
+    counts of the two maps may differ. Pool 2 and weight 10 follow CIRKD's re-implementation
+    (``--lambda-skd 10``); the SKD code pools a quarter of the map per node (a 2 x 2 node grid).
+
+    Resolution [ours]: both maps are brought to the *smaller* of their two sizes, the larger one by
+    max pooling (SKD's own node rule), before the nodes are formed. CIRKD distils SKD where
+    teacher and student maps share OS 8; the paper pair's teacher map is at stride 4, and
+    upsampling the student to it would make 9,409 nodes at a 769 crop (a 354 MB matrix per
+    image). ``valid`` may be at either map's size: it is reduced the same way (a position is valid
+    if any position it pools is).
     """
     ft = at_least_f32(ft.detach())
-    fs = _resize(at_least_f32(fs), ft.shape[-2:])
+    fs = at_least_f32(fs)
+    size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
+    fs, ft = _max_pool_to(fs, size), _max_pool_to(ft, size)
+    if valid is not None and tuple(valid.shape[-2:]) != size:
+        valid = _max_pool_to(valid[:, None].float(), size)[:, 0] > 0
     ns, node_valid = _pool_nodes(fs, valid, pool)
     nt, _ = _pool_nodes(ft, valid, pool)
     s = F.normalize(ns.flatten(2), dim=1)  # (B, C, N), unit columns
@@ -192,9 +222,11 @@ def cwd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float 
         out = (~v & some)[:, None]
         s, t = s.masked_fill(out, float("-inf")), t.masked_fill(out, float("-inf"))
     kl = kl_from_logits(t, s, dim=-1)  # (B, C)
-    if valid is not None:
-        kl = kl * some.to(kl.dtype)
-    return temperature**2 * kl.mean()
+    if valid is None:
+        return temperature**2 * kl.mean()
+    # mean over the (image, channel) pairs of the images that have a valid position
+    some = some.to(kl.dtype)
+    return temperature**2 * (kl * some).sum() / (some.sum() * kl.shape[1]).clamp(min=1.0)
 
 
 def class_prototype_similarity(f: torch.Tensor, labels: torch.Tensor, num_classes: int,

@@ -4,7 +4,7 @@ training tasks (stage 1: autoencoder; stage 2: distillation) that :func:`kaseg.t
 
 Notation: F_t teacher feature map, F_s student feature map, E / D the autoencoder's encoder /
 decoder, C_f / C_a the feature and affinity adapters, m = h * w positions. [paper] marks what the
-paper states, [ours] a documented choice where it is silent (../METHOD.md in the repository docs).
+paper states, [ours] a documented choice where it is silent (docs/method.md in the repository).
 """
 
 from __future__ import annotations
@@ -101,9 +101,14 @@ class FeatureAutoencoder(nn.Module):
         """-> (latent E(f), reconstruction D(E(f)) at f's size)."""
         z = self.encoder(f)
         r = self.decoder(z)
-        if r.shape[-2:] != f.shape[-2:]:  # odd sizes: strided convs round up
-            r = F.interpolate(r, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        return z, r
+        # a side that is not a multiple of the total stride: the strided convs round up, so the
+        # decoder's output is larger. Transposed-conv output 2j sits on input j, so the aligned
+        # reconstruction is the top-left crop (a resize would shift it by up to a stride).
+        h, w = f.shape[-2:]
+        if r.shape[-2] < h or r.shape[-1] < w:
+            raise ValueError(f"autoencoder: reconstruction {tuple(r.shape[-2:])} smaller than "
+                             f"its input {(h, w)}")
+        return z, r[..., :h, :w]
 
 
 def autoencoder_loss(f: torch.Tensor, recon: torch.Tensor, z: torch.Tensor, alpha: float = 1e-7):
@@ -126,10 +131,13 @@ class Adapter(nn.Sequential):
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
-def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt with zero gradient where x <= 0 (sqrt'(0) is infinite; rounding can make x < 0)."""
+def _safe_root(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """``x ** (1/p)`` with zero gradient where x <= 0: the root's derivative is infinite at 0
+    (two coinciding unit vectors, or two zero ones), and rounding can make x < 0."""
     pos = x > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+    safe = torch.where(pos, x, torch.ones_like(x))
+    root = torch.sqrt(safe) if p == 2 else safe.pow(1.0 / p)
+    return torch.where(pos, root, torch.zeros_like(x))
 
 
 def _unit(f: torch.Tensor, q: float, eps: float = 1e-12) -> torch.Tensor:
@@ -148,7 +156,7 @@ def adaptation_loss(zs: torch.Tensor, zt: torch.Tensor, p: float = 2.0, q: float
     - ``reduction="paper"``: the literal reading above, the mean over positions of the p-norm.
     - ``reduction="element"`` (default, [ours]): the mean over all elements of |difference|^p,
       i.e. the paper's per-position sum of |d|^p divided by C and without the 1/p root. With
-      weight 50 it starts at 0.1x to 1x the CE loss (METHOD.md, "Magnitudes"); "paper" starts at
+      weight 50 it starts at 0.1x to 1x the CE loss (docs/method.md, "Magnitudes"); "paper" starts at
       ~20x.
     """
     if zs.shape != zt.shape:
@@ -159,7 +167,7 @@ def adaptation_loss(zs: torch.Tensor, zt: torch.Tensor, p: float = 2.0, q: float
             return d.abs().pow(p).mean()
         if reduction == "paper":
             per_position = d.abs().pow(p).sum(1)
-            return (_safe_sqrt(per_position) if p == 2 else per_position.pow(1 / p)).mean()
+            return _safe_root(per_position, p).mean()
     raise ValueError(f"adaptation reduction must be one of {ADAPT_REDUCTIONS}, not '{reduction}'")
 
 
@@ -196,7 +204,7 @@ def affinity_loss_dense(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "ms
         if reduction == "element":
             return d.pow(2).mean() / m**2
         if reduction == "paper":
-            return (_safe_sqrt(d.pow(2).sum(-1)) / m).mean()
+            return (_safe_root(d.pow(2).sum(-1)) / m).mean()
     raise ValueError(f"affinity reduction must be one of {AFFINITY_REDUCTIONS}, not '{reduction}'")
 
 
@@ -218,43 +226,53 @@ class _GramAffinity(torch.autograd.Function):
     backward pass, which recomputes the unit vectors chunk by chunk: no m x m matrix and no m x C
     intermediate beyond the gradients themselves.
 
-    With unit vectors S, T (C x m, one column per position), A = S S^T, B = S T^T, D = T T^T:
+    Unit vectors S, T (C x m, one column per position) and their difference Δ = S - T. Because
+    ``cos_s(i,j) - cos_t(i,j) = Δ_i . s_j + t_i . Δ_j``, every quantity is written with Δ in it,
+    so nothing of size 1 cancels when the two maps nearly agree (the plain form
+    ``||S^T S||^2 - 2 ||S^T T||^2 + ||T^T T||^2`` loses all float32 digits there). Grams:
+    A = S S^T, D = T T^T, E = Δ Δ^T, P = S Δ^T, Q = Δ T^T.
 
-    - ``r_i = s_i^T A s_i - 2 s_i^T B t_i + t_i^T D t_i = ||cos_s(i,:) - cos_t(i,:)||^2``
-    - ``sum_i r_i = ||A||_F^2 - 2 ||B||_F^2 + ||D||_F^2``
+    - ``r_i = ||cos_s(i,:) - cos_t(i,:)||^2 = Δ_i^T A Δ_i + 2 Δ_i^T P t_i + t_i^T E t_i``
+    - ``sum_i r_i = <E, A + D> + 2 <P, Q>``
 
-    Gradients (w_i = dL/dr_i, M_s = S W S^T, M_st = S W T^T, M_t = T W T^T):
-    ``dL/dS = 2 M_s S + 2 (A S) W - 2 M_st T - 2 (B T) W``,
-    ``dL/dT = 2 M_t T + 2 (D T) W - 2 M_st^T S - 2 (B^T S) W``; for ``mse`` W = I/m^2 folds
-    into ``4 (A S - B T) / m^2`` and ``4 (D T - B^T S) / m^2``. Then through the normalisation:
-    ``dL/df = (g - s (s . g)) / ||f||``.
+    Gradients, with w_i = dL/dr_i and the weighted Grams M_s = sum w s s^T, M_sd = sum w s Δ^T,
+    M_t = sum w t t^T, M_dt = sum w Δ t^T:
+    ``dL/ds_i = 2 [w_i (A Δ_i + P t_i) + M_s Δ_i + M_sd t_i]``,
+    ``dL/dt_i = -2 [w_i (D Δ_i + Q^T s_i) + M_t Δ_i + M_dt^T s_i]``; for ``mse`` (w = 1/m^2) the
+    second halves equal the first and the pair is ``±(4/m^2) (A Δ_i + P t_i)``,
+    ``(D Δ_i + Q^T s_i)``. Then through the normalisation: ``dL/df = (g - s (s . g)) / ||f||``.
     """
+
+    @staticmethod
+    def _pairs(fs, ft, b, c, m):
+        for i0, i1 in _chunks(m, c):
+            s, ns = _unit_columns(fs[b, :, i0:i1])
+            t, nt = _unit_columns(ft[b, :, i0:i1])
+            yield i0, i1, s, t, s - t, ns, nt
 
     @staticmethod
     def forward(ctx, fs: torch.Tensor, ft: torch.Tensor, reduction: str) -> torch.Tensor:
         n, c, m = fs.shape
         grams, rows, total = [], [], fs.new_zeros(())
         for b in range(n):
-            a = fs.new_zeros(c, c)
-            bst, d = torch.zeros_like(a), torch.zeros_like(a)
-            for i0, i1 in _chunks(m, c):
-                s, _ = _unit_columns(fs[b, :, i0:i1])
-                t, _ = _unit_columns(ft[b, :, i0:i1])
+            a, d, e, p, q = fs.new_zeros(5, c, c).unbind(0)
+            for _, _, s, t, dl, _, _ in _GramAffinity._pairs(fs, ft, b, c, m):
                 a.addmm_(s, s.T)
-                bst.addmm_(s, t.T)
                 d.addmm_(t, t.T)
-            grams.append(torch.stack([a, bst, d]))
+                e.addmm_(dl, dl.T)
+                p.addmm_(s, dl.T)
+                q.addmm_(dl, t.T)
+            grams.append(torch.stack([a, d, e, p, q]))
             if reduction == "paper":
                 r = fs.new_empty(m)
-                for i0, i1 in _chunks(m, c):
-                    s, _ = _unit_columns(fs[b, :, i0:i1])
-                    t, _ = _unit_columns(ft[b, :, i0:i1])
-                    r[i0:i1] = ((a @ s) * s).sum(0) - 2 * ((bst @ t) * s).sum(0) + ((d @ t) * t).sum(0)
+                for i0, i1, s, t, dl, _, _ in _GramAffinity._pairs(fs, ft, b, c, m):
+                    r[i0:i1] = (((a @ dl) * dl).sum(0) + 2 * ((p @ t) * dl).sum(0)
+                                + ((e @ t) * t).sum(0))
                 r.clamp_(min=0)
                 rows.append(r)
                 total = total + r.sqrt().sum() / m**2
             else:
-                sq = (a.pow(2).sum() - 2 * bst.pow(2).sum() + d.pow(2).sum()).clamp(min=0) / m**2
+                sq = ((e * (a + d)).sum() + 2 * (p * q).sum()).clamp(min=0) / m**2
                 total = total + (sq if reduction == "mse" else sq / m**2)
         ctx.reduction = reduction
         ctx.save_for_backward(fs, ft, torch.stack(grams), *rows)
@@ -269,31 +287,33 @@ class _GramAffinity(torch.autograd.Function):
         gft = torch.zeros_like(ft) if need_t else None
         scale = grad_out / n
         for b in range(n):
-            a, bst, d = grams[b]
+            a, d, _, p, q = grams[b]
             if ctx.reduction == "paper":
                 r = rows[b]
                 pos = r > 0
                 w = torch.where(pos, scale / (2 * m**2 * torch.where(pos, r, 1).sqrt()), 0)
-                ms, mst, mt = torch.zeros_like(a), torch.zeros_like(a), torch.zeros_like(a)
-                for i0, i1 in _chunks(m, c):
-                    s, _ = _unit_columns(fs[b, :, i0:i1])
-                    t, _ = _unit_columns(ft[b, :, i0:i1])
-                    sw = s * w[i0:i1]
-                    ms.addmm_(sw, s.T)
-                    mst.addmm_(sw, t.T)
-                    mt.addmm_(t * w[i0:i1], t.T)
+                ms, msd, mt, mdt = fs.new_zeros(4, c, c).unbind(0)
+                for i0, i1, s, t, dl, _, _ in _GramAffinity._pairs(fs, ft, b, c, m):
+                    wi = w[i0:i1]
+                    ms.addmm_(s * wi, s.T)
+                    msd.addmm_(s * wi, dl.T)
+                    mt.addmm_(t * wi, t.T)
+                    mdt.addmm_(dl * wi, t.T)
             else:
                 k = scale * (2 / m**2 if ctx.reduction == "mse" else 2 / m**4)
-            for i0, i1 in _chunks(m, c):
-                s, ns = _unit_columns(fs[b, :, i0:i1])
-                t, nt = _unit_columns(ft[b, :, i0:i1])
+            for i0, i1, s, t, dl, ns, nt in _GramAffinity._pairs(fs, ft, b, c, m):
+                gs = gt = None
                 if ctx.reduction == "paper":
                     wi = w[i0:i1]
-                    gs = 2 * (ms @ s + (a @ s) * wi - mst @ t - (bst @ t) * wi) if need_s else None
-                    gt = 2 * (mt @ t + (d @ t) * wi - mst.T @ s - (bst.T @ s) * wi) if need_t else None
+                    if need_s:
+                        gs = 2 * ((a @ dl + p @ t) * wi + ms @ dl + msd @ t)
+                    if need_t:
+                        gt = -2 * ((d @ dl + q.T @ s) * wi + mt @ dl + mdt.T @ s)
                 else:
-                    gs = 2 * k * (a @ s - bst @ t) if need_s else None
-                    gt = 2 * k * (d @ t - bst.T @ s) if need_t else None
+                    if need_s:
+                        gs = 2 * k * (a @ dl + p @ t)
+                    if need_t:
+                        gt = -2 * k * (d @ dl + q.T @ s)
                 if need_s:
                     gfs[b, :, i0:i1] = (gs - s * (s * gs).sum(0)) / ns
                 if need_t:
@@ -310,9 +330,10 @@ def affinity_loss_gram(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse
     - all:   ``sum_ij (cos_s - cos_t)^2 = ||S^T S||_F^2 - 2 ||S^T T||_F^2 + ||T^T T||_F^2``
 
     O(m C^2) time; O(C^2 + m) memory besides the inputs and their gradients (positions are
-    processed in chunks, forward and backward, see :class:`_GramAffinity`). Accumulated in float32
-    (autocast off; float64 stays float64) and clamped at 0 before the square root: the terms
-    nearly cancel when the two maps are close.
+    processed in chunks, forward and backward, see :class:`_GramAffinity`). Computed in float32
+    (autocast off; float64 stays float64) from the *difference* of the unit vectors, so that it
+    stays accurate when the two maps nearly agree (late in training), where the plain
+    Gram identity above cancels away every digit.
     """
     if fs.shape != ft.shape:
         raise ValueError(f"affinity (Gram form): student {tuple(fs.shape)} and teacher "
@@ -384,6 +405,8 @@ class DistillTask(nn.Module):
             raise ValueError(f"distill.affinity_reduction must be one of {AFFINITY_REDUCTIONS}")
         if affinity_impl not in AFFINITY_IMPLS:
             raise ValueError(f"distill.affinity_impl must be one of {AFFINITY_IMPLS}")
+        if p < 1 or q < 1:
+            raise ValueError(f"distill.p and distill.q must be >= 1 (norms), got p={p}, q={q}")
         self.student = student
         self.teacher, self.encoder = Frozen(teacher), Frozen(encoder)
         cs = student.feature_info[student_tap].channels
@@ -402,9 +425,16 @@ class DistillTask(nn.Module):
         self.calls = 0
 
     def _to(self, z: torch.Tensor, size) -> torch.Tensor:
-        if z.shape[-2:] != size:  # odd input sizes: the two strides round differently
-            z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-        return z
+        """The adapter's output at the latent's size. Only the rounding of odd input sizes may
+        differ (the student's and the encoder's strided convolutions round differently): at
+        most one position per side. More means the autoencoder was made for another pair."""
+        if tuple(z.shape[-2:]) == tuple(size):
+            return z
+        if max(abs(a - b) for a, b in zip(z.shape[-2:], size)) > 1:
+            raise ValueError(f"distill: the student's adapted map is {tuple(z.shape[-2:])} but the "
+                             f"autoencoder's latent is {tuple(size)}: the autoencoder was trained "
+                             "for a student of another feature stride")
+        return F.interpolate(z, size=size, mode="bilinear", align_corners=False)
 
     def _extra_term(self, name: str, out: dict, t_out: dict, targets) -> torch.Tensor:
         fs, ft = out["features"][self.student_tap], t_out["features"][self.teacher_tap]

@@ -26,7 +26,13 @@ ALIASES: dict[str, dict] = {
     "paper-teacher": dict(arch="deeplabv3plus", encoder="tu-xception65", output_stride=8),
     "paper-teacher-r50": dict(arch="deeplabv3plus", encoder="resnet50", output_stride=8),
     "paper-teacher-r101": dict(arch="deeplabv3plus", encoder="resnet101", output_stride=8),
-    "paper-student": dict(arch="deeplabv3", encoder="mobilenet_v2", output_stride=16),
+    # the paper's student: TF-DeepLab's MobileNetV2 "without ASPP and decoder" [paper]: the
+    # backbone at OS 16 up to its last inverted residual (320 channels, no 1x1 expansion to 1280),
+    # then an image-pooling branch and a 1x1 branch, concatenated and projected (ImagePoolHead)
+    "paper-student": dict(arch="deeplabv3", encoder="mobilenet_v2", output_stride=16,
+                          head="image-pool", drop_last_conv=True),
+    # SMP's DeepLabV3 on MobileNetV2: a full ASPP (rates 12/24/36) and an extra 3x3 conv
+    "paper-student-aspp": dict(arch="deeplabv3", encoder="mobilenet_v2", output_stride=16),
     # CPU-sized pair with the same shape (teacher: decoder, OS 8; student: OS 16): tests and the demo
     "tiny-teacher": dict(
         arch="deeplabv3plus", encoder="tu-resnet10t", output_stride=8, decoder_channels=64
@@ -103,6 +109,39 @@ def _check_encoder(encoder: str, model_name: str) -> None:
         raise KasegError(f"unknown encoder '{encoder}' in model '{model_name}'{hint}")
 
 
+def _conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class ImagePoolHead(nn.Module):
+    """TF-DeepLab's head for MobileNetV2 (``model_variant=mobilenet_v2`` without ASPP rates or
+    decoder): a 1x1 branch and an image-pooling branch (global average, 1x1, broadcast back),
+    concatenated, projected by a 1x1 conv and dropped out (keep 0.9), each conv with BN + ReLU.
+    Takes SMP's list of encoder features and uses the last one."""
+
+    def __init__(self, in_channels: int, out_channels: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.branch = _conv1x1_bn_relu(in_channels, out_channels)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv1x1_bn_relu(in_channels, out_channels))
+        self.project = _conv1x1_bn_relu(2 * out_channels, out_channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.dropout(self.project(torch.cat([self.branch(x), pooled], 1)))
+
+
+def _drop_last_conv(encoder: nn.Module, name: str) -> None:
+    """MobileNetV2 ends in a 1x1 expansion to 1280 channels that TF-DeepLab's feature extractor
+    stops before (its ``layer_18``, the last inverted residual: 320 channels)."""
+    if not (hasattr(encoder, "features") and hasattr(encoder, "_out_channels")):
+        raise KasegError(f"model '{name}': drop_last_conv needs a MobileNetV2 encoder")
+    last = encoder.features[-1]
+    encoder.features[-1] = nn.Identity()
+    encoder._out_channels = list(encoder._out_channels[:-1]) + [last[0].in_channels]
+
+
 class SegModel(nn.Module):
     """An SMP network whose forward returns ``{"logits", "features": {name: map}}``.
 
@@ -169,7 +208,7 @@ def build_model(
     os_ = output_stride if output_stride is not None else defaults.get("output_stride")
     dc = decoder_channels if decoder_channels is not None else defaults.get("decoder_channels")
     kwargs: dict = dict(defaults.get("kwargs", {}))
-    if dc is not None:
+    if dc is not None and defaults.get("head") is None:
         kwargs["decoder_channels"] = dc
     dilate_to = None
     if os_ is not None:
@@ -196,6 +235,11 @@ def build_model(
                                    classes=num_classes, **kwargs)
             if dilate_to is not None:
                 net.encoder = smp.encoders.get_encoder(encoder, weights=weights, output_stride=dilate_to)
+            if defaults.get("drop_last_conv"):
+                _drop_last_conv(net.encoder, name)
+            if defaults.get("head") == "image-pool":
+                net.decoder = ImagePoolHead(net.encoder.out_channels[-1], dc or 256)
+                net.segmentation_head[0] = nn.Conv2d(dc or 256, num_classes, 1)
     except KasegError:
         raise
     except Exception as e:  # network, hub and pretrained-tag failures

@@ -60,6 +60,26 @@ def load_autoencoder(path: str | Path) -> tuple[FeatureAutoencoder, dict]:
     return ae.eval(), meta
 
 
+def check_autoencoder_fits(meta: dict, path, teacher: SegModel, tap: str,
+                           student_stride: int) -> None:
+    """Refuse an autoencoder made for another teacher map or another student stride: its latent
+    would sit at the wrong scale, which a silent resize would hide."""
+    t_info = teacher.feature_info[tap]
+    want = {"tap": tap, "teacher_model": teacher.spec.name, "in_channels": t_info.channels}
+    if student_stride % t_info.stride == 0 and student_stride // t_info.stride in (1, 2, 4, 8):
+        want["strides"] = list(ae_strides(student_stride // t_info.stride))
+    else:
+        want["strides"] = f"none (student stride {student_stride} / teacher {t_info.stride})"
+    for key, value in want.items():
+        if key in meta and meta[key] != value:
+            raise KasegError(
+                f"{path}: the autoencoder was trained with {key} {meta[key]!r} (teacher "
+                f"'{meta.get('teacher_model', '?')}' tap '{meta.get('tap')}', student stride "
+                f"{meta.get('student_stride', '?')}); this pair needs {value!r} (teacher "
+                f"'{teacher.spec.name}' tap '{tap}', student stride {student_stride}): "
+                "train one for this pair with `kaseg train-ae`")
+
+
 @torch.no_grad()
 def reconstruction_error(teacher: SegModel, ae: FeatureAutoencoder, tap: str, dataset,
                          batch_size: int, device, amp: bool = False) -> dict:
@@ -111,7 +131,9 @@ def train_autoencoder(cfg: Config, run: str | Path, force: bool = False) -> dict
     device = resolve_device(cfg.train.device)
     prepare_run(run, to_dict(cfg), force)
     meta = {"kind": "autoencoder", "in_channels": t_info.channels, "latent_channels": latent,
-            "strides": list(strides), "teacher": str(teacher_path), "tap": cfg.teacher.tap}
+            "strides": list(strides), "teacher": str(teacher_path), "tap": cfg.teacher.tap,
+            "teacher_model": teacher.spec.name, "teacher_stride": t_info.stride,
+            "student_stride": s_info.stride}
 
     def validate() -> dict:
         return reconstruction_error(teacher.to(device), ae, cfg.teacher.tap, val_set,
@@ -140,16 +162,14 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     if (d.adapt_weight > 0 or d.affinity_weight > 0) and not cfg.ae.weights:
         raise KasegError("ae.weights must name a trained autoencoder (`kaseg train-ae`), or set "
                          "distill.adapt_weight=0 and distill.affinity_weight=0")
+    student = build_student(cfg, train_set.num_classes)
     if cfg.ae.weights:
         ae, ae_meta = load_autoencoder(cfg.ae.weights)
-        if ae_meta["in_channels"] != teacher.feature_info[cfg.teacher.tap].channels:
-            raise KasegError(f"{cfg.ae.weights}: autoencoder takes {ae_meta['in_channels']} "
-                             f"channels, the teacher's '{cfg.teacher.tap}' has "
-                             f"{teacher.feature_info[cfg.teacher.tap].channels}")
+        check_autoencoder_fits(ae_meta, cfg.ae.weights, teacher, cfg.teacher.tap,
+                               student.feature_info[d.student_tap].stride)
         encoder, latent = ae.encoder, ae_meta["latent_channels"]
     else:
         encoder, latent = torch.nn.Identity(), 1
-    student = build_student(cfg, train_set.num_classes)
     try:
         task = DistillTask(student, teacher, encoder, latent, cfg.teacher.tap, d.student_tap,
                            d.adapt_weight, d.affinity_weight, d.adapt_reduction,
