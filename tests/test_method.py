@@ -207,7 +207,8 @@ def test_frozen_parts_stay_frozen_and_only_student_and_adapters_change():
     assert all(torch.equal(frozen[k], after[k]) for k in frozen)  # weights and BN statistics
     changed = {k.split(".")[0] for k, v in task.state_dict().items()
                if not torch.equal(v, trainable[k])}
-    assert changed == {"student", "adapter", "affinity_adapter"}
+    assert changed == {"student", "adapter", "affinity_adapter", "step"}
+    assert int(task.step) == 1  # the step counter (warm-up) moves, nothing else
     total = losses["ce"] + 50 * losses["adapt"] + 10 * losses["affinity"]
     torch.testing.assert_close(losses["loss"], total)
     torch.testing.assert_close(losses["adapt_ratio"], (50 * losses["adapt"] / losses["ce"]).detach())

@@ -53,6 +53,9 @@ class ModelConfig:
     output_stride: int | None = None  # None: the alias's or architecture's default
     decoder_channels: int | None = None  # None: the alias's or architecture's default
     pretrained: bool = False  # fetch ImageNet encoder weights from the hub (needs network)
+    # start from these weights (a run folder or .safetensors of the same network), e.g. a student
+    # trained with CE elsewhere: every arm of a comparison then starts from the same model
+    init_weights: str | None = None
 
 
 @dataclass
@@ -69,6 +72,7 @@ class TrainConfig:
     sync_bn: bool = False  # torchrun: SyncBatchNorm in the trained network (not the teacher)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
     val_every: int = 200  # validate (and checkpoint) every N iterations and at the end
+    patience: int | None = None  # stop after N validations without improvement; None = never
     val_batch_size: int = 1  # >1 only when all validation images have one size
     log_every: int = 10
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -99,6 +103,10 @@ class AEConfig:
     lr: float = 0.1  # [paper]
     weight_decay: float = 1e-4  # [paper]
     grad_clip: float | None = 10.0  # [ours] guards lr 0.1 against large teacher activations
+    # [ours] validate every this many epochs; with `patience`, stop once the val reconstruction
+    # error has not improved for that many validations (epochs is then the most it trains)
+    val_every_epochs: float | None = None  # None: once, at the end
+    patience: int | None = None
 
 
 @dataclass
@@ -118,6 +126,12 @@ class DistillConfig:
     affinity_reduction: str = "mse"  # "mse" (resolution-free), "paper" (row l2), "element"
     affinity_impl: str = "auto"  # "dense" (m x m matrices), "gram" (never builds them), "auto"
     dense_max_positions: int = 1024  # auto: dense up to this many positions, Gram above
+    # ramp every distillation weight linearly from 0 to its value over the first N iterations
+    # (the adapters catch up with the targets before they steer the student); 0 = off
+    warmup_iters: int = 0
+    # negative controls for studies: "random_encoder" (an untrained E: no teacher knowledge in
+    # the target), "constant_target" (the adapters are fitted to a constant map); "none" = the method
+    control: str = "none"
     # the field's other losses (kaseg.kd_losses), added to the terms above: any of "kd", "fitnet",
     # "skd", "cwd", "ifvd"; each with its authors' weight unless set below
     extra_losses: list[str] = field(default_factory=list)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 ADAPT_REDUCTIONS = ("element", "paper")
 AFFINITY_REDUCTIONS = ("mse", "paper", "element")
 AFFINITY_IMPLS = ("auto", "dense", "gram")
+CONTROLS = ("none", "random_encoder", "constant_target")
 
 
 # --------------------------------------------------------------------------- frozen networks
@@ -393,8 +394,13 @@ class DistillTask(nn.Module):
                  affinity_reduction: str = "mse", p: float = 2.0, q: float = 2.0,
                  affinity_impl: str = "auto", dense_max_positions: int = 1024,
                  ignore_index: int = IGNORE_INDEX, extra: dict[str, float] | None = None,
-                 kd_temperature: float = 4.0, cwd_temperature: float = 4.0, skd_pool: int = 2):
+                 kd_temperature: float = 4.0, cwd_temperature: float = 4.0, skd_pool: int = 2,
+                 warmup_iters: int = 0, control: str = "none"):
         super().__init__()
+        if control not in CONTROLS:
+            raise ValueError(f"distill.control must be one of {CONTROLS}, not '{control}'")
+        if warmup_iters < 0:
+            raise ValueError(f"distill.warmup_iters must be >= 0, got {warmup_iters}")
         unknown = sorted(set(extra or {}) - set(EXTRA_LOSSES))
         if unknown:
             raise ValueError(f"distill.extra_losses: unknown {unknown}; choose from {EXTRA_LOSSES}")
@@ -422,7 +428,17 @@ class DistillTask(nn.Module):
                                                                     cwd_temperature, skd_pool)
         self.fitnet = (FitNetRegressor(cs, teacher.feature_info[teacher_tap].channels)
                        if "fitnet" in extra else None)
+        self.warmup_iters, self.control = warmup_iters, control
+        # training steps taken: in the state dict, so a resumed run continues the warm-up
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.calls = 0
+
+    def distill_scale(self) -> float:
+        """The warm-up factor of every distillation weight at this step: ``min(1, step / N)``,
+        the step counted from 1 (the first step already distils a little)."""
+        if self.warmup_iters <= 0:
+            return 1.0
+        return min(1.0, int(self.step) / self.warmup_iters)
 
     def _to(self, z: torch.Tensor, size) -> torch.Tensor:
         """The adapter's output at the latent's size. Only the rounding of odd input sizes may
@@ -454,6 +470,9 @@ class DistillTask(nn.Module):
         return ifvd_loss(fs, ft, targets, zt.shape[1], self.ignore_index)
 
     def forward(self, images, targets) -> dict:
+        if self.training:
+            self.step += 1
+        scale = self.distill_scale()
         out = self.student(images)
         ce = F.cross_entropy(out["logits"].float(), targets, ignore_index=self.ignore_index)
         losses = {"ce": ce}
@@ -464,24 +483,28 @@ class DistillTask(nn.Module):
             fs = out["features"][self.student_tap]
         if ours:
             zt = self.encoder(t_out["features"][self.teacher_tap])
+            if self.control == "constant_target":  # the same vector at every position
+                zt = torch.ones_like(zt)
             if self.adapter is not None:
                 la = adaptation_loss(self._to(self.adapter(fs), zt.shape[-2:]), zt, self.p,
                                      self.q, self.adapt_reduction)
                 losses["adapt"] = la
                 losses["adapt_ratio"] = (self.adapt_weight * la / ce).detach()
-                total = total + self.adapt_weight * la
+                total = total + scale * self.adapt_weight * la
             if self.affinity_adapter is not None:
                 lf = affinity_loss(self._to(self.affinity_adapter(fs), zt.shape[-2:]), zt,
                                    self.affinity_reduction, self.affinity_impl,
                                    self.dense_max_positions)
                 losses["affinity"] = lf
                 losses["affinity_ratio"] = (self.affinity_weight * lf / ce).detach()
-                total = total + self.affinity_weight * lf
+                total = total + scale * self.affinity_weight * lf
         for name, weight in self.extra.items():
             term = self._extra_term(name, out, t_out, targets)
             losses[name] = term
             losses[f"{name}_ratio"] = (weight * term / ce).detach()
-            total = total + weight * term
+            total = total + scale * weight * term
+        if self.warmup_iters > 0:
+            losses["distill_scale"] = torch.tensor(scale)
         losses["loss"] = total
         self.calls += 1
         if self.training and self.calls in (1, 10):

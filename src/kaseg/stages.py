@@ -19,9 +19,9 @@ from .config import Config, ModelConfig, to_dict
 from .errors import KasegError
 from .evaluate import autocast, evaluate
 from .method import AutoencoderTask, DistillTask, FeatureAutoencoder, ae_strides
-from .models import SegModel, build_model
-from .supervised import build_data, dataset_meta, train_segmenter, write_result
-from .train import fit, prepare_run, resolve_device, seed_everything
+from .models import SegModel
+from .supervised import build_data, build_network, dataset_meta, train_segmenter, write_result
+from .train import fit, prepare_run, resolve_device, seed_everything, seeded
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,10 @@ def load_teacher(cfg: Config, num_classes: int) -> tuple[SegModel, Path]:
 
 
 def build_student(cfg: Config, num_classes: int) -> SegModel:
-    m = cfg.model
-    student = build_model(m.name, num_classes, m.output_stride, m.decoder_channels, m.pretrained)
+    student = build_network(cfg, num_classes)
     if cfg.distill.student_tap not in student.feature_info:
         raise KasegError(f"distill.student_tap '{cfg.distill.student_tap}' is not a feature of "
-                         f"{m.name}; choose one of {sorted(student.feature_info)}")
+                         f"{cfg.model.name}; choose one of {sorted(student.feature_info)}")
     return student
 
 
@@ -125,9 +124,12 @@ def train_autoencoder(cfg: Config, run: str | Path, force: bool = False) -> dict
         raise KasegError(str(e)) from None
     latent = cfg.ae.latent_channels or max(1, t_info.channels // 2)
     ae = FeatureAutoencoder(t_info.channels, latent, strides)
-    iters = max(1, math.ceil(cfg.ae.epochs * len(train_set) / cfg.train.batch_size))
+    per_epoch = len(train_set) / cfg.train.batch_size
+    iters = max(1, math.ceil(cfg.ae.epochs * per_epoch))
+    val_every = (max(1, round(cfg.ae.val_every_epochs * per_epoch)) if cfg.ae.val_every_epochs
+                 else iters)
     tcfg = replace(cfg.train, iters=iters, lr=cfg.ae.lr, weight_decay=cfg.ae.weight_decay,
-                   val_every=iters, grad_clip=cfg.ae.grad_clip)
+                   val_every=val_every, grad_clip=cfg.ae.grad_clip, patience=cfg.ae.patience)
     device = resolve_device(cfg.train.device)
     prepare_run(run, to_dict(cfg), force)
     meta = {"kind": "autoencoder", "in_channels": t_info.channels, "latent_channels": latent,
@@ -147,7 +149,8 @@ def train_autoencoder(cfg: Config, run: str | Path, force: bool = False) -> dict
     summary = fit(AutoencoderTask(teacher, ae, cfg.teacher.tap, cfg.ae.alpha), train_set, tcfg,
                   run, seed=cfg.seed, validate=validate, export=export, score_key="score",
                   num_workers=cfg.data.num_workers, desc="train-ae")
-    result = {"val": summary["best_metrics"], "iters": iters, **meta}
+    result = {"val": summary["best_metrics"], "iters": summary["iters"], "best_iter":
+              summary["best_iter"], **meta}
     atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
     return result
 
@@ -167,17 +170,24 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
         ae, ae_meta = load_autoencoder(cfg.ae.weights)
         check_autoencoder_fits(ae_meta, cfg.ae.weights, teacher, cfg.teacher.tap,
                                student.feature_info[d.student_tap].stride)
+        if d.control == "random_encoder":  # negative control: same shapes, no training
+            with seeded(cfg.seed + 1):
+                ae = FeatureAutoencoder(ae.in_channels, ae.latent_channels, ae.strides).eval()
         encoder, latent = ae.encoder, ae_meta["latent_channels"]
     else:
         encoder, latent = torch.nn.Identity(), 1
     try:
-        task = DistillTask(student, teacher, encoder, latent, cfg.teacher.tap, d.student_tap,
-                           d.adapt_weight, d.affinity_weight, d.adapt_reduction,
-                           d.affinity_reduction, d.p, d.q, d.affinity_impl, d.dense_max_positions,
-                           extra=d.extra_weights(), kd_temperature=d.kd_temperature,
-                           cwd_temperature=d.cwd_temperature, skd_pool=d.skd_pool)
+        with seeded(cfg.seed + 2):  # adapters and regressors: the same in every run of a seed
+            task = DistillTask(student, teacher, encoder, latent, cfg.teacher.tap, d.student_tap,
+                               d.adapt_weight, d.affinity_weight, d.adapt_reduction,
+                               d.affinity_reduction, d.p, d.q, d.affinity_impl,
+                               d.dense_max_positions, extra=d.extra_weights(),
+                               kd_temperature=d.kd_temperature, cwd_temperature=d.cwd_temperature,
+                               skd_pool=d.skd_pool, warmup_iters=d.warmup_iters,
+                               control=d.control)
     except ValueError as e:
         raise KasegError(str(e)) from None
+    seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
     device = resolve_device(cfg.train.device)
     prepare_run(run, to_dict(cfg), force)
     meta = dataset_meta(train_set)

@@ -9,12 +9,14 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_text, save_model
+from .checkpoint import (atomic_write_text, load_state_strict, read_weights, resolve_weights,
+                         save_model)
 from .config import Config, to_dict
 from .data import IGNORE_INDEX, build_dataset
 from .evaluate import evaluate
 from .models import SegModel, build_model
-from .train import fit, prepare_run, resolve_device, seed_everything
+from .errors import KasegError
+from .train import fit, prepare_run, resolve_device, seed_everything, seeded
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,30 @@ def build_data(cfg: Config):
     return train_set, val_set
 
 
+def build_network(cfg: Config, num_classes: int) -> SegModel:
+    """``cfg.model`` with its initial weights a function of ``cfg.seed`` alone (whatever was built
+    before it), or loaded from ``model.init_weights``: every arm of a comparison starts from the
+    same network."""
+    m = cfg.model
+    with seeded(cfg.seed):
+        model = build_model(m.name, num_classes, m.output_stride, m.decoder_channels, m.pretrained)
+    if m.init_weights:
+        path = resolve_weights(m.init_weights)
+        state, meta = read_weights(path)
+        spec = meta.get("spec", {})
+        if spec.get("name") != m.name or spec.get("num_classes") != num_classes:
+            raise KasegError(f"{path}: model.init_weights holds '{spec.get('name')}' with "
+                             f"{spec.get('num_classes')} classes, not '{m.name}' with {num_classes}")
+        load_state_strict(model, state, path)
+    return model
+
+
 def train_segmenter(cfg: Config, run: str | Path, force: bool = False) -> dict:
     """``kaseg train``: train ``cfg.model`` on ``cfg.data``; resumable; returns the summary."""
     run = Path(run)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_data(cfg)
-    model = build_model(cfg.model.name, train_set.num_classes, cfg.model.output_stride,
-                        cfg.model.decoder_channels, cfg.model.pretrained)
+    model = build_network(cfg, train_set.num_classes)
     device = resolve_device(cfg.train.device)
     prepare_run(run, to_dict(cfg), force)
     meta = dataset_meta(train_set)

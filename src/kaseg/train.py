@@ -8,9 +8,10 @@ parameters with ``requires_grad`` are optimised, so frozen parts (a teacher) cos
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import logging
+import shutil
 import math
 import os
 import random
@@ -54,6 +55,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block with the CPU RNG seeded to ``seed`` and restore the RNG afterwards.
+
+    Why: a network built inside gets the same initial weights whatever was built before it (a
+    teacher, an autoencoder, adapters), so every arm of a comparison starts from the same student.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class InfiniteSampler(Sampler):
@@ -169,7 +182,7 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lr(cfg.iters, cfg.poly_power))
     use_scaler = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    start, best, best_iter, best_metrics, skipped = 0, -math.inf, 0, {}, 0
+    start, best, best_iter, best_metrics, skipped, stopped = 0, -math.inf, 0, {}, 0, False
     if (run / STATE).exists():
         ckpt = load_state(run / STATE)
         task.load_state_dict(ckpt["task"])
@@ -179,11 +192,12 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
         start, best, best_iter = ckpt["iter"], ckpt["best"], ckpt["best_iter"]
         best_metrics = json.loads(ckpt["best_metrics"])
         skipped = int(ckpt.get("skipped", 0))
+        stopped = bool(ckpt.get("stopped", False))
         _set_rng_state(ckpt["rng"])
         if main:
             _trim_history(run, start)
         log.info("resuming %s from iteration %d", run, start)
-    if start >= cfg.iters:
+    if start >= cfg.iters or stopped:
         return {"best": best, "best_iter": best_iter, "iters": start, "best_metrics": best_metrics}
 
     per_rank = cfg.batch_size // world
@@ -259,6 +273,7 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
                 improved = score > best
                 if improved:
                     best, best_iter, best_metrics = score, it, metrics
+                stop = bool(cfg.patience) and it - best_iter >= cfg.patience * cfg.val_every
                 if main:  # rank 0 alone writes
                     writer = writer or SummaryWriter(str(run / "tb"),
                                                      purge_step=start + 1 if start else None)
@@ -274,17 +289,21 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
                         "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                         "iter": it, "best": best, "best_iter": best_iter,
                         "best_metrics": json.dumps(best_metrics), "rng": _rng_state(),
-                        "skipped": skipped})
+                        "skipped": skipped, "stopped": stop})
                     bar.write(f"[{desc}] iter {it}/{cfg.iters}: val {score_key} {score:.4f} "
                               f"(best {best:.4f} @ {best_iter})")
                 barrier()  # rank 0's checkpoint is on disk before anyone moves on
+                if stop:
+                    log.info("%s: no improvement in %d validations; stopping at iteration %d",
+                             desc, cfg.patience, it)
+                    break
     finally:  # the bar ends its line even on an error, so the error gets a line of its own
         bar.close()
         if writer is not None:
             writer.close()
     log.info("%s: %d iterations in %.1fs%s", desc, cfg.iters - start, time.perf_counter() - t0,
              f" ({skipped} skipped: non-finite loss)" if skipped else "")
-    return {"best": best, "best_iter": best_iter, "iters": cfg.iters, "best_metrics": best_metrics,
+    return {"best": best, "best_iter": best_iter, "iters": it, "best_metrics": best_metrics,
             "skipped": skipped}
 
 
