@@ -69,6 +69,14 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from .study import run_study
+
+    run_study(args.out, args.device, args.seeds, args.regimes, args.force)
+    print((Path(args.out) / "study.md").read_text())
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from .checkpoint import load_model, resolve_weights
     from .config import load_config
@@ -191,14 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the paper's experiment end to end on built-in data (CPU)")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--quick", action="store_true", help="1 seed, short schedules (~3 min on CPU)")
-    d.add_argument("--seeds", type=int, help="default: 3 (1 with --quick)")
+    d.add_argument("--quick", action="store_true", help="2 seeds, short schedules (~3 min on CPU)")
+    d.add_argument("--seeds", type=int, help="paired seeds; default: 5 (2 with --quick)")
     d.add_argument("--device", default="auto")
     d.add_argument("--force", action="store_true", help="recompute every stage")
     d.add_argument("--all-methods", action="store_true",
-                   help="also SKD, CWD, IFVD and logit KD at T = 2 and 6 (default: baseline, KD "
-                        "T = 4, FitNet and the method's variants)")
+                   help="also logit KD T = 4, FitNet, CWD, adaptation or affinity alone, the "
+                        "paper-literal reductions and the two negative controls (default: CE "
+                        "only, KD T = 2, the method, the method + KD)")
     d.set_defaults(fn=_cmd_demo)
+
+    st = sub.add_parser("study", help="the long paired study: a ladder of regimes x arms x seeds")
+    st.add_argument("--out", default="study_out")
+    st.add_argument("--device", default="auto")
+    st.add_argument("--seeds", type=int, default=5, help="paired seeds per regime (default 5)")
+    st.add_argument("--regimes", nargs="*", help="a subset of the regimes, by name (default: all)")
+    st.add_argument("--force", action="store_true", help="recompute every stage")
+    st.set_defaults(fn=_cmd_study)
 
     e = sub.add_parser("eval", help="evaluate a run folder or a .safetensors checkpoint")
     e.add_argument("checkpoint")

@@ -55,14 +55,21 @@ def read_history(run: str | Path) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-def training_curves(path: str | Path, runs: dict[str, str | Path], dpi: int = 100) -> None:
-    """Every logged loss term (one panel each) and val mIoU over iterations, one line per run."""
+def training_curves(path: str | Path, runs: dict[str, str | Path], dpi: int = 100,
+                    cols: int = 3) -> None:
+    """Every logged loss term (one panel each, ``cols`` panels a row) and val mIoU over
+    iterations, one line per run."""
     histories = {name: read_history(run) for name, run in runs.items()}
     terms = sorted({k for tr, _ in histories.values() for rec in tr for k in rec
                     if k not in ("iter", "lr", "loss") and not k.endswith("_ratio")})
     panels = [*terms, "val mIoU"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, term in zip(axes[0], panels):
+    cols = min(cols, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    flat = axes.flatten()
+    for ax in flat[len(panels):]:
+        ax.axis("off")
+    for ax, term in zip(flat, panels):
         for idx, (name, (tr, val)) in enumerate(histories.items()):
             if term == "val mIoU":
                 pts = [(r["iter"], r["val"]["miou"]) for r in val if "miou" in r["val"]]
@@ -76,7 +83,40 @@ def training_curves(path: str | Path, runs: dict[str, str | Path], dpi: int = 10
         ax.set_xlabel("iteration")
         if term in ("ce", "recon"):
             ax.set_yscale("log")
-    axes[0][-1].legend(fontsize=7)
+    flat[len(panels) - 1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def paired_gain_plot(path: str | Path, regimes: dict[str, list[dict]], labels: dict[str, str],
+                     dpi: int = 100, cols: int = 2) -> None:
+    """One panel per regime: each arm's paired difference to the CE-only student (mean and 95%
+    CI, mIoU points) as a horizontal error bar, with 0 and the +2.5 target marked."""
+    names = list(regimes)
+    cols = max(1, min(cols, len(names)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 0.6 + 0.42 * max(
+        (len(r) for r in regimes.values()), default=1) * rows + 1.2 * rows), squeeze=False)
+    flat = axes.flatten()
+    for ax in flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(flat, names):
+        arms = [r for r in regimes[name] if "diff" in r]
+        y = np.arange(len(arms))[::-1]
+        for yi, r in zip(y, arms):
+            d = r["diff"]
+            lo, hi = d["low"], d["high"]
+            ok = lo == lo  # NaN for a single seed
+            color = "C2" if ok and lo > 0 else ("C3" if ok and hi < 0 else "C0")
+            ax.errorbar(d["mean"], yi, xerr=[[d["mean"] - lo], [hi - d["mean"]]] if ok else None,
+                        fmt="o", color=color, capsize=3)
+        ax.axvline(0.0, color="0.4", lw=1)
+        ax.axvline(2.5, color="C2", lw=1, ls="--")
+        ax.set_yticks(y)
+        ax.set_yticklabels([labels.get(r["arm"], r["arm"]) for r in arms], fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("paired Δ mIoU vs CE only (points, 95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

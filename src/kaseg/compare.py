@@ -1,0 +1,206 @@
+"""Paired comparisons of training recipes ("arms") over seeds: the machinery behind ``kaseg demo``
+and ``kaseg study``.
+
+A comparison shares one teacher, one autoencoder and (optionally) one CE-trained starting student;
+each (arm, seed) is a resumable run folder. A seed fixes the student's initial weights, the data
+order and every augmentation, identically in every arm, so arms are compared seed by seed
+(:mod:`kaseg.stats`): the report gives each arm's mean ± sd and its paired difference to the
+CE-only arm with a 95% confidence interval, and the verdict follows the interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_model
+from .config import Config
+from .data import build_dataset
+from .evaluate import evaluate
+from .stages import distill, teacher_training_config, train_autoencoder
+from .stats import paired, summarize, verdict
+from .supervised import train_segmenter
+from .train import resolve_device
+
+log = logging.getLogger(__name__)
+
+BASELINE = "baseline"
+_OFF = dict(adapt_weight=0.0, affinity_weight=0.0)
+# every arm a comparison may run: DistillConfig changes from the defaults (the method)
+ARMS: dict[str, dict] = {
+    "baseline": _OFF,
+    "kd": dict(_OFF, extra_losses=["kd"], kd_temperature=4.0),
+    "kd_t2": dict(_OFF, extra_losses=["kd"], kd_temperature=2.0),
+    "kd_t6": dict(_OFF, extra_losses=["kd"], kd_temperature=6.0),
+    "fitnet": dict(_OFF, extra_losses=["fitnet"]),
+    "skd": dict(_OFF, extra_losses=["skd"]),
+    "cwd": dict(_OFF, extra_losses=["cwd"]),
+    "ifvd": dict(_OFF, extra_losses=["ifvd"]),
+    "adapt": dict(affinity_weight=0.0),
+    "affinity": dict(adapt_weight=0.0),
+    "ka": {},
+    "ka_kd": dict(extra_losses=["kd"], kd_temperature=2.0),
+    "ka_warmup": dict(warmup_iters=50),
+    "ka_paper": dict(adapt_reduction="paper", affinity_reduction="paper", affinity_weight=1.0),
+    "ctrl_random_ae": dict(control="random_encoder"),
+    "ctrl_constant": dict(control="constant_target"),
+}
+LABELS = {
+    "teacher": "teacher", "baseline": "student (CE only)", "kd": "+ logit KD (T = 4)",
+    "kd_t2": "+ logit KD (T = 2)", "kd_t6": "+ logit KD (T = 6)", "fitnet": "+ FitNet (feature L2)",
+    "skd": "+ SKD pair-wise", "cwd": "+ CWD (logits)", "ifvd": "+ IFVD",
+    "adapt": "+ adaptation", "affinity": "+ affinity", "ka": "+ both (the method)",
+    "ka_kd": "the method + KD (T = 2)", "ka_warmup": "the method, 50-iteration warm-up",
+    "ka_paper": "the method, paper-literal reductions",
+    "ctrl_random_ae": "control: the method with an untrained encoder",
+    "ctrl_constant": "control: adapters fitted to a constant target",
+}
+
+
+def code_version() -> str:
+    """The code that produced a report: the git commit of the checkout kaseg runs from (with
+    ``+changes`` when it has uncommitted ones), else the package version."""
+    from . import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                              capture_output=True, timeout=10)
+        if head.returncode != 0:
+            return f"kaseg {__version__}"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "."],
+                               cwd=here, text=True, capture_output=True, timeout=10).stdout.strip()
+        return f"commit {head.stdout.strip()}{' +changes' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return f"kaseg {__version__}"
+
+
+def machine(device: str = "auto") -> str:
+    """The device a report was measured on, in words."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def prepare_shared(out: Path, cfg: Config, force: bool = False, init_iters: int = 0,
+                   init_data_seed: int = 1, bar=None) -> Config:
+    """Teacher, autoencoder and (``init_iters > 0``) the shared CE-trained starting student, each
+    once, in ``out/{teacher,ae,init}``; returns ``cfg`` pointing at them."""
+    def step(name):
+        if bar is not None:
+            bar.set_postfix_str(name)
+
+    if not cfg.teacher.weights:
+        step("teacher")
+        train_segmenter(teacher_training_config(cfg), out / "teacher", force)
+        cfg = replace(cfg, teacher=replace(cfg.teacher, weights=str(out / "teacher")))
+        if bar is not None:
+            bar.update(1)
+    if not cfg.ae.weights:
+        step("ae")
+        train_autoencoder(cfg, out / "ae", force)
+        cfg = replace(cfg, ae=replace(cfg.ae, weights=str(out / "ae")))
+        if bar is not None:
+            bar.update(1)
+    if init_iters > 0:
+        # the stand-in for ImageNet initialisation: CE on *other* scenes (another data seed)
+        step("init")
+        init_cfg = replace(cfg, seed=10_000, data=replace(cfg.data, data_seed=init_data_seed),
+                           train=replace(cfg.train, iters=init_iters,
+                                         val_every=init_iters))
+        train_segmenter(init_cfg, out / "init", force)
+        cfg = replace(cfg, model=replace(cfg.model, init_weights=str(out / "init" / "last.safetensors")))
+        if bar is not None:
+            bar.update(1)
+    return cfg
+
+
+def arm_config(cfg: Config, arm: str, seed: int) -> Config:
+    changes = ARMS[arm]
+    return replace(cfg, seed=seed, distill=replace(cfg.distill, **changes))
+
+
+def train_arms(out: Path, cfg: Config, arms: list[str], seeds: list[int], force: bool = False,
+               bar=None) -> dict[str, tuple[str, int]]:
+    """Every (arm, seed) run, seed-major so that partial results are paired; -> {folder: (arm,
+    seed)}. Finished runs are not redone."""
+    runs = {}
+    for seed in seeds:
+        for arm in arms:
+            folder = f"runs/{arm}-s{seed}"
+            if bar is not None:
+                bar.set_postfix_str(folder)
+            distill(arm_config(cfg, arm, seed), out / folder, force)
+            runs[folder] = (arm, seed)
+            if bar is not None:
+                bar.update(1)
+    return runs
+
+
+def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple[str, int]]) -> list[dict]:
+    """Every run's *last* weights on the same val set (no checkpoint picked on val)."""
+    val = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    device = resolve_device(cfg.train.device)
+    context = getattr(val, "context_classes", ())
+    records = []
+    for folder, (arm, seed) in tqdm(runs.items(), desc="evaluate", leave=False):
+        model, meta = load_model(out / folder, which="last")
+        m = evaluate(model, val, cfg.train.val_batch_size, device)
+        ctx = [m["per_class_iou"][val.class_names[c]] for c in context]
+        ctx = [v for v in ctx if v is not None]
+        records.append({
+            "name": f"{arm}-s{seed}", "arm": arm, "seed": seed, "model": meta["spec"]["name"],
+            "miou": m["miou"], "per_class_iou": m["per_class_iou"], "pixel_acc": m["pixel_acc"],
+            "context_iou": sum(ctx) / len(ctx) if ctx else None, "run": folder,
+            "protocol": "val, last checkpoint, single scale, full image",
+        })
+    return records
+
+
+def paired_rows(records: list[dict], arms: list[str], key: str = "miou") -> list[dict]:
+    """Per arm: mean ± sd over seeds and the paired difference to the CE-only arm (95% CI)."""
+    by = {}
+    for r in records:
+        if r.get(key) is not None:
+            by.setdefault(r["arm"], {})[r["seed"]] = 100 * r[key]
+    base = by.get(BASELINE, {})
+    rows = []
+    for arm in arms:
+        if arm not in by:
+            continue
+        row = {"arm": arm, "label": LABELS.get(arm, arm), "seeds": sorted(by[arm]),
+               "values": [by[arm][s] for s in sorted(by[arm])],
+               "summary": summarize(list(by[arm].values())).to_dict()}
+        if arm != BASELINE and base and set(by[arm]) & set(base):
+            d = paired(by[arm], base)
+            row["diff"] = d.to_dict()
+            row["verdict"] = verdict(d)
+        rows.append(row)
+    return rows
+
+
+def _fmt(mean: float, sd: float) -> str:
+    return f"{mean:.2f}" if sd != sd else f"{mean:.2f} ± {sd:.2f}"
+
+
+def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
+    lines = [f"| arm | | {key_label} (mean ± sd) | paired Δ vs CE only | 95% CI of Δ | verdict |",
+             "| --- | --- | ---: | ---: | --- | --- |"]
+    for r in rows:
+        s = r["summary"]
+        if "diff" in r:
+            d = r["diff"]
+            ci = "n/a" if d["n"] < 2 else f"[{d['low']:+.2f}, {d['high']:+.2f}]"
+            delta, verdict_ = f"{d['mean']:+.2f}", r["verdict"]
+        else:
+            delta, ci, verdict_ = "", "", ""
+        lines.append(f"| {r['label']} | `{r['arm']}` | {_fmt(s['mean'], s['sd'])} | {delta} | "
+                     f"{ci} | {verdict_} |")
+    return lines

@@ -1,0 +1,241 @@
+"""``kaseg study``: does the method make the student better, and where? A ladder of regimes, each
+a set of arms x paired seeds, on the built-in synthetic scenes.
+
+Regimes vary one thing at a time from the demo's recipe: input size (96 px: a 6 x 6 OS-16 map;
+192 px: 12 x 12), initialisation (from scratch, or "pretrained": every arm starts from one student
+trained with CE on *other* scenes, the stand-in for ImageNet weights) and schedule (short, 4x
+longer). Arms: CE only, logit KD, CWD, adaptation only, the method, the method + KD, the two
+negative controls (an untrained encoder; adapters fitted to a constant target) and the recipes
+the field uses to make feature distillation work (a warm-up; an autoencoder trained until its
+validation error stops falling; the teacher's encoder map instead of its decoder map).
+
+The method's weights are chosen first, on *tuning seeds* that are never reported. Everything is
+a resumable run folder under OUT (finished runs are skipped); ``study.md``, ``study.json`` and
+``study.png`` are written from the runs after each regime, so partial results are readable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .checkpoint import atomic_write_text
+from .compare import (LABELS, arm_config, code_version, evaluate_runs, machine, markdown_table,
+                      paired_rows, prepare_shared)
+from .config import AEConfig, Config
+from .demo import demo_config, init_schedule
+from .stages import distill, train_autoencoder
+from .visualize import paired_gain_plot
+
+log = logging.getLogger(__name__)
+
+# the autoencoder variants an arm may use besides the default (one epoch, decoder map)
+AE_VARIANTS: dict[str, dict] = {
+    # until the val reconstruction error stops falling (checked every half epoch), at most 8 epochs
+    "plateau": dict(ae=dict(epochs=8.0, val_every_epochs=0.5, patience=2)),
+    # the teacher's encoder output (OS 8) instead of its decoder output (OS 4)
+    "encoder": dict(tap="encoder"),
+}
+# recipe arms: (the arm they modify, the autoencoder variant they need)
+RECIPES: dict[str, tuple[str, str | None]] = {
+    "ka_warmup": ("ka_warmup", None),
+    "ka_ae_plateau": ("ka", "plateau"),
+    "ka_teacher_encoder": ("ka", "encoder"),
+}
+LABELS_STUDY = {**LABELS, "ka_ae_plateau": "the method, autoencoder trained to a plateau",
+                "ka_teacher_encoder": "the method on the teacher's encoder map"}
+CORE_ARMS = ["baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae", "ctrl_constant"]
+
+
+@dataclass
+class Regime:
+    name: str
+    size: int = 96
+    pretrained: bool = True
+    iters: int = 150
+    arms: list[str] = field(default_factory=lambda: list(CORE_ARMS))
+    note: str = ""
+    tune: bool = True  # False: reuse the weight scale tuned in the previous regime
+    teacher_iters: int | None = None  # None: the demo's
+    init_iters: int | None = None  # None: the demo's
+
+
+# The ladder. On 2 CPU cores the full study takes about 90 minutes, so the costlier regimes run
+# fewer arms (the CE-only student, the method and the most informative comparisons).
+REGIMES: list[Regime] = [
+    Regime("96px-pretrained-short", 96, True, 150, CORE_ARMS + list(RECIPES),
+           note="the demo's regime: CE-pretrained start, 150 iterations"),
+    Regime("96px-scratch-short", 96, False, 150,
+           ["baseline", "kd_t2", "adapt", "ka", "ctrl_random_ae", "ctrl_constant"],
+           note="from scratch, 150 iterations"),
+    Regime("96px-pretrained-long", 96, True, 600, ["baseline", "kd_t2", "ka"], tune=False,
+           note="CE-pretrained start, 600 iterations (4x); weights from the first regime"),
+    Regime("192px-pretrained-short", 192, True, 150, ["baseline", "ka", "ctrl_random_ae"],
+           tune=False, teacher_iters=300, init_iters=600,
+           note="192 px (12 x 12 OS-16 maps; teacher 300 and start 600 iterations at this "
+                "size), CE-pretrained start, 150 iterations; weights from the first regime"),
+]
+TUNING_SEEDS = [100, 101]  # choose the method's weights here; never reported
+WEIGHT_SCALES = [0.3, 1.0, 3.0]  # x the default adaptation and affinity weights
+
+
+def base_config(size: int, device: str) -> Config:
+    cfg = demo_config(False, device)
+    data = replace(cfg.data, image_size=size, crop_size=size)
+    return replace(cfg, data=data, train=replace(cfg.train, val_batch_size=32 if size > 96 else 64))
+
+
+def shared_for(out: Path, regime: Regime, device: str, force: bool) -> Config:
+    """Teacher, autoencoder and starting student for one input size, once for every regime."""
+    folder = out / f"shared-{regime.size}px"
+    cfg = base_config(regime.size, device)
+    if regime.teacher_iters:
+        cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
+    init_iters, init_lr = init_schedule(False)
+    init_iters = regime.init_iters or init_iters
+    shared = prepare_shared(folder, replace(cfg, train=replace(cfg.train, lr=init_lr)), force,
+                            init_iters=init_iters if regime.pretrained else 0)
+    return replace(cfg, teacher=shared.teacher, ae=shared.ae, model=shared.model)
+
+
+def ae_variant(out: Path, cfg: Config, variant: str | None, force: bool) -> Config:
+    """``cfg`` with the autoencoder (and teacher tap) of ``variant``, trained once per size."""
+    if variant is None:
+        return cfg
+    spec = AE_VARIANTS[variant]
+    folder = Path(cfg.teacher.weights).parent / f"ae-{variant}"
+    vcfg = replace(cfg, teacher=replace(cfg.teacher, tap=spec.get("tap", cfg.teacher.tap)),
+                   ae=replace(AEConfig(**spec.get("ae", {})), weights=None))
+    train_autoencoder(vcfg, folder, force)
+    return replace(vcfg, ae=replace(vcfg.ae, weights=str(folder)))
+
+
+def tune_weights(out: Path, cfg: Config, force: bool) -> tuple[float, dict]:
+    """The scale of the method's two weights with the best mean mIoU on the tuning seeds."""
+    scores: dict[float, list[float]] = {}
+    for k in WEIGHT_SCALES:
+        d = replace(cfg.distill, adapt_weight=k * cfg.distill.adapt_weight,
+                    affinity_weight=k * cfg.distill.affinity_weight)
+        runs = {}
+        for seed in TUNING_SEEDS:
+            folder = f"tuning/ka-x{k:g}-s{seed}"
+            distill(replace(cfg, seed=seed, distill=d), out / folder, force)
+            runs[folder] = ("ka", seed)
+        scores[k] = [r["miou"] for r in evaluate_runs(out, cfg, runs)]
+    best = max(scores, key=lambda k: sum(scores[k]) / len(scores[k]))
+    return best, {f"{k:g}": v for k, v in scores.items()}
+
+
+def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
+               bar, tuned: tuple[float, dict] | None = None) -> dict:
+    cfg = shared_for(out, regime, device, force)
+    cfg = replace(cfg, train=replace(cfg.train, iters=regime.iters, val_every=regime.iters))
+    rdir = out / regime.name
+    if regime.tune or tuned is None:
+        scale, tuning = tune_weights(rdir, cfg, force)
+    else:
+        scale, tuning = tuned[0], {}
+    cfg = replace(cfg, distill=replace(cfg.distill, adapt_weight=scale * cfg.distill.adapt_weight,
+                                       affinity_weight=scale * cfg.distill.affinity_weight))
+    runs = {}
+    for seed in seeds:
+        for arm in regime.arms:
+            base_arm, variant = RECIPES.get(arm, (arm, None))
+            acfg = ae_variant(out, cfg, variant, force)
+            folder = f"runs/{arm}-s{seed}"
+            bar.set_postfix_str(f"{regime.name}/{folder}")
+            distill(arm_config(acfg, base_arm, seed), rdir / folder, force)
+            runs[folder] = (arm, seed)
+            bar.update(1)
+    shared = Path(cfg.teacher.weights).parent
+    refs = {"../" + shared.name + "/teacher": ("teacher", 0)}
+    if regime.pretrained:
+        refs["../" + shared.name + "/init"] = ("init", 0)
+    records = evaluate_runs(rdir, cfg, {**refs, **runs})
+    ae_errors = {}
+    for variant in [None, *AE_VARIANTS]:
+        path = (Path(cfg.ae.weights) if variant is None
+                else Path(cfg.teacher.weights).parent / f"ae-{variant}") / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            ae_errors[variant or "default"] = {"rel_error": m["val"]["rel_error"],
+                                               "iters": m["iters"]}
+    return {"name": regime.name, "note": regime.note, "size": regime.size,
+            "pretrained": regime.pretrained, "iters": regime.iters, "seeds": seeds,
+            "weight_scale": scale, "tuning": tuning, "ae": ae_errors,
+            "adapt_weight": cfg.distill.adapt_weight,
+            "affinity_weight": cfg.distill.affinity_weight,
+            "rows": paired_rows(records, regime.arms),
+            "context_rows": paired_rows(records, regime.arms, key="context_iou"),
+            "records": records}
+
+
+def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 5,
+              regimes: list[str] | None = None, force: bool = False) -> list[dict]:
+    out = Path(out)
+    chosen = [r for r in REGIMES if not regimes or r.name in regimes]
+    unknown = set(regimes or []) - {r.name for r in REGIMES}
+    if unknown:
+        from .errors import KasegError
+        raise KasegError(f"unknown regime(s) {sorted(unknown)}; choose from "
+                         f"{[r.name for r in REGIMES]}")
+    seed_list = list(range(seeds))
+    total = sum(len(r.arms) * seeds for r in chosen)
+    bar = tqdm(total=total, desc="study", unit="run", dynamic_ncols=True)
+    results, t0 = [], time.perf_counter()
+    flags = (f" --seeds {seeds}" if seeds != 5 else "") + (
+        f" --regimes {' '.join(regimes)}" if regimes else "") + (
+        f" --device {device}" if device != "auto" else "")
+    for regime in chosen:
+        tuned = (results[0]["weight_scale"], {}) if results else None  # the first regime's
+        results.append(run_regime(out, regime, seed_list, device, force, bar, tuned))
+        provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
+                      f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
+                      f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "
+                      "(finished runs are skipped).")
+        write_study(out, results, provenance)
+    bar.close()
+    return results
+
+
+def write_study(out: Path, results: list[dict], provenance: str) -> None:
+    atomic_write_text(out / "study.json", json.dumps(results, indent=2))
+    lines = ["# kaseg study: the method's paired gain, regime by regime", "", provenance, "",
+             "Built-in synthetic scenes; teacher `tiny-teacher` (OS 8), student `tiny-student` "
+             "(OS 16). In each regime every arm trains with the same budget; a seed fixes the "
+             "data order, every augmentation and the initial weights in every arm. The method's "
+             "two weights are scaled by the factor (of 0.3, 1, 3 x the defaults 50 and 30) with "
+             f"the best mean mIoU on tuning seeds {TUNING_SEEDS}, never on the reported seeds. "
+             "Evaluation: last checkpoint, the same validation images, single scale. mIoU in %; "
+             "Δ is the paired difference to CE only with its 95% CI (Student t over seeds); the "
+             "verdict follows the interval.", ""]
+    for r in results:
+        refs = {x["arm"]: 100 * x["miou"] for x in r["records"] if x["arm"] in ("teacher", "init")}
+        ae = ", ".join(f"{k}: {v['rel_error']:.3f} after {v['iters']} iterations"
+                       for k, v in r["ae"].items())
+        lines += [f"## {r['name']}: {r['note']}", "",
+                  f"Teacher {refs['teacher']:.2f} mIoU" + (
+                      f"; the shared CE-pretrained start {refs['init']:.2f} before fine-tuning."
+                      if "init" in refs else "."),
+                  (f"Weight scale chosen on the tuning seeds: x{r['weight_scale']:g} (adaptation "
+                   f"{r['adapt_weight']:g}, affinity {r['affinity_weight']:g}); tuning mIoU per "
+                   "scale: " + "; ".join(f"x{k}: " + ", ".join(f"{100 * v:.2f}" for v in vs)
+                                         for k, vs in r["tuning"].items()) + "."
+                   if r["tuning"] else f"Weight scale x{r['weight_scale']:g} from the first "
+                   f"regime (adaptation {r['adapt_weight']:g}, affinity "
+                   f"{r['affinity_weight']:g}; not re-tuned here)."),
+                  f"Autoencoder relative reconstruction error (val): {ae}." if ae else "", "",
+                  *markdown_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
+                                   for x in r["rows"]]), "",
+                  "Context classes only (IoU %):", "",
+                  *markdown_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
+                                   for x in r["context_rows"]], "context IoU"), ""]
+    lines += ["Files: `study.json` (every run's record), `study.png` (the paired gain of "
+              "each arm with its CI, one panel per regime)."]
+    atomic_write_text(out / "study.md", "\n".join(lines) + "\n")
+    paired_gain_plot(out / "study.png", {r["name"]: r["rows"] for r in results}, LABELS_STUDY)

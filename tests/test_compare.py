@@ -1,0 +1,121 @@
+"""Paired comparisons: every arm of a seed starts from the same student, the warm-up schedule,
+the negative controls, and the paired table."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import kaseg.stages as stages
+from kaseg.compare import ARMS, arm_config, markdown_table, paired_rows
+from kaseg.config import load_config
+from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
+from kaseg.models import build_model
+from kaseg.supervised import train_segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
+        "train.iters=2", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=4",
+        "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A trained (2-iteration) teacher and autoencoder, and a config pointing at them."""
+    out = tmp_path_factory.mktemp("shared")
+    cfg = load_config(ROOT / "configs/synthetic_pipeline.yaml", TINY)
+    train_segmenter(stages.teacher_training_config(cfg), out / "teacher")
+    cfg = load_config(ROOT / "configs/synthetic_pipeline.yaml",
+                      TINY + [f"teacher.weights={out / 'teacher'}"])
+    stages.train_autoencoder(cfg, out / "ae")
+    return load_config(ROOT / "configs/synthetic_pipeline.yaml",
+                       TINY + [f"teacher.weights={out / 'teacher'}", f"ae.weights={out / 'ae'}"])
+
+
+def _initial_tasks(cfg, arms, seed, tmp_path, monkeypatch):
+    """The task each arm would train, captured before its first step."""
+    seen = {}
+
+    def capture(task, *args, **kwargs):
+        seen["task"] = task
+        raise StopIteration
+
+    monkeypatch.setattr(stages, "fit", capture)
+    tasks = {}
+    for arm in arms:
+        # other networks built first must not move the student's initial weights
+        build_model("tiny-student", 3)
+        with pytest.raises(StopIteration):
+            stages.distill(arm_config(cfg, arm, seed), tmp_path / f"{arm}-{seed}")
+        tasks[arm] = seen.pop("task")
+    return tasks
+
+
+def test_every_arm_of_a_seed_starts_from_the_same_student(shared, tmp_path, monkeypatch):
+    arms = ["baseline", "kd_t2", "fitnet", "ka", "adapt", "ctrl_random_ae", "ctrl_constant"]
+    tasks = _initial_tasks(shared, arms, 3, tmp_path, monkeypatch)
+    ref = tasks["baseline"].student.state_dict()
+    for arm, task in tasks.items():
+        state = task.student.state_dict()
+        assert all(torch.equal(ref[k], state[k]) for k in ref), arm
+    # the adapters too, wherever an arm has them
+    a, b = tasks["ka"].adapter.state_dict(), tasks["adapt"].adapter.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # another seed: another student
+    other = _initial_tasks(shared, ["baseline"], 4, tmp_path, monkeypatch)["baseline"]
+    assert not torch.equal(other.student.state_dict()["net.segmentation_head.0.weight"],
+                           ref["net.segmentation_head.0.weight"])
+
+
+def test_controls(shared, tmp_path, monkeypatch):
+    tasks = _initial_tasks(shared, ["ka", "ctrl_random_ae", "ctrl_constant"], 0, tmp_path,
+                           monkeypatch)
+    trained = tasks["ka"].encoder.inner.state_dict()
+    random = tasks["ctrl_random_ae"].encoder.inner.state_dict()
+    assert not torch.equal(trained["0.0.weight"], random["0.0.weight"])
+    assert tasks["ctrl_constant"].control == "constant_target"
+    # a constant target: the adaptation loss is the distance of each position's unit vector to
+    # the normalised all-ones vector, whatever the teacher
+    task = tasks["ctrl_constant"].eval()
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    out = task(x, y)
+    zs = task.adapter(task.student(x)["features"]["pre_logits"])
+    u = zs / zs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    c = torch.full_like(u, 1 / u.shape[1] ** 0.5)
+    torch.testing.assert_close(out["adapt"], (u - c).pow(2).mean())
+
+
+def test_warmup_ramps_every_distillation_weight():
+    torch.manual_seed(0)
+    teacher, student = build_model("tiny-teacher", 3), build_model("tiny-student", 3)
+    ae = FeatureAutoencoder(64, 16, ae_strides(4))
+    task = DistillTask(student, teacher, ae.encoder, 16, adapt_weight=50.0, affinity_weight=10.0,
+                       extra={"kd": 1.0}, warmup_iters=4).train()
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    for it, scale in [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 1.0)]:
+        out = task(x, y)
+        assert int(task.step) == it and out["distill_scale"].item() == scale
+        total = out["ce"] + scale * (50 * out["adapt"] + 10 * out["affinity"] + out["kd"])
+        torch.testing.assert_close(out["loss"], total)
+    task.eval()(x, y)  # evaluation does not move the schedule
+    assert int(task.step) == 5
+    with pytest.raises(ValueError, match="warmup_iters"):
+        DistillTask(student, teacher, ae.encoder, 16, warmup_iters=-1)
+
+
+def test_paired_rows_and_table():
+    records = [{"arm": a, "seed": s, "miou": v / 100, "context_iou": None}
+               for a, vals in {"baseline": [10, 20, 30], "ka": [12, 21, 33]}.items()
+               for s, v in enumerate(vals)]
+    rows = paired_rows(records, ["baseline", "ka", "kd"])
+    assert [r["arm"] for r in rows] == ["baseline", "ka"]
+    d = rows[1]["diff"]  # differences 2, 1, 3: mean 2, sd 1, t(2) = 4.302653
+    assert d["mean"] == pytest.approx(2.0) and d["sd"] == pytest.approx(1.0)
+    assert d["low"] == pytest.approx(2 - 4.302653 / 3**0.5)
+    assert rows[1]["verdict"] == "no resolved difference"  # the CI spans 0
+    table = markdown_table(rows)
+    assert table[3] == ("| + both (the method) | `ka` | 22.00 ± 10.54 | +2.00 | [-0.48, +4.48] "
+                        "| no resolved difference |")
+    assert "20.00 ± 10.00" in table[2]
+    assert set(ARMS) >= {"baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae",
+                         "ctrl_constant"}

@@ -1,0 +1,57 @@
+"""Copy the results sections of README.md from the reports that produced them, so that every
+number the README quotes from the demo or the study is what the code wrote (with its command and
+commit, which each report states in its first lines).
+
+    python tools/readme_results.py [--demo demo_out] [--study study_out] [--readme README.md]
+
+Each report replaces the text between ``<!-- results:NAME:begin -->`` and
+``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
+A report that does not exist leaves its section as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+
+def demote(markdown: str) -> str:
+    """The report's H1 title -> a bold line; its other headings one level deeper."""
+    lines = []
+    for line in markdown.splitlines():
+        if line.startswith("# "):
+            lines.append(f"**{line[2:].strip()}**")
+        elif line.startswith("#"):
+            lines.append("##" + line)
+        else:
+            lines.append(line)
+    return "\n".join(lines).strip() + "\n"
+
+
+def replace_section(readme: str, name: str, body: str) -> str:
+    begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"README has no {begin} ... {end} section")
+    return pattern.sub(lambda _: f"{begin}\n{body}{end}", readme)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--demo", default="demo_out")
+    ap.add_argument("--study", default="study_out")
+    ap.add_argument("--readme", default="README.md")
+    args = ap.parse_args()
+    readme_path = Path(args.readme)
+    text = readme_path.read_text()
+    for name, report in (("demo", Path(args.demo) / "report.md"),
+                         ("study", Path(args.study) / "study.md")):
+        if report.is_file():
+            text = replace_section(text, name, demote(report.read_text()))
+            print(f"{name}: {report}")
+    readme_path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
