@@ -16,7 +16,7 @@ import torch
 
 from kaseg.bench import train_times
 from kaseg.models import build_model
-from kaseg.train import resolve_device
+from kaseg.runtime import resolve_device
 
 PAIRS = {"tiny": ("tiny-teacher", "tiny-student"), "paper": ("paper-teacher", "paper-student")}
 

@@ -21,11 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from kaseg.checkpoint import load_model
-from kaseg.config import DistillConfig
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import EvalTransform
-from kaseg.kd_losses import (FitNetRegressor, cwd_loss, fitnet_loss, ifvd_loss, kd_loss,
-                             skd_pairwise_loss)
+from kaseg.kd_losses import LOSSES, Outputs
 from kaseg.method import Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss
 from kaseg.models import build_model
 from kaseg.stages import load_autoencoder
@@ -58,10 +56,8 @@ def main() -> None:
         ae = FeatureAutoencoder(t_info.channels, t_info.channels // 2,
                                 ae_strides(s_info.stride // t_info.stride)).eval()
     adapter = Adapter(s_info.channels, ae.latent_channels).eval()
-    regressor = FitNetRegressor(s_info.channels, t_info.channels).eval()
-    d = DistillConfig()
-    others = {"kd": d.kd_weight, "fitnet": d.fitnet_weight, "skd": d.skd_weight,
-              "cwd": d.cwd_weight, "ifvd": d.ifvd_weight}
+    others = {name: (spec, spec.module(s_info.channels, t_info.channels).eval()
+                     if spec.module else None) for name, spec in LOSSES.items()}
     rows = []
     for size in args.sizes:
         ds = SyntheticScenes("val", args.batch, size, transform=EvalTransform())
@@ -84,16 +80,12 @@ def main() -> None:
                 v = affinity_loss(zs, zt, red, impl="gram").item()
                 row[f"affinity_{red}"] = v
                 row[f"affinity_{red}_ratio"] = w * v / ce
-            values = {
-                "kd": kd_loss(out["logits"], t_out["logits"], d.kd_temperature),
-                "fitnet": fitnet_loss(regressor(fs), ft),
-                "skd": skd_pairwise_loss(fs, ft, d.skd_pool),
-                "cwd": cwd_loss(out["logits"], t_out["logits"], d.cwd_temperature),
-                "ifvd": ifvd_loss(fs, ft, y, classes),
-            }
-            for name, v in values.items():
-                row[name] = v.item()
-                row[f"{name}_ratio"] = others[name] * v.item() / ce
+            given = dict(student_logits=out["logits"], teacher_logits=t_out["logits"],
+                         student_features=fs, teacher_features=ft, targets=y)
+            for name, (spec, module) in others.items():  # each at its authors' weight
+                v = spec.compute(Outputs(**given, module=module), **spec.options).item()
+                row[name] = v
+                row[f"{name}_ratio"] = spec.weight * v / ce
         rows.append(row)
     if args.json:
         for r in rows:

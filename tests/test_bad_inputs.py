@@ -10,6 +10,9 @@ from PIL import Image
 
 from kaseg.cli import main
 
+# every test here trains a small run first (the fixture) and then feeds it bad input
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,7 @@ TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.
         "train.iters=4", "train.val_every=2", "train.batch_size=4", "train.device=cpu"]
 
 
+@pytest.mark.slow
 def test_train_then_eval_reproduces_the_number(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--config", str(ROOT / "configs/synthetic_tiny.yaml"), "--out", str(run), *TINY]) == 0
@@ -26,6 +27,7 @@ def test_train_then_eval_reproduces_the_number(tmp_path, capsys):
     assert 0 <= out["pixel_acc"] <= 1 and out["protocol"] == "single-scale"
 
 
+@pytest.mark.slow
 def test_train_on_a_folder_dataset(tmp_path, folder_dataset, capsys):
     run = tmp_path / "run"
     code = main(["train", "--config", str(ROOT / "configs/synthetic_tiny.yaml"), "--out", str(run),

@@ -89,8 +89,9 @@ def test_warmup_ramps_every_distillation_weight():
     torch.manual_seed(0)
     teacher, student = build_model("tiny-teacher", 3), build_model("tiny-student", 3)
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
-    task = DistillTask(student, teacher, ae.encoder, 16, adapt_weight=50.0, affinity_weight=10.0,
-                       extra={"kd": 1.0}, warmup_iters=4).train()
+    task = DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
+                       adapt_weight=50.0, affinity_weight=10.0, extra={"kd": (1.0, {"temperature": 4.0})},
+                       warmup_iters=4).train()
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     for it, scale in [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 1.0)]:
         out = task(x, y)
@@ -100,7 +101,8 @@ def test_warmup_ramps_every_distillation_weight():
     task.eval()(x, y)  # evaluation does not move the schedule
     assert int(task.step) == 5
     with pytest.raises(ValueError, match="warmup_iters"):
-        DistillTask(student, teacher, ae.encoder, 16, warmup_iters=-1)
+        DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
+                    warmup_iters=-1)
 
 
 def test_paired_rows_and_table():

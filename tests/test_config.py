@@ -52,14 +52,11 @@ def test_override_syntax_error():
 
 
 def test_every_shipped_config_loads_and_the_paper_recipes_hold():
-    from kaseg.models import _resolve
-
     root = Path(__file__).resolve().parents[1] / "configs"
     cfgs = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
     assert {"paper_voc", "paper_cityscapes", "paper_context", "cirkd_cityscapes_r18",
             "cirkd_cityscapes_mbv2"} <= set(cfgs)
-    for name, cfg in cfgs.items():
-        assert _resolve(cfg.model.name) and _resolve(cfg.teacher.name), name  # known networks
+    # load_config checks every network name (check_model_name) when a config is read
     for name, crop, iters in [("paper_voc", 513, 30000), ("paper_cityscapes", 769, 90000),
                               ("paper_context", 513, 30000)]:
         c = cfgs[name]
@@ -74,3 +71,17 @@ def test_every_shipped_config_loads_and_the_paper_recipes_hold():
         c = cfgs[name]
         assert c.data.crop_size == (512, 1024) and c.train.iters == 40000
         assert c.teacher.name == "deeplabv3:resnet101" and c.teacher.output_stride == 8
+
+
+@pytest.mark.parametrize("override,match", [
+    ("distill.extra_losses=[kd, nope]", r"unknown loss \['nope'\]; known: \['cwd', 'fitnet'"),
+    ("distill.loss_weights={nope: 1}", r"loss_weights: unknown loss \['nope'\]"),
+    ("distill.loss_options={kd: {tau: 2}}", r"loss_options.kd: unknown option \['tau'\]; kd takes \['temperature'\]"),
+    ("distill.control=placebo", "distill.control must be one of"),
+    ("distill.p=0.5", "must be >= 1"),
+    ("data.dataset=coco", "data.dataset 'coco' is unknown; known: synthetic, folder, voc"),
+    ("model.name=tiny-studnet", "model.name: unknown model 'tiny-studnet'.*did you mean 'tiny-student'"),
+])
+def test_values_are_checked_when_the_config_is_read(override, match):
+    with pytest.raises(KasegError, match=match):
+        load_config(None, [override])

@@ -1,3 +1,4 @@
+import pytest
 """DDP on CPU (gloo, 2 processes under torchrun): every stage trains, and sharded evaluation
 reduces to exactly the single-process confusion matrix."""
 
@@ -39,6 +40,8 @@ def test_sampler_shards_are_disjoint_and_equal():
     assert next(resumed) == epoch[1][2]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_pipeline_under_torchrun_and_sharded_eval_equals_single_process(tmp_path, capsys):
     run = tmp_path / "p"
     done = _torchrun("pipeline", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"),

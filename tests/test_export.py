@@ -9,6 +9,7 @@ from kaseg.export import export_onnx
 from kaseg.models import build_model
 
 
+@pytest.mark.slow
 def test_onnx_round_trip_matches_pytorch(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install "
                         "'kaseg[export]' to test the ONNX export")

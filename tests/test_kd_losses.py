@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kaseg.kd_losses import (FitNetRegressor, class_prototype_similarity, cwd_loss, fitnet_loss,
-                             ifvd_loss, kd_loss, kl_from_logits, skd_pairwise_loss,
-                             valid_mask)
+from kaseg.config import load_config
+from kaseg.kd_losses import (LOSSES, FitNetRegressor, LossSpec, class_prototype_similarity,
+                             cwd_loss, fitnet_loss, ifvd_loss, kd_loss, kl_from_logits,
+                             resolve_losses, skd_pairwise_loss, valid_mask)
 from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 
@@ -186,15 +187,19 @@ def _task(**kw):
     student = build_model("tiny-student", 3)
     teacher.train()(torch.randn(2, 3, 64, 64))
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
-    return DistillTask(student, teacher, ae.encoder, 16, **kw), teacher
+    if "extra" in kw and all(isinstance(w, float) for w in kw["extra"].values()):
+        kw["extra"] = resolve_losses(list(kw["extra"]), kw["extra"])  # {name: weight} -> specs
+    return DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
+                       **kw), teacher
 
 
 def test_task_adds_selected_losses_with_their_weights_and_combines_with_ours():
     weights = {"kd": 1.0, "fitnet": 2.0, "skd": 10.0, "cwd": 3.0, "ifvd": 200.0}
     task, teacher = _task(adapt_weight=50.0, affinity_weight=0.0, extra=weights)
-    assert isinstance(task.fitnet, FitNetRegressor)
-    assert task.fitnet.weight.shape == (64, 64, 1, 1)  # student 64 -> teacher 64 channels
-    assert any(n.startswith("fitnet.") for n, _ in task.named_parameters())
+    fitnet = task.loss_modules["fitnet"]
+    assert isinstance(fitnet, FitNetRegressor)
+    assert fitnet.weight.shape == (64, 64, 1, 1)  # student 64 -> teacher 64 channels
+    assert any(n.startswith("loss_modules.fitnet.") for n, _ in task.named_parameters())
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     y[:, :8] = IGN
     losses = task.train()(x, y)
@@ -211,16 +216,39 @@ def test_task_adds_selected_losses_with_their_weights_and_combines_with_ours():
     torch.testing.assert_close(
         losses["ifvd"], ifvd_loss(s_out["features"]["pre_logits"], ft, y, 3))
     losses["loss"].backward()
-    assert task.fitnet.weight.grad is not None and task.fitnet.weight.grad.abs().sum() > 0
+    assert fitnet.weight.grad is not None and fitnet.weight.grad.abs().sum() > 0
 
 
 def test_task_with_only_extra_losses_needs_no_autoencoder_terms():
     task, _ = _task(adapt_weight=0.0, affinity_weight=0.0, extra={"kd": 1.0, "cwd": 0.0})
-    assert task.adapter is None and task.affinity_adapter is None and task.fitnet is None
+    assert task.adapter is None and task.affinity_adapter is None and not task.loss_modules
     losses = task(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))
     assert set(losses) == {"ce", "kd", "kd_ratio", "loss"}  # weight 0 = not computed
-    with pytest.raises(ValueError, match="unknown \\['at'\\]"):
+    with pytest.raises(ValueError, match="unknown loss \\['at'\\]"):
         _task(extra={"at": 1.0})
+
+
+def test_a_new_loss_is_one_function_and_one_registry_entry(monkeypatch):
+    # a toy loss: the mean squared student logit, weight 0.5, with one option
+    calls = []
+
+    def toy(o, power):
+        calls.append(power)
+        return o.student_logits.pow(power).mean()
+
+    monkeypatch.setitem(LOSSES, "toy", LossSpec(toy, weight=0.5, options={"power": 2}))
+    cfg = load_config(None, ["distill.extra_losses=[toy]", "distill.loss_options={toy: {power: 4}}",
+                             "distill.adapt_weight=0", "distill.affinity_weight=0"])
+    task, _ = _task(adapt_weight=0.0, affinity_weight=0.0,
+                    extra=resolve_losses(cfg.distill.extra_losses, cfg.distill.loss_weights,
+                                         cfg.distill.loss_options))
+    opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.1)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    losses = task.train()(x, y)
+    torch.testing.assert_close(losses["loss"], losses["ce"] + 0.5 * losses["toy"])
+    losses["loss"].backward()
+    opt.step()
+    assert calls == [4]
 
 
 def test_kl_of_close_maps_over_many_positions_is_accurate_in_float32():

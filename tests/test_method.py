@@ -183,7 +183,7 @@ def _tiny_task(**kw):
     # give BN non-trivial running statistics
     teacher.train()(torch.randn(2, 3, 64, 64))
     ae.train()(torch.randn(2, 64, 16, 16))
-    return DistillTask(student, teacher, ae.encoder, 16, **kw), teacher, ae
+    return DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16, **kw), teacher, ae
 
 
 def test_frozen_parts_stay_frozen_and_only_student_and_adapters_change():
@@ -234,8 +234,21 @@ def test_frozen_cannot_be_unfrozen_by_train():
     assert bn.weight.dtype == torch.float64
 
 
-def test_adapter_shape():
-    assert Adapter(8, 4)(torch.randn(1, 8, 5, 5)).shape == (1, 4, 5, 5)
+def test_adapter_is_a_3x3_conv_bn_relu_by_hand():
+    # [paper] C_f: 3x3 conv, stride 1, padding 1, BN, ReLU. With identity BN (eval, fresh
+    # statistics) each output is ReLU(conv) / sqrt(1 + eps): check one interior and one border
+    adapter = Adapter(2, 1).eval()
+    with torch.no_grad():
+        adapter[0].weight.copy_(torch.arange(18.0).view(1, 2, 3, 3) / 10 - 0.8)
+    x = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    out = adapter(x)
+    assert out.shape == (1, 1, 5, 5)
+    w = adapter[0].weight[0]
+    pad = F.pad(x[0], (1, 1, 1, 1))
+    scale = 1 / math.sqrt(1 + adapter[1].eps)
+    for i, j in [(2, 3), (0, 0)]:
+        by_hand = max(0.0, float((pad[:, i:i + 3, j:j + 3] * w).sum())) * scale
+        assert out[0, 0, i, j].item() == pytest.approx(by_hand, rel=1e-5, abs=1e-6)
 
 
 def test_bf16_autocast_step_matches_fp32():
@@ -321,11 +334,12 @@ def test_distill_refuses_a_latent_of_another_scale():
     teacher = build_model("tiny-teacher", 3)
     student = build_model("tiny-student", 3, output_stride=8)
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
-    task = DistillTask(student, teacher, ae.encoder, 16, affinity_weight=0.0)
+    task = DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
+                       affinity_weight=0.0)
     with pytest.raises(ValueError, match="another feature stride"):
         task(torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))
     # the right pair at an input size that is not a multiple of 16 trains as usual
-    right = DistillTask(build_model("tiny-student", 3), teacher, ae.encoder, 16,
-                        affinity_weight=0.0)
+    right = DistillTask(student=build_model("tiny-student", 3), teacher=teacher,
+                        encoder=ae.encoder, latent_channels=16, affinity_weight=0.0)
     out = right(torch.randn(2, 3, 72, 72), torch.randint(0, 3, (2, 72, 72)))
     assert torch.isfinite(out["loss"])

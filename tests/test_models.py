@@ -81,6 +81,7 @@ def test_unsupported_output_stride():
         build_model("unet:resnet18", 3, output_stride=8)
 
 
+@pytest.mark.slow
 def test_pretrained_offline_is_one_line_error(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path), TORCH_HOME=str(tmp_path))
     proc = subprocess.run(

@@ -19,6 +19,7 @@ def cfg(*extra):
     return load_config(ROOT / "configs/synthetic_pipeline.yaml", TINY + list(extra))
 
 
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_and_resumes(tmp_path):
     run = tmp_path / "p"
     results = pipeline(cfg(), run)
@@ -80,11 +81,21 @@ def test_stage_commands_and_clear_errors(tmp_path, capsys):
     assert main(["distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
                  str(tmp_path / "kd"), *TINY, f"teacher.weights={teacher}",
                  "distill.adapt_weight=0", "distill.affinity_weight=0",
-                 "distill.extra_losses=[kd, fitnet]", "distill.kd_temperature=2"]) == 0
+                 "distill.extra_losses=[kd, fitnet]",
+                 "distill.loss_options={kd: {temperature: 2}}"]) == 0
     logged = [json.loads(l) for l in (tmp_path / "kd" / "history.jsonl").read_text().splitlines()
               if "loss" in l]
     assert {"kd", "fitnet"} <= set(logged[0]) and "adapt" not in logged[0]
     load_model(tmp_path / "kd")  # strict load: the student alone, no regressor in its weights
-    with pytest.raises(KasegError, match="unknown \\['nope'\\]"):
+    with pytest.raises(KasegError, match="unknown loss \\['nope'\\]"):
         distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
                     "distill.extra_losses=[kd, nope]"), tmp_path / "d4")
+
+
+def test_pipeline_rejects_a_bad_distill_setting_before_training_anything(tmp_path, capsys):
+    run = tmp_path / "p"
+    assert main(["pipeline", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
+                 str(run), *TINY, "distill.extra_losses=[nope]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown loss ['nope']; known: ['cwd', 'fitnet', 'ifvd', 'kd', 'skd']" in err[0]
+    assert not run.exists()  # no teacher was trained

@@ -1,7 +1,6 @@
 """``kaseg study`` end to end on a tiny ladder: tables, JSON and figure from the runs, resumable."""
 
 import json
-from dataclasses import replace
 
 import pytest
 
@@ -18,6 +17,7 @@ def tiny_config(quick=False, device="cpu"):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "demo_config", tiny_config)
     monkeypatch.setattr(study, "init_schedule", lambda quick: (2, 0.1))

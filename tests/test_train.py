@@ -192,27 +192,48 @@ def _train_cmd(out, *extra):
             *extra]
 
 
+# Runs `kaseg train` with the first checkpoint save followed by a marker file and a wait: the
+# test kills the process at exactly that point, however loaded the machine is.
+_PAUSE_AFTER_FIRST_CHECKPOINT = """
+import sys, time
+from pathlib import Path
+import kaseg.train as train
+real_save = train.save_state
+def save_then_wait(path, state):
+    real_save(path, state)
+    Path(sys.argv[1]).write_text(str(state["iter"]))
+    time.sleep(600)
+train.save_state = save_then_wait
+from kaseg.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     import os
     import signal
     import subprocess
+    import sys
     import time
 
     from safetensors.torch import load_file
 
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    ref, killed, marker = tmp_path / "ref", tmp_path / "killed", tmp_path / "saved"
     subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_FIRST_CHECKPOINT, str(marker),
+                             *_train_cmd(killed)[3:]], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoint.pt").exists():  # written by rename: complete when it exists
+    deadline = time.monotonic() + 300
+    while not marker.exists():  # written after the checkpoint's atomic rename
         assert proc.poll() is None and time.monotonic() < deadline, "run ended before a checkpoint"
-        time.sleep(0.005)
+        time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     state = torch.load(killed / "checkpoint.pt", weights_only=True)
-    assert state["iter"] < 15, "killed too late to test resuming"
+    assert state["iter"] == 3 == int(marker.read_text())  # the first checkpoint, of 5
     subprocess.run(_train_cmd(killed), check=True, env=env, capture_output=True)  # resumes
     a, b = load_file(ref / "last.safetensors"), load_file(killed / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,32 +9,14 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from .cost import count_params, count_flops, measure_latency
+from .cost import count_flops, count_params, measure_latency, median_seconds
 from .data.synthetic import SyntheticScenes
 from .data.transforms import TrainTransform
-from .evaluate import autocast
+from .runtime import autocast
 from .method import DistillTask, FeatureAutoencoder, ae_strides
 from .models import build_model
 from .supervised import SegmentationTask
 from .train import InfiniteSampler, SeededSamples
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: torch.device, runs: int = 10, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` (GPU work included)."""
-    times = []
-    for i in range(warmup + runs):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def step_time(task, size, device, batch: int, runs: int = 10, amp: bool = False) -> float:
@@ -75,7 +57,8 @@ def train_times(teacher, student, size, device, batch: int, runs: int = 10,
     ae = FeatureAutoencoder(ti.channels, max(1, ti.channels // 2),
                             ae_strides(si.stride // ti.stride))
     alone = step_time(SegmentationTask(student), size, device, batch, runs, amp)
-    distilled = step_time(DistillTask(student, teacher, ae.encoder, ae.latent_channels), size,
+    distilled = step_time(DistillTask(student=student, teacher=teacher, encoder=ae.encoder,
+                                           latent_channels=ae.latent_channels), size,
                           device, batch, runs, amp)
     teacher_fwd = forward_time(teacher, size, device, batch, runs, amp)
     return {"student_step_s": alone, "distill_step_s": distilled,

@@ -84,7 +84,7 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate
     from .inference import MS_SCALES, protocol_name
     from .metrics import format_table
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     weights = resolve_weights(args.checkpoint, args.which)
     cfg_path = Path(args.config) if args.config else weights.parent / "config.yaml"
@@ -113,7 +113,7 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     from .inference import MS_SCALES
     from .predict import predict_files
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     summary = predict_files(
         args.checkpoint, args.inputs, args.out, resolve_device(args.device), args.which,
@@ -127,7 +127,7 @@ def _cmd_predict(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .bench import bench, format_bench
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     r = bench(args.teacher, args.student, tuple(args.size), resolve_device(args.device),
               args.batch, args.runs, args.workers, amp=args.amp)
@@ -180,6 +180,8 @@ def _cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+
     p = argparse.ArgumentParser(prog="kaseg", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("check", help="read every file of a dataset and report its defects")
     dc.add_argument("root")
     dc.add_argument("--dataset", required=True,
-                    help="folder, voc, cityscapes, context, context60, ade20k or camvid")
+                    help=", ".join(name for name in DATASETS if name != "synthetic"))
     dc.add_argument("--split", nargs="+", help="default: every split found")
     dc.add_argument("--quiet", action="store_true", help="no progress bar")
     dc.set_defaults(fn=_cmd_data_check)

@@ -26,7 +26,7 @@ from .evaluate import evaluate
 from .stages import distill, teacher_training_config, train_autoencoder
 from .stats import paired, summarize, verdict
 from .supervised import train_segmenter
-from .train import resolve_device
+from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ _OFF = dict(adapt_weight=0.0, affinity_weight=0.0)
 # every arm a comparison may run: DistillConfig changes from the defaults (the method)
 ARMS: dict[str, dict] = {
     "baseline": _OFF,
-    "kd": dict(_OFF, extra_losses=["kd"], kd_temperature=4.0),
-    "kd_t2": dict(_OFF, extra_losses=["kd"], kd_temperature=2.0),
-    "kd_t6": dict(_OFF, extra_losses=["kd"], kd_temperature=6.0),
+    "kd": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 4.0}}),
+    "kd_t2": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 2.0}}),
+    "kd_t6": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 6.0}}),
     "fitnet": dict(_OFF, extra_losses=["fitnet"]),
     "skd": dict(_OFF, extra_losses=["skd"]),
     "cwd": dict(_OFF, extra_losses=["cwd"]),
@@ -45,7 +45,7 @@ ARMS: dict[str, dict] = {
     "adapt": dict(affinity_weight=0.0),
     "affinity": dict(adapt_weight=0.0),
     "ka": {},
-    "ka_kd": dict(extra_losses=["kd"], kd_temperature=2.0),
+    "ka_kd": dict(extra_losses=["kd"], loss_options={"kd": {"temperature": 2.0}}),
     "ka_warmup": dict(warmup_iters=50),
     "ka_paper": dict(adapt_reduction="paper", affinity_reduction="paper", affinity_weight=1.0),
     "ctrl_random_ae": dict(control="random_encoder"),

@@ -25,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class DataConfig:
     # "synthetic" (built in), "folder" (images/ + masks/), or a public dataset in its standard
-    # layout: "voc", "cityscapes", "context" (59), "context60", "ade20k", "camvid"
+    # layout (kaseg.data.DATASETS lists them all)
     dataset: str = "synthetic"
     root: str | None = None  # the dataset's folder; unused by "synthetic"
     train_split: str = "train"
@@ -132,21 +132,12 @@ class DistillConfig:
     # negative controls for studies: "random_encoder" (an untrained E: no teacher knowledge in
     # the target), "constant_target" (the adapters are fitted to a constant map); "none" = the method
     control: str = "none"
-    # the field's other losses (kaseg.kd_losses), added to the terms above: any of "kd", "fitnet",
-    # "skd", "cwd", "ifvd"; each with its authors' weight unless set below
+    # the field's other losses (kaseg.kd_losses.LOSSES: "kd", "fitnet", "skd", "cwd", "ifvd"),
+    # added to the terms above, each at its authors' weight and options unless overridden here,
+    # e.g. loss_weights: {kd: 2.0}, loss_options: {kd: {temperature: 2.0}}
     extra_losses: list[str] = field(default_factory=list)
-    kd_weight: float = 1.0  # Hinton et al. / CIRKD
-    kd_temperature: float = 4.0  # He et al. compare 2, 4, 6
-    fitnet_weight: float = 1.0  # CIRKD
-    skd_weight: float = 10.0  # CIRKD's SKD pair-wise weight
-    skd_pool: int = 2  # node = pool x pool feature positions (CIRKD)
-    cwd_weight: float = 3.0  # Shu et al., on logits
-    cwd_temperature: float = 4.0  # Shu et al.
-    ifvd_weight: float = 200.0  # Wang et al.
-
-    def extra_weights(self) -> dict[str, float]:
-        """``{name: weight}`` of the selected extra losses."""
-        return {name: getattr(self, f"{name}_weight", float("nan")) for name in self.extra_losses}
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    loss_options: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -293,7 +284,34 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
             raise KasegError(f"{path}: the top level must be a mapping of config keys")
     if overrides:
         data = _merge(data, parse_overrides(list(overrides)))
-    return from_dict(cls, data, source)
+    cfg = from_dict(cls, data, source)
+    if isinstance(cfg, Config):
+        check_config(cfg, source)
+    return cfg
+
+
+def check_config(cfg: Config, source: str = "config") -> None:
+    """Every value that can be checked without data or weights, checked when the config is read
+    (a pipeline must not train a teacher and then reject its distillation settings)."""
+    from .data import DATASETS
+    from .kd_losses import resolve_losses
+    from .method import check_distill_options
+    from .models import check_model_name
+
+    if cfg.data.dataset not in DATASETS:
+        raise KasegError(f"{source}: data.dataset '{cfg.data.dataset}' is unknown; known: "
+                         f"{', '.join(DATASETS)}")
+    d = cfg.distill
+    try:
+        resolve_losses(d.extra_losses, d.loss_weights, d.loss_options)
+        check_distill_options(adapt_reduction=d.adapt_reduction,
+                              affinity_reduction=d.affinity_reduction,
+                              affinity_impl=d.affinity_impl, p=d.p, q=d.q,
+                              warmup_iters=d.warmup_iters, control=d.control)
+    except ValueError as e:
+        raise KasegError(f"{source}: {e}") from None
+    for key, name in (("model.name", cfg.model.name), ("teacher.name", cfg.teacher.name)):
+        check_model_name(name, key)
 
 
 def to_dict(cfg: Any) -> dict:

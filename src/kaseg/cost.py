@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,28 +27,35 @@ def count_flops(model: nn.Module, size: tuple[int, int], in_channels: int = 3) -
     return int(counter.get_total_flops())
 
 
+def median_seconds(fn, device: torch.device | str = "cpu", runs: int = 10,
+                   warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` over ``runs`` calls after ``warmup`` (GPU work included:
+    the device is synchronised around each call). Every timing in kaseg goes through here."""
+    device = torch.device(device)
+    times = []
+    for i in range(warmup + runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 @torch.inference_mode()
 def measure_latency(model: nn.Module, size: tuple[int, int], device: str | torch.device = "cpu",
                     runs: int = 20, warmup: int = 5) -> float:
     """Median milliseconds of one forward pass, batch 1, after ``warmup`` passes."""
-    import time
-
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
     x = torch.randn(1, 3, *size, device=device)
-    times = []
-    for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    ms = median_seconds(lambda: model(x), device, runs, warmup) * 1e3
     model.train(was_training)
-    return sorted(times)[len(times) // 2] * 1e3
+    return ms
 
 
 def model_cost(model: nn.Module, size: tuple[int, int]) -> dict:

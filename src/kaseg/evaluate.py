@@ -12,12 +12,7 @@ from .distributed import is_distributed, shard
 from .inference import predict
 from .metrics import ConfusionMatrix
 from .models import SegModel
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 on CPU, fp16 on CUDA: the dtype each device runs fastest without a scaler on CPU."""
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+from .runtime import autocast
 
 
 @torch.no_grad()

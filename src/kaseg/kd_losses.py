@@ -10,19 +10,26 @@ exactly; the mask is [ours], so that a label the dataset marks as "unknown" neve
 
 Default weights are those the methods' authors (or the CIRKD code base, CVPR 2022, which re-ran
 them all on Cityscapes with one recipe) used; each is given with its source below.
+
+**Adding a loss** is one function and one entry in :data:`LOSSES` at the end of this file: the
+entry names what the term reads from the student and teacher outputs (:class:`Outputs`), its
+default weight and options, and (if it trains a module of its own, like FitNet's regressor) how
+to build that module. The config then knows it (``distill.extra_losses: [name]``,
+``distill.loss_weights``, ``distill.loss_options``) and the distillation task computes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.transforms import IGNORE_INDEX
+from .runtime import IGNORE_INDEX
 
-EXTRA_LOSSES = ("kd", "fitnet", "skd", "cwd", "ifvd")
 
 
 def labels_at(targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -55,8 +62,9 @@ def _full_precision(fn):
     return wrapper
 
 
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    """Student maps are upsampled to the teacher's size (the comparison in He et al.)."""
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    """``x`` at ``size``, bilinear (student maps are upsampled to the teacher's size, the
+    comparison in He et al.); unchanged when already that size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -114,7 +122,7 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float =
     Student logits are upsampled to the teacher's size. Default weight 1 (Hinton et al.; CIRKD
     ``--lambda-kd 1``); He et al. compare T = 2, 4, 6.
     """
-    s = _resize(at_least_f32(s_logits), t_logits.shape[-2:]) / temperature
+    s = resize(at_least_f32(s_logits), t_logits.shape[-2:]) / temperature
     t = at_least_f32(t_logits.detach()) / temperature
     return temperature**2 * _masked_mean(kl_from_logits(t, s, dim=1), valid)
 
@@ -131,7 +139,7 @@ def fitnet_loss(fs: torch.Tensor, ft: torch.Tensor,
     error over channels and valid positions. Default weight 1 (CIRKD ``--lambda-fitnet 1``).
     """
     ft = at_least_f32(ft.detach())
-    d = (_resize(at_least_f32(fs), ft.shape[-2:]) - ft).pow(2).mean(1)
+    d = (resize(at_least_f32(fs), ft.shape[-2:]) - ft).pow(2).mean(1)
     return _masked_mean(d, valid)
 
 
@@ -214,7 +222,7 @@ def cwd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float 
     softmax runs over valid positions only. T = 4 and weight 3 on logits: the authors' setting
     for segmentation (also CIRKD ``--lambda-cwd-logit 3``, temperature 4).
     """
-    s = _resize(at_least_f32(s_logits), t_logits.shape[-2:]).flatten(2) / temperature
+    s = resize(at_least_f32(s_logits), t_logits.shape[-2:]).flatten(2) / temperature
     t = at_least_f32(t_logits.detach()).flatten(2) / temperature
     if valid is not None:
         v = valid.flatten(1)
@@ -261,9 +269,86 @@ def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_cla
     Default weight 200 (IFVD's ``lambda_ifv``; also CIRKD).
     """
     ft = at_least_f32(ft.detach())
-    fs = _resize(at_least_f32(fs), ft.shape[-2:])
+    fs = resize(at_least_f32(fs), ft.shape[-2:])
     targets = labels_at(targets, ft.shape[-2:])
     valid = (targets != ignore_index) & (targets >= 0) & (targets < num_classes)
     ms = class_prototype_similarity(fs, targets, num_classes, valid)
     mt = class_prototype_similarity(ft, targets, num_classes, valid)
     return _masked_mean((ms - mt).pow(2), valid)
+
+
+# --------------------------------------------------------------------------- the registry
+@dataclasses.dataclass
+class Outputs:
+    """What one distillation step offers a loss: both networks' logits and tapped feature maps,
+    the labels, and the loss's own trained module (None if it has none)."""
+
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor
+    student_features: torch.Tensor
+    teacher_features: torch.Tensor
+    targets: torch.Tensor
+    ignore_index: int = IGNORE_INDEX
+    module: nn.Module | None = None
+
+    def valid(self, like: torch.Tensor) -> torch.Tensor:
+        """The non-ignore mask at the spatial size of ``like``."""
+        return valid_mask(self.targets, like.shape[-2:], self.ignore_index)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """One selectable distillation loss.
+
+    Args:
+        compute: ``compute(outputs: Outputs, **options) -> scalar tensor``.
+        weight: the default weight (its source in the loss's docstring).
+        options: the default options, passed to ``compute`` as keyword arguments.
+        module: builds the module the loss trains with the student, from (student channels,
+            teacher channels) of the tapped maps; dropped after training. None: no module.
+    """
+
+    compute: Callable[..., torch.Tensor]
+    weight: float
+    options: dict = dataclasses.field(default_factory=dict)
+    module: Callable[[int, int], nn.Module] | None = None
+
+
+LOSSES: dict[str, LossSpec] = {
+    "kd": LossSpec(lambda o, temperature: kd_loss(o.student_logits, o.teacher_logits, temperature,
+                                                  o.valid(o.teacher_logits)),
+                   weight=1.0, options={"temperature": 4.0}),
+    "fitnet": LossSpec(lambda o: fitnet_loss(o.module(o.student_features), o.teacher_features,
+                                             o.valid(o.teacher_features)),
+                       weight=1.0, module=FitNetRegressor),
+    "skd": LossSpec(lambda o, pool: skd_pairwise_loss(o.student_features, o.teacher_features, pool,
+                                                      o.valid(o.teacher_features)),
+                    weight=10.0, options={"pool": 2}),
+    "cwd": LossSpec(lambda o, temperature: cwd_loss(o.student_logits, o.teacher_logits,
+                                                    temperature, o.valid(o.teacher_logits)),
+                    weight=3.0, options={"temperature": 4.0}),
+    "ifvd": LossSpec(lambda o: ifvd_loss(o.student_features, o.teacher_features, o.targets,
+                                         o.teacher_logits.shape[1], o.ignore_index),
+                     weight=200.0),
+}
+
+
+def resolve_losses(names: list[str], weights: dict | None = None,
+                   options: dict | None = None) -> dict[str, tuple[float, dict]]:
+    """``{name: (weight, options)}`` of the selected losses, defaults overridden; an unknown
+    name or option is a ``ValueError`` listing the known ones."""
+    weights, options = weights or {}, options or {}
+    for where, keys in (("distill.extra_losses", names), ("distill.loss_weights", weights),
+                        ("distill.loss_options", options)):
+        unknown = sorted(set(keys) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"{where}: unknown loss {unknown}; known: {sorted(LOSSES)}")
+    for name, opts in options.items():
+        if not isinstance(opts, dict):
+            raise ValueError(f"distill.loss_options.{name} must be a mapping, got {opts!r}")
+        bad = sorted(set(opts) - set(LOSSES[name].options))
+        if bad:
+            raise ValueError(f"distill.loss_options.{name}: unknown option {bad}; "
+                             f"{name} takes {sorted(LOSSES[name].options) or 'none'}")
+    return {name: (float(weights.get(name, LOSSES[name].weight)),
+                   {**LOSSES[name].options, **(options.get(name) or {})}) for name in names}

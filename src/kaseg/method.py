@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.transforms import IGNORE_INDEX
-from .kd_losses import (EXTRA_LOSSES, FitNetRegressor, at_least_f32, cwd_loss, fitnet_loss,
-                        ifvd_loss, kd_loss, skd_pairwise_loss, valid_mask)
+from .runtime import IGNORE_INDEX
+from .kd_losses import LOSSES, Outputs, at_least_f32, resize
 
 log = logging.getLogger(__name__)
 
@@ -379,43 +378,53 @@ class AutoencoderTask(nn.Module):
 
 class DistillTask(nn.Module):
     """Stage 2: ``L = L_ce + beta * L_adapt + gamma * L_aff`` [paper], plus any of the field's
-    other losses (:mod:`kaseg.kd_losses`) given in ``extra`` as ``{name: weight}``, so that every
-    method and every combination trains in the same loop.
+    other losses (:data:`kaseg.kd_losses.LOSSES`), so that every method and every combination
+    trains in the same loop.
 
-    Trained: the student, C_f, C_a (and FitNet's regressor). Frozen, without autograd: the teacher
-    and E. A term whose weight is 0 is neither built nor computed (ablations). Returns every term
-    and, for each weighted term, its ratio to CE (``*_ratio``), which the first iterations also log.
+    Trained: the student, C_f, C_a (and the modules of the other losses, e.g. FitNet's regressor).
+    Frozen, without autograd: the teacher and E. A term whose weight is 0 is neither built nor
+    computed (ablations). Returns every term and, for each weighted term, its ratio to CE
+    (``*_ratio``), which the first iterations also log. :func:`kaseg.stages.distill_task` builds
+    one from a config.
+
+    Args:
+        student: the network trained (a :class:`~kaseg.models.SegModel`).
+        teacher: the trained teacher; frozen here.
+        encoder: the trained autoencoder's encoder E; frozen here.
+        latent_channels: E's output channels (the adapters' output).
+        teacher_tap, student_tap: the distilled feature maps.
+        adapt_weight, affinity_weight: beta and gamma; 0 switches a term off.
+        adapt_reduction, affinity_reduction: see :func:`adaptation_loss`, :func:`affinity_loss`.
+        p, q: the adaptation loss's difference norm and per-position normalisation (>= 1).
+        affinity_impl, dense_max_positions: dense or Gram affinity (:func:`affinity_loss`).
+        ignore_index: the label that takes no part in CE and the masked losses.
+        extra: ``{name: (weight, options)}`` of the other losses
+            (:func:`kaseg.kd_losses.resolve_losses`).
+        warmup_iters: every distillation weight ramps from 0 over this many steps.
+        control: ``"none"``, or a negative control (``"random_encoder"`` is set up by the
+            caller; ``"constant_target"`` replaces E(F_t) by a constant map).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
+    def __init__(self, *, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
                  latent_channels: int, teacher_tap: str = "pre_logits",
                  student_tap: str = "pre_logits", adapt_weight: float = 50.0,
                  affinity_weight: float = 1.0, adapt_reduction: str = "element",
                  affinity_reduction: str = "mse", p: float = 2.0, q: float = 2.0,
                  affinity_impl: str = "auto", dense_max_positions: int = 1024,
-                 ignore_index: int = IGNORE_INDEX, extra: dict[str, float] | None = None,
-                 kd_temperature: float = 4.0, cwd_temperature: float = 4.0, skd_pool: int = 2,
+                 ignore_index: int = IGNORE_INDEX,
+                 extra: dict[str, tuple[float, dict]] | None = None,
                  warmup_iters: int = 0, control: str = "none"):
         super().__init__()
-        if control not in CONTROLS:
-            raise ValueError(f"distill.control must be one of {CONTROLS}, not '{control}'")
-        if warmup_iters < 0:
-            raise ValueError(f"distill.warmup_iters must be >= 0, got {warmup_iters}")
-        unknown = sorted(set(extra or {}) - set(EXTRA_LOSSES))
+        check_distill_options(adapt_reduction=adapt_reduction,
+                              affinity_reduction=affinity_reduction, affinity_impl=affinity_impl,
+                              p=p, q=q, warmup_iters=warmup_iters, control=control)
+        unknown = sorted(set(extra or {}) - set(LOSSES))
         if unknown:
-            raise ValueError(f"distill.extra_losses: unknown {unknown}; choose from {EXTRA_LOSSES}")
-        extra = {k: float(w) for k, w in (extra or {}).items() if w > 0}
-        if adapt_reduction not in ADAPT_REDUCTIONS:
-            raise ValueError(f"distill.adapt_reduction must be one of {ADAPT_REDUCTIONS}")
-        if affinity_reduction not in AFFINITY_REDUCTIONS:
-            raise ValueError(f"distill.affinity_reduction must be one of {AFFINITY_REDUCTIONS}")
-        if affinity_impl not in AFFINITY_IMPLS:
-            raise ValueError(f"distill.affinity_impl must be one of {AFFINITY_IMPLS}")
-        if p < 1 or q < 1:
-            raise ValueError(f"distill.p and distill.q must be >= 1 (norms), got p={p}, q={q}")
+            raise ValueError(f"distill.extra_losses: unknown {unknown}; known: {sorted(LOSSES)}")
         self.student = student
         self.teacher, self.encoder = Frozen(teacher), Frozen(encoder)
         cs = student.feature_info[student_tap].channels
+        ct = teacher.feature_info[teacher_tap].channels
         self.adapter = Adapter(cs, latent_channels) if adapt_weight > 0 else None
         self.affinity_adapter = Adapter(cs, latent_channels) if affinity_weight > 0 else None
         self.teacher_tap, self.student_tap = teacher_tap, student_tap
@@ -423,11 +432,9 @@ class DistillTask(nn.Module):
         self.adapt_reduction, self.affinity_reduction = adapt_reduction, affinity_reduction
         self.p, self.q, self.affinity_impl = p, q, affinity_impl
         self.dense_max_positions, self.ignore_index = dense_max_positions, ignore_index
-        self.extra = extra
-        self.kd_temperature, self.cwd_temperature, self.skd_pool = (kd_temperature,
-                                                                    cwd_temperature, skd_pool)
-        self.fitnet = (FitNetRegressor(cs, teacher.feature_info[teacher_tap].channels)
-                       if "fitnet" in extra else None)
+        self.extra = {k: (float(w), dict(o)) for k, (w, o) in (extra or {}).items() if w > 0}
+        self.loss_modules = nn.ModuleDict({name: LOSSES[name].module(cs, ct)
+                                           for name in self.extra if LOSSES[name].module})
         self.warmup_iters, self.control = warmup_iters, control
         # training steps taken: in the state dict, so a resumed run continues the warm-up
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -440,34 +447,30 @@ class DistillTask(nn.Module):
             return 1.0
         return min(1.0, int(self.step) / self.warmup_iters)
 
-    def _to(self, z: torch.Tensor, size) -> torch.Tensor:
+    def _at_latent_size(self, z: torch.Tensor, size) -> torch.Tensor:
         """The adapter's output at the latent's size. Only the rounding of odd input sizes may
         differ (the student's and the encoder's strided convolutions round differently): at
         most one position per side. More means the autoencoder was made for another pair."""
-        if tuple(z.shape[-2:]) == tuple(size):
-            return z
         if max(abs(a - b) for a, b in zip(z.shape[-2:], size)) > 1:
             raise ValueError(f"distill: the student's adapted map is {tuple(z.shape[-2:])} but the "
                              f"autoencoder's latent is {tuple(size)}: the autoencoder was trained "
                              "for a student of another feature stride")
-        return F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+        return resize(z, size)
 
-    def _extra_term(self, name: str, out: dict, t_out: dict, targets) -> torch.Tensor:
-        fs, ft = out["features"][self.student_tap], t_out["features"][self.teacher_tap]
-        zs, zt = out["logits"], t_out["logits"]
-        if name == "kd":
-            return kd_loss(zs, zt, self.kd_temperature,
-                           valid_mask(targets, zt.shape[-2:], self.ignore_index))
-        if name == "cwd":
-            return cwd_loss(zs, zt, self.cwd_temperature,
-                            valid_mask(targets, zt.shape[-2:], self.ignore_index))
-        if name == "fitnet":
-            return fitnet_loss(self.fitnet(fs), ft,
-                               valid_mask(targets, ft.shape[-2:], self.ignore_index))
-        if name == "skd":
-            return skd_pairwise_loss(fs, ft, self.skd_pool,
-                                     valid_mask(targets, ft.shape[-2:], self.ignore_index))
-        return ifvd_loss(fs, ft, targets, zt.shape[1], self.ignore_index)
+    def _method_terms(self, fs: torch.Tensor, teacher_map: torch.Tensor) -> dict:
+        """The paper's two terms (those switched on), unweighted."""
+        zt = self.encoder(teacher_map)
+        if self.control == "constant_target":  # the same vector at every position
+            zt = torch.ones_like(zt)
+        terms = {}
+        if self.adapter is not None:
+            zs = self._at_latent_size(self.adapter(fs), zt.shape[-2:])
+            terms["adapt"] = adaptation_loss(zs, zt, self.p, self.q, self.adapt_reduction)
+        if self.affinity_adapter is not None:
+            zs = self._at_latent_size(self.affinity_adapter(fs), zt.shape[-2:])
+            terms["affinity"] = affinity_loss(zs, zt, self.affinity_reduction,
+                                              self.affinity_impl, self.dense_max_positions)
+        return terms
 
     def forward(self, images, targets) -> dict:
         if self.training:
@@ -475,31 +478,21 @@ class DistillTask(nn.Module):
         scale = self.distill_scale()
         out = self.student(images)
         ce = F.cross_entropy(out["logits"].float(), targets, ignore_index=self.ignore_index)
-        losses = {"ce": ce}
-        total = ce
-        ours = self.adapter is not None or self.affinity_adapter is not None
-        if ours or self.extra:
+        losses, total = {"ce": ce}, ce
+        weighted: dict[str, tuple[float, torch.Tensor]] = {}
+        uses_method = self.adapter is not None or self.affinity_adapter is not None
+        if uses_method or self.extra:
             t_out = self.teacher(images)
             fs = out["features"][self.student_tap]
-        if ours:
-            zt = self.encoder(t_out["features"][self.teacher_tap])
-            if self.control == "constant_target":  # the same vector at every position
-                zt = torch.ones_like(zt)
-            if self.adapter is not None:
-                la = adaptation_loss(self._to(self.adapter(fs), zt.shape[-2:]), zt, self.p,
-                                     self.q, self.adapt_reduction)
-                losses["adapt"] = la
-                losses["adapt_ratio"] = (self.adapt_weight * la / ce).detach()
-                total = total + scale * self.adapt_weight * la
-            if self.affinity_adapter is not None:
-                lf = affinity_loss(self._to(self.affinity_adapter(fs), zt.shape[-2:]), zt,
-                                   self.affinity_reduction, self.affinity_impl,
-                                   self.dense_max_positions)
-                losses["affinity"] = lf
-                losses["affinity_ratio"] = (self.affinity_weight * lf / ce).detach()
-                total = total + scale * self.affinity_weight * lf
-        for name, weight in self.extra.items():
-            term = self._extra_term(name, out, t_out, targets)
+            ft = t_out["features"][self.teacher_tap]
+        if uses_method:
+            for name, term in self._method_terms(fs, ft).items():
+                weighted[name] = (getattr(self, f"{name}_weight"), term)
+        for name, (weight, options) in self.extra.items():
+            given = Outputs(out["logits"], t_out["logits"], fs, ft, targets, self.ignore_index,
+                            self.loss_modules[name] if name in self.loss_modules else None)
+            weighted[name] = (weight, LOSSES[name].compute(given, **options))
+        for name, (weight, term) in weighted.items():
             losses[name] = term
             losses[f"{name}_ratio"] = (weight * term / ce).detach()
             total = total + scale * weight * term
@@ -512,3 +505,20 @@ class DistillTask(nn.Module):
                 f", {k.replace('_ratio', '')} x weight / CE = {float(v):.3f}"
                 for k, v in losses.items() if k.endswith("_ratio")))
         return losses
+
+
+def check_distill_options(*, adapt_reduction: str, affinity_reduction: str, affinity_impl: str,
+                          p: float, q: float, warmup_iters: int, control: str) -> None:
+    """The method's options, checked where a config is read and again where a task is built."""
+    if adapt_reduction not in ADAPT_REDUCTIONS:
+        raise ValueError(f"distill.adapt_reduction must be one of {ADAPT_REDUCTIONS}")
+    if affinity_reduction not in AFFINITY_REDUCTIONS:
+        raise ValueError(f"distill.affinity_reduction must be one of {AFFINITY_REDUCTIONS}")
+    if affinity_impl not in AFFINITY_IMPLS:
+        raise ValueError(f"distill.affinity_impl must be one of {AFFINITY_IMPLS}")
+    if p < 1 or q < 1:
+        raise ValueError(f"distill.p and distill.q must be >= 1 (norms), got p={p}, q={q}")
+    if warmup_iters < 0:
+        raise ValueError(f"distill.warmup_iters must be >= 0, got {warmup_iters}")
+    if control not in CONTROLS:
+        raise ValueError(f"distill.control must be one of {CONTROLS}, not '{control}'")

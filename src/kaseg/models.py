@@ -94,6 +94,15 @@ def _resolve(name: str) -> tuple[str, str, dict]:
     return arch, encoder, {}
 
 
+def check_model_name(name: str, key: str = "model.name") -> None:
+    """A one-line error naming ``key`` when ``name`` is not a model kaseg can build (nothing
+    is built or downloaded)."""
+    try:
+        _resolve(name)
+    except KasegError as e:
+        raise KasegError(f"{key}: {e}") from None
+
+
 def _check_encoder(encoder: str, model_name: str) -> None:
     if encoder.startswith("tu-"):
         base = encoder[3:].split(".")[0]

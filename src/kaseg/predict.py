@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from .checkpoint import load_model, resolve_weights
 from .config import IMAGENET_MEAN, IMAGENET_STD
-from .data.folder import IMAGE_EXTS, default_palette, read_image
-from .data.transforms import normalize
+from .data.io import IMAGE_EXTS, default_palette, read_image
+from .data.transforms import image_tensor, normalize
 from .errors import KasegError
-from .evaluate import autocast
+from .runtime import autocast
 from .inference import predict
 
 
@@ -97,8 +97,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], out: str | P
             failed[str(path)] = str(e)
             tqdm.write(f"kaseg: error: {e} (skipped)", file=sys.stderr)
             continue
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        x = normalize(x, mean, std)[None].to(device)
+        x = normalize(image_tensor(image), mean, std)[None].to(device)
         with autocast(device, amp):
             scores = predict(model, x, scales, flip, window, stride)
         labels = scores.float().argmax(1)[0].cpu().numpy()

@@ -17,11 +17,14 @@ from .checkpoint import (atomic_write_text, load_model, load_state_strict, read_
                          resolve_weights, save_model, save_weights)
 from .config import Config, ModelConfig, to_dict
 from .errors import KasegError
-from .evaluate import autocast, evaluate
+from .evaluate import evaluate
+from .kd_losses import resolve_losses
 from .method import AutoencoderTask, DistillTask, FeatureAutoencoder, ae_strides
 from .models import SegModel
-from .supervised import build_data, build_network, dataset_meta, train_segmenter, write_result
-from .train import fit, prepare_run, resolve_device, seed_everything, seeded
+from .runs import build_data, dataset_meta, prepare_run, write_result
+from .supervised import build_network, train_segmenter
+from .runtime import autocast, resolve_device, seed_everything, seeded
+from .train import fit
 
 log = logging.getLogger(__name__)
 
@@ -161,39 +164,30 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_data(cfg)
     teacher, _ = load_teacher(cfg, train_set.num_classes)
-    d = cfg.distill
-    if (d.adapt_weight > 0 or d.affinity_weight > 0) and not cfg.ae.weights:
+    dcfg = cfg.distill
+    if (dcfg.adapt_weight > 0 or dcfg.affinity_weight > 0) and not cfg.ae.weights:
         raise KasegError("ae.weights must name a trained autoencoder (`kaseg train-ae`), or set "
                          "distill.adapt_weight=0 and distill.affinity_weight=0")
     student = build_student(cfg, train_set.num_classes)
     if cfg.ae.weights:
         ae, ae_meta = load_autoencoder(cfg.ae.weights)
         check_autoencoder_fits(ae_meta, cfg.ae.weights, teacher, cfg.teacher.tap,
-                               student.feature_info[d.student_tap].stride)
-        if d.control == "random_encoder":  # negative control: same shapes, no training
+                               student.feature_info[dcfg.student_tap].stride)
+        if dcfg.control == "random_encoder":  # negative control: same shapes, no training
             with seeded(cfg.seed + 1):
                 ae = FeatureAutoencoder(ae.in_channels, ae.latent_channels, ae.strides).eval()
         encoder, latent = ae.encoder, ae_meta["latent_channels"]
     else:
         encoder, latent = torch.nn.Identity(), 1
-    try:
-        with seeded(cfg.seed + 2):  # adapters and regressors: the same in every run of a seed
-            task = DistillTask(student, teacher, encoder, latent, cfg.teacher.tap, d.student_tap,
-                               d.adapt_weight, d.affinity_weight, d.adapt_reduction,
-                               d.affinity_reduction, d.p, d.q, d.affinity_impl,
-                               d.dense_max_positions, extra=d.extra_weights(),
-                               kd_temperature=d.kd_temperature, cwd_temperature=d.cwd_temperature,
-                               skd_pool=d.skd_pool, warmup_iters=d.warmup_iters,
-                               control=d.control)
-    except ValueError as e:
-        raise KasegError(str(e)) from None
+    with seeded(cfg.seed + 2):  # adapters and regressors: the same in every run of a seed
+        task = distill_task(cfg, student, teacher, encoder, latent)
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
     device = resolve_device(cfg.train.device)
     prepare_run(run, to_dict(cfg), force)
     meta = dataset_meta(train_set)
-    log.info("distill: CE + %g * adapt (%s) + %g * affinity (%s)%s", d.adapt_weight,
-             d.adapt_reduction, d.affinity_weight, d.affinity_reduction,
-             "".join(f" + {w:g} * {k}" for k, w in task.extra.items()))
+    log.info("distill: CE + %g * adapt (%s) + %g * affinity (%s)%s", dcfg.adapt_weight,
+             dcfg.adapt_reduction, dcfg.affinity_weight, dcfg.affinity_reduction,
+             "".join(f" + {w:g} * {k} {o or ''}" for k, (w, o) in task.extra.items()))
 
     def validate() -> dict:
         return evaluate(student, val_set, cfg.train.val_batch_size, device, cfg.train.amp,
@@ -205,6 +199,23 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     summary = fit(task, train_set, cfg.train, run, seed=cfg.seed, validate=validate,
                   export=export, num_workers=cfg.data.num_workers, desc=f"distill {cfg.model.name}")
     return write_result(run, summary, cfg.model.name)
+
+
+def distill_task(cfg: Config, student: SegModel, teacher: SegModel, encoder: torch.nn.Module,
+                 latent_channels: int) -> DistillTask:
+    """The one place a :class:`DistillTask` is built from a config."""
+    dcfg = cfg.distill
+    try:
+        return DistillTask(
+            student=student, teacher=teacher, encoder=encoder, latent_channels=latent_channels,
+            teacher_tap=cfg.teacher.tap, student_tap=dcfg.student_tap, adapt_weight=dcfg.adapt_weight,
+            affinity_weight=dcfg.affinity_weight, adapt_reduction=dcfg.adapt_reduction,
+            affinity_reduction=dcfg.affinity_reduction, p=dcfg.p, q=dcfg.q, affinity_impl=dcfg.affinity_impl,
+            dense_max_positions=dcfg.dense_max_positions,
+            extra=resolve_losses(dcfg.extra_losses, dcfg.loss_weights, dcfg.loss_options),
+            warmup_iters=dcfg.warmup_iters, control=dcfg.control)
+    except ValueError as e:
+        raise KasegError(str(e)) from None
 
 
 def teacher_training_config(cfg: Config) -> Config:

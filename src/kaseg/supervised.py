@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import (atomic_write_text, load_state_strict, read_weights, resolve_weights,
-                         save_model)
+from .checkpoint import load_state_strict, read_weights, resolve_weights, save_model
 from .config import Config, to_dict
-from .data import IGNORE_INDEX, build_dataset
 from .evaluate import evaluate
 from .models import SegModel, build_model
+from .runtime import IGNORE_INDEX
 from .errors import KasegError
-from .train import fit, prepare_run, resolve_device, seed_everything, seeded
+from .runtime import resolve_device, seed_everything, seeded
+from .runs import build_data, dataset_meta, prepare_run, write_result
+from .train import fit
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,6 @@ class SegmentationTask(nn.Module):
         logits = self.model(images)["logits"]
         ce = F.cross_entropy(logits.float(), targets, ignore_index=self.ignore_index)
         return {"loss": ce, "ce": ce}
-
-
-def dataset_meta(dataset) -> dict:
-    """What a checkpoint records about its classes, so it can be used without the dataset."""
-    meta = {"class_names": list(dataset.class_names),
-            "palette": [list(c) for c in dataset.palette]}
-    tf = getattr(dataset, "transform", None)
-    if hasattr(tf, "mean") and hasattr(tf, "std"):  # the input normalisation, for `kaseg predict`
-        meta.update(mean=list(tf.mean), std=list(tf.std))
-    return meta
-
-
-def build_data(cfg: Config):
-    """(train set with augmentation, val set) - built first, so bad data fails before any write."""
-    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
-    val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
-    return train_set, val_set
 
 
 def build_network(cfg: Config, num_classes: int) -> SegModel:
@@ -90,12 +73,3 @@ def train_segmenter(cfg: Config, run: str | Path, force: bool = False) -> dict:
                   validate=validate, export=export, num_workers=cfg.data.num_workers,
                   desc=f"train {cfg.model.name}")
     return write_result(run, summary, cfg.model.name)
-
-
-def write_result(run: Path, summary: dict, model_name: str) -> dict:
-    """``RUN/metrics.json``: the best validation of a segmentation run (what ``kaseg eval`` of its
-    best weights reproduces)."""
-    result = {"best_miou": summary["best"], "best_iter": summary["best_iter"],
-              "iters": summary["iters"], "model": model_name, "val": summary["best_metrics"]}
-    atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
-    return result

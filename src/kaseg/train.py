@@ -8,19 +8,16 @@ parameters with ``requires_grad`` are optimised, so frozen parts (a teacher) cos
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import shutil
 import math
-import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import yaml
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
@@ -28,45 +25,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .checkpoint import STATE, atomic_write_text, load_state, save_state
-from .config import TrainConfig, diff_configs
-from .distributed import barrier, is_distributed, is_main, local_device, rank, world_size
+from .config import TrainConfig
+from .distributed import barrier, is_main, rank, world_size
 from .errors import KasegError
-from .evaluate import autocast
+from .runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if is_distributed() and torch.cuda.is_available() and name in ("auto", "cuda"):
-        return local_device()  # torchrun: this process's GPU
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KasegError(f"train.device={name} but CUDA is not available; use train.device=cpu")
-    return device
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Run a block with the CPU RNG seeded to ``seed`` and restore the RNG afterwards.
-
-    Why: a network built inside gets the same initial weights whatever was built before it (a
-    teacher, an autoencoder, adapters), so every arm of a comparison starts from the same student.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class InfiniteSampler(Sampler):
@@ -155,6 +119,40 @@ def _trim_history(run: Path, last_iter: int) -> None:
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+@dataclass
+class Progress:
+    """What a run has reached: saved in its checkpoint, restored on resume."""
+
+    iter: int = 0
+    best: float = -math.inf
+    best_iter: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    skipped: int = 0
+    stopped: bool = False  # early stop (train.patience): the run is finished
+
+    def summary(self) -> dict:
+        return {"best": self.best, "best_iter": self.best_iter, "iters": self.iter,
+                "best_metrics": self.best_metrics, "skipped": self.skipped}
+
+
+@dataclass
+class Trainer:
+    """The pieces one step needs, built once by :func:`fit`."""
+
+    task: nn.Module
+    model: nn.Module  # the task, or its DDP wrapper
+    params: list
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    device: torch.device
+    run: Path
+    desc: str
+    writer: SummaryWriter | None = None  # opened at the first log, so a run that fails on its
+    start: int = 0  # first batch adds nothing
+
+
 def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
         validate: Callable[[], dict], export: Callable[[str], None], score_key: str = "miou",
         num_workers: int = 0, desc: str = "train") -> dict:
@@ -163,8 +161,43 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     Every ``cfg.val_every`` iterations (and at the end): ``validate()`` -> metrics, ``export("best")``
     when ``metrics[score_key]`` improves, ``export("last")``, and an atomic training checkpoint.
     """
+    t = _trainer(task, cfg, run, desc)
+    progress = _resume(t)
+    if progress.iter >= cfg.iters or progress.stopped:
+        return progress.summary()
+    batches = iter(_loader(train_set, cfg, seed, progress.iter, num_workers, t.device))
+    t.task.train()
+    bar = tqdm(total=cfg.iters, initial=progress.iter, desc=desc, dynamic_ncols=True,
+               mininterval=1.0, disable=not is_main())
+    t0, t.start = time.perf_counter(), progress.iter
+    try:
+        for it in range(progress.iter + 1, cfg.iters + 1):
+            losses = _step(t, next(batches), it, progress)
+            progress.iter = it
+            bar.update(1)
+            if is_main() and (it % cfg.log_every == 0 or it == cfg.iters):
+                record = _log(t, losses, it, progress)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if it % cfg.val_every == 0 or it == cfg.iters:
+                _validate_and_save(t, progress, validate, export, score_key, bar)
+                if progress.stopped:
+                    log.info("%s: no improvement in %d validations; stopping at iteration %d",
+                             desc, cfg.patience, it)
+                    break
+    finally:  # the bar ends its line even on an error, so the error gets a line of its own
+        bar.close()
+        if t.writer is not None:
+            t.writer.close()
+    log.info("%s: %d iterations in %.1fs%s", desc, progress.iter - t.start,
+             time.perf_counter() - t0,
+             f" ({progress.skipped} skipped: non-finite loss)" if progress.skipped else "")
+    return progress.summary()
+
+
+def _trainer(task: nn.Module, cfg: TrainConfig, run: Path, desc: str) -> Trainer:
+    """Device, SyncBN, optimizer, schedule, scaler and the DDP wrapper of ``task``."""
     device = resolve_device(cfg.device)
-    world, main = world_size(), is_main()
+    world = world_size()
     if cfg.batch_size % world:
         raise KasegError(f"train.batch_size={cfg.batch_size} (the global batch) must be divisible "
                          f"by the {world} processes")
@@ -180,170 +213,130 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     params = [p for p in task.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lr(cfg.iters, cfg.poly_power))
-    use_scaler = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    start, best, best_iter, best_metrics, skipped, stopped = 0, -math.inf, 0, {}, 0, False
-    if (run / STATE).exists():
-        ckpt = load_state(run / STATE)
-        task.load_state_dict(ckpt["task"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start, best, best_iter = ckpt["iter"], ckpt["best"], ckpt["best_iter"]
-        best_metrics = json.loads(ckpt["best_metrics"])
-        skipped = int(ckpt.get("skipped", 0))
-        stopped = bool(ckpt.get("stopped", False))
-        _set_rng_state(ckpt["rng"])
-        if main:
-            _trim_history(run, start)
-        log.info("resuming %s from iteration %d", run, start)
-    if start >= cfg.iters or stopped:
-        return {"best": best, "best_iter": best_iter, "iters": start, "best_metrics": best_metrics}
-
-    per_rank = cfg.batch_size // world
-    sampler = InfiniteSampler(len(train_set), seed, start * per_rank, rank(), world,
-                              positions=True)
-    # the loader's own generator: creating it must not draw from the global RNG (a resumed run
-    # would then continue from a different RNG state than an uninterrupted one)
-    loader = DataLoader(SeededSamples(train_set, seed), batch_size=per_rank,
-                        sampler=sampler, drop_last=True, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-                        generator=torch.Generator().manual_seed(seed))
-    batches = iter(loader)
-    writer = None  # opened at the first log, so a run that fails on its first batch adds nothing
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     # DDP wraps the task, whose parameters are the trainable ones only (the teacher and the
     # encoder are held outside the module tree by Frozen: no gradients, no all-reduce)
     model = task
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             task, device_ids=[device.index] if device.type == "cuda" else None)
-    task.train()
-    bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0,
-               disable=not main)
-    t0 = time.perf_counter()
-    try:
-        for it in range(start + 1, cfg.iters + 1):
-            images, targets = next(batches)
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, cfg.amp):
-                losses = model(images, targets)
-            bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
-            if world > 1:  # every rank skips (or stops) together, or the all-reduce would hang
-                flag = torch.tensor([float(bool(bad))], device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                if flag.item() and not bad:
-                    bad = ["loss (on another process)"]
-            opt.zero_grad(set_to_none=True)
-            if bad and not cfg.skip_nonfinite:
-                raise KasegError(f"{run}: loss term '{bad[0]}' is {losses[bad[0]].item()} at iteration "
-                                 f"{it}; lower train.lr, set train.grad_clip, or set "
-                                 f"train.skip_nonfinite=true to skip such steps")
-            if bad:  # skip the step: no update, but the schedule moves on as if it had happened
-                skipped += 1
-                log.warning("%s: iteration %d skipped: loss term '%s' is not finite (%d skipped so "
-                            "far)", desc, it, bad[0], skipped)
-            else:
-                scaler.scale(losses["loss"]).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-            sched.step()
-            bar.update(1)
-            if main and (it % cfg.log_every == 0 or it == cfg.iters):
-                record = {k: float(v.detach()) for k, v in losses.items()}
-                record.update(iter=it, lr=opt.param_groups[0]["lr"])
-                if cfg.skip_nonfinite:
-                    record["skipped"] = skipped
-                writer = writer or SummaryWriter(str(run / "tb"),
-                                                 purge_step=start + 1 if start else None)
-                for k, v in record.items():
-                    if k != "iter":
-                        writer.add_scalar(f"train/{k}", v, it)
-                _append_history(run, record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if it % cfg.val_every == 0 or it == cfg.iters:
-                metrics = validate()  # on every rank (evaluation shards and reduces)
-                task.train()
-                score = float(metrics[score_key])
-                improved = score > best
-                if improved:
-                    best, best_iter, best_metrics = score, it, metrics
-                stop = bool(cfg.patience) and it - best_iter >= cfg.patience * cfg.val_every
-                if main:  # rank 0 alone writes
-                    writer = writer or SummaryWriter(str(run / "tb"),
-                                                     purge_step=start + 1 if start else None)
-                    for k, v in metrics.items():
-                        if isinstance(v, (int, float)):
-                            writer.add_scalar(f"val/{k}", v, it)
-                    _append_history(run, {"iter": it, "val": metrics})
-                    if improved:
-                        export("best")
-                    export("last")
-                    save_state(run / STATE, {
-                        "task": task.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                        "iter": it, "best": best, "best_iter": best_iter,
-                        "best_metrics": json.dumps(best_metrics), "rng": _rng_state(),
-                        "skipped": skipped, "stopped": stop})
-                    bar.write(f"[{desc}] iter {it}/{cfg.iters}: val {score_key} {score:.4f} "
-                              f"(best {best:.4f} @ {best_iter})")
-                barrier()  # rank 0's checkpoint is on disk before anyone moves on
-                if stop:
-                    log.info("%s: no improvement in %d validations; stopping at iteration %d",
-                             desc, cfg.patience, it)
-                    break
-    finally:  # the bar ends its line even on an error, so the error gets a line of its own
-        bar.close()
-        if writer is not None:
-            writer.close()
-    log.info("%s: %d iterations in %.1fs%s", desc, cfg.iters - start, time.perf_counter() - t0,
-             f" ({skipped} skipped: non-finite loss)" if skipped else "")
-    return {"best": best, "best_iter": best_iter, "iters": it, "best_metrics": best_metrics,
-            "skipped": skipped}
+    return Trainer(task, model, params, opt, sched, scaler, cfg, device, run, desc)
 
 
-# settings that change how a run is executed, not what it computes: a run may resume with others
-# (augmentation is seeded per sample, so the number of loader workers does not change results)
-RUNTIME_KEYS = {"data.num_workers", "train.device", "train.log_every"}
+def _resume(t: Trainer) -> Progress:
+    """The progress saved in ``run/checkpoint.pt`` (weights, optimizer, RNG restored), or a
+    fresh start."""
+    if not (t.run / STATE).exists():
+        return Progress()
+    ckpt = load_state(t.run / STATE)
+    t.task.load_state_dict(ckpt["task"])
+    t.opt.load_state_dict(ckpt["optimizer"])
+    t.sched.load_state_dict(ckpt["scheduler"])
+    t.scaler.load_state_dict(ckpt["scaler"])
+    progress = Progress(ckpt["iter"], ckpt["best"], ckpt["best_iter"],
+                        json.loads(ckpt["best_metrics"]), int(ckpt.get("skipped", 0)),
+                        bool(ckpt.get("stopped", False)))
+    _set_rng_state(ckpt["rng"])
+    if is_main():
+        _trim_history(t.run, progress.iter)
+    log.info("resuming %s from iteration %d", t.run, progress.iter)
+    return progress
 
-RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safetensors", "last.json",
-                 "history.jsonl", "metrics.json", "tb")
+
+def _loader(train_set, cfg: TrainConfig, seed: int, start: int, num_workers: int,
+            device: torch.device) -> DataLoader:
+    """Endless batches from sample ``start * per-rank batch`` on, each sample's augmentation
+    seeded by its position (:class:`SeededSamples`)."""
+    per_rank = cfg.batch_size // world_size()
+    sampler = InfiniteSampler(len(train_set), seed, start * per_rank, rank(), world_size(),
+                              positions=True)
+    # the loader's own generator: creating it must not draw from the global RNG (a resumed run
+    # would then continue from a different RNG state than an uninterrupted one)
+    return DataLoader(SeededSamples(train_set, seed), batch_size=per_rank, sampler=sampler,
+                      drop_last=True, num_workers=num_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
 
 
-def prepare_run(run: Path, config: dict, force: bool = False) -> None:
-    """Make ``run`` ready for this config: new, resumable (same config), or restarted (``force``).
+def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
+    """One optimisation step; a non-finite loss stops the run, or (``train.skip_nonfinite``)
+    skips the update, every process deciding together."""
+    images, targets = (x.to(t.device, non_blocking=True) for x in batch)
+    if t.cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(t.device, t.cfg.amp):
+        losses = t.model(images, targets)
+    bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+    if world_size() > 1:  # every rank skips (or stops) together, or the all-reduce would hang
+        flag = torch.tensor([float(bool(bad))], device=t.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and not bad:
+            bad = ["loss (on another process)"]
+    t.opt.zero_grad(set_to_none=True)
+    if bad and not t.cfg.skip_nonfinite:
+        raise KasegError(f"{t.run}: loss term '{bad[0]}' is {losses[bad[0]].item()} at iteration "
+                         f"{it}; lower train.lr, set train.grad_clip, or set "
+                         f"train.skip_nonfinite=true to skip such steps")
+    if bad:  # skip the step: no update, but the schedule moves on as if it had happened
+        progress.skipped += 1
+        log.warning("%s: iteration %d skipped: loss term '%s' is not finite (%d skipped so far)",
+                    t.desc, it, bad[0], progress.skipped)
+    else:
+        t.scaler.scale(losses["loss"]).backward()
+        if t.cfg.grad_clip:
+            t.scaler.unscale_(t.opt)
+            nn.utils.clip_grad_norm_(t.params, t.cfg.grad_clip)
+        t.scaler.step(t.opt)
+        t.scaler.update()
+    t.sched.step()
+    return losses
 
-    Call it only after every input has been checked, so a run that fails on bad input never
-    touches what an earlier run saved.
-    """
-    cfg_path = run / "config.yaml"
-    if run.exists() and not run.is_dir():
-        raise KasegError(f"{run}: exists and is not a folder")
-    if run.is_dir() and any(run.iterdir()) and not cfg_path.exists() and not force:
-        raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
-    if cfg_path.exists() and not force:
-        old = yaml.safe_load(cfg_path.read_text()) or {}
-        changed = [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
-        if changed:
-            raise KasegError(
-                f"{run}: was started with a different config ({', '.join(changed[:5])}); "
-                f"use --force to start over or choose another --out"
-            )
-    if not is_main():  # the checks above run everywhere (same answer); rank 0 alone writes
-        barrier()
-        return
-    if force:
-        for name in RUN_ARTEFACTS:
-            p = run / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
-    barrier()
+
+def _writer(t: Trainer) -> SummaryWriter:
+    if t.writer is None:
+        t.writer = SummaryWriter(str(t.run / "tb"), purge_step=t.start + 1 if t.start else None)
+    return t.writer
+
+
+def _log(t: Trainer, losses: dict, it: int, progress: Progress) -> dict:
+    """Every loss term (and the lr) to TensorBoard and ``history.jsonl``."""
+    record = {k: float(v.detach()) for k, v in losses.items()}
+    record.update(iter=it, lr=t.opt.param_groups[0]["lr"])
+    if t.cfg.skip_nonfinite:
+        record["skipped"] = progress.skipped
+    for k, v in record.items():
+        if k != "iter":
+            _writer(t).add_scalar(f"train/{k}", v, it)
+    _append_history(t.run, record)
+    return record
+
+
+def _validate_and_save(t: Trainer, progress: Progress, validate: Callable[[], dict],
+                       export: Callable[[str], None], score_key: str, bar) -> None:
+    """Validate (every rank: evaluation shards and reduces), export best/last weights and save
+    the training checkpoint (rank 0 alone writes); decide an early stop."""
+    metrics = validate()
+    t.task.train()
+    score, it = float(metrics[score_key]), progress.iter
+    improved = score > progress.best
+    if improved:
+        progress.best, progress.best_iter, progress.best_metrics = score, it, metrics
+    progress.stopped = bool(t.cfg.patience) and it - progress.best_iter >= (
+        t.cfg.patience * t.cfg.val_every)
+    if is_main():
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                _writer(t).add_scalar(f"val/{k}", v, it)
+        _append_history(t.run, {"iter": it, "val": metrics})
+        if improved:
+            export("best")
+        export("last")
+        save_state(t.run / STATE, {
+            "task": t.task.state_dict(), "optimizer": t.opt.state_dict(),
+            "scheduler": t.sched.state_dict(), "scaler": t.scaler.state_dict(),
+            "iter": it, "best": progress.best, "best_iter": progress.best_iter,
+            "best_metrics": json.dumps(progress.best_metrics), "rng": _rng_state(),
+            "skipped": progress.skipped, "stopped": progress.stopped})
+        bar.write(f"[{t.desc}] iter {it}/{t.cfg.iters}: val {score_key} {score:.4f} "
+                  f"(best {progress.best:.4f} @ {progress.best_iter})")
+    barrier()  # rank 0's checkpoint is on disk before anyone moves on

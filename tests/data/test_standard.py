@@ -9,7 +9,7 @@ import torch
 from kaseg.config import DataConfig
 from kaseg.data import build_dataset
 from kaseg.data.standard import (ADE20K_CLASSES, CITYSCAPES_LABELS, CONTEXT59_CLASSES, LAYOUTS,
-                                 PairedDataset, cityscapes_lut, map_labels)
+                                 StandardDataset, cityscapes_lut, map_labels)
 from kaseg.errors import KasegError
 
 from fake_layouts import (COUNTS, MAKERS, NUM_CLASSES, H, W, write_mask, make_ade, make_cityscapes,
@@ -20,7 +20,7 @@ from fake_layouts import (COUNTS, MAKERS, NUM_CLASSES, H, W, write_mask, make_ad
 def test_samples_per_split_and_classes(tmp_path, name):
     root = MAKERS[name](tmp_path)
     for split, n in COUNTS[name].items():
-        ds = PairedDataset(name, root, split)
+        ds = StandardDataset(name, root, split)
         assert len(ds) == n, split
         assert ds.num_classes == NUM_CLASSES[name] == len(ds.palette)
         image, mask = ds.raw(0)
@@ -31,15 +31,15 @@ def test_samples_per_split_and_classes(tmp_path, name):
 
 def test_voc_ignore_and_trainaug(tmp_path):
     root = make_voc(tmp_path)
-    ds = PairedDataset("voc", root / "VOCdevkit", "train")  # any parent of VOC2012 works
+    ds = StandardDataset("voc", root / "VOCdevkit", "train")  # any parent of VOC2012 works
     _, mask = ds.raw(0)
     assert sorted(np.unique(mask)) == [0, 15, 20, 255]  # the palette PNG's indices, 255 kept
-    aug = PairedDataset("voc", root, "trainaug")  # every augmented mask except val's
+    aug = StandardDataset("voc", root, "trainaug")  # every augmented mask except val's
     assert "2007_000033" not in {aug.name(i) for i in range(len(aug))}
     assert aug.pairs[0].mask.parent.name == "SegmentationClassAug"
     lst = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train_aug.txt"
     lst.write_text("2011_003276\n2011_003279\n")  # a list, when there is one, decides
-    assert len(PairedDataset("voc", root, "trainaug")) == 2
+    assert len(StandardDataset("voc", root, "trainaug")) == 2
 
 
 def test_cityscapes_every_official_label_id_maps_to_its_train_id(tmp_path):
@@ -49,7 +49,7 @@ def test_cityscapes_every_official_label_id_maps_to_its_train_id(tmp_path):
         assert map_labels(raw, lut, Path("x.png"))[0, 0] == train_id, name
     assert sum(1 for *_, t in CITYSCAPES_LABELS if t != 255) == 19
     root = make_cityscapes(tmp_path)
-    ds = PairedDataset("cityscapes", root, "train")
+    ds = StandardDataset("cityscapes", root, "train")
     by_name = {ds.name(i): i for i in range(len(ds))}
     _, mask = ds.raw(by_name["aachen_000000_000019_leftImg8bit"])
     flat = mask.ravel()
@@ -64,24 +64,24 @@ def test_cityscapes_every_official_label_id_maps_to_its_train_id(tmp_path):
 
 def test_reduce_zero_label_ade20k_and_context(tmp_path):
     make_ade(tmp_path)
-    _, mask = PairedDataset("ade20k", tmp_path, "train").raw(0)
+    _, mask = StandardDataset("ade20k", tmp_path, "train").raw(0)
     assert sorted(np.unique(mask)) == [0, 149, 255]  # 1 -> 0, 150 -> 149, 0 -> ignore
     assert len(ADE20K_CLASSES) == 150 and len(set(ADE20K_CLASSES)) == 150
     make_context(tmp_path)
-    _, m59 = PairedDataset("context", tmp_path, "train").raw(0)
+    _, m59 = StandardDataset("context", tmp_path, "train").raw(0)
     assert sorted(np.unique(m59)) == [0, 58, 255]
-    _, m60 = PairedDataset("context60", tmp_path, "train").raw(0)
+    _, m60 = StandardDataset("context60", tmp_path, "train").raw(0)
     assert sorted(np.unique(m60)) == [0, 1, 59]
     assert len(CONTEXT59_CLASSES) == 59
     bad = tmp_path / "ADEChallengeData2016" / "annotations" / "training" / "ADE_train_00000002.png"
     write_mask(bad, [151])
     with pytest.raises(KasegError, match=f"{bad}: label values \\[151\\]"):
-        PairedDataset("ade20k", tmp_path, "train").raw(1)
+        StandardDataset("ade20k", tmp_path, "train").raw(1)
 
 
 def test_camvid_void_is_ignored(tmp_path):
     make_camvid(tmp_path)
-    _, mask = PairedDataset("camvid", tmp_path, "test").raw(0)
+    _, mask = StandardDataset("camvid", tmp_path, "test").raw(0)
     assert sorted(np.unique(mask)) == [0, 10, 255]
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from ..config import DataConfig
 from ..errors import KasegError
 from .folder import FolderDataset
-from .standard import LAYOUTS, PairedDataset
+from .base import SegmentationDataset
+from .standard import LAYOUTS, StandardDataset
 from .synthetic import SyntheticScenes
-from .transforms import IGNORE_INDEX, EvalTransform, TrainTransform
+from ..runtime import IGNORE_INDEX
+from .transforms import EvalTransform, TrainTransform
 
 DATASETS = ("synthetic", "folder", *LAYOUTS)
 
@@ -29,9 +31,9 @@ def build_dataset(cfg: DataConfig, split: str, train: bool):
     if cfg.dataset in LAYOUTS:
         if not cfg.root:
             raise KasegError(f"data.root must be set for the {cfg.dataset} dataset")
-        return PairedDataset(cfg.dataset, cfg.root, split, tf)
+        return StandardDataset(cfg.dataset, cfg.root, split, tf)
     raise KasegError(f"unknown data.dataset '{cfg.dataset}'; known: {', '.join(DATASETS)}")
 
 
-__all__ = ["build_dataset", "FolderDataset", "PairedDataset", "SyntheticScenes", "IGNORE_INDEX",
+__all__ = ["build_dataset", "FolderDataset", "SegmentationDataset", "StandardDataset", "SyntheticScenes", "IGNORE_INDEX",
            "DATASETS"]

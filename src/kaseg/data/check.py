@@ -12,9 +12,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import KasegError
-from .folder import check_mask_size, read_classes, read_image, read_label_file, split_images
+from .folder import read_classes, split_images
+from .io import check_mask_size, read_image, read_label_file
 from .standard import Pair, get_layout, identity_lut, map_labels, scan
-from .transforms import IGNORE_INDEX
+from ..runtime import IGNORE_INDEX
 
 
 @dataclass

@@ -19,29 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import KasegError
-from .transforms import IGNORE_INDEX
+from ..runtime import IGNORE_INDEX
+from .base import SegmentationDataset
+from .io import IMAGE_EXTS, check_mask_size, default_palette, read_image, read_label_file
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
-
-
-def default_palette(n: int) -> list[tuple[int, int, int]]:
-    """The PASCAL VOC bit-interleaved colour map, which gives distinct colours for any n."""
-    out = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out.append((r, g, b))
-    return out
 
 
 def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -68,45 +53,6 @@ def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
     ):
         raise KasegError(f"{path}: 'palette' must hold one [r, g, b] per class ({len(names)})")
     return names, [tuple(int(v) for v in c) for c in palette]
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Any image file -> uint8 HxWx3 RGB (grey, RGBA, palette and 16-bit are converted)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = arr / max(arr.max(), 1.0) * 255.0
-                return np.repeat(arr.round().astype(np.uint8)[..., None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise KasegError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-
-
-def read_label_file(path: Path) -> np.ndarray:
-    """A label PNG as stored (single channel: mode L, P, I or 1), values not yet checked."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
-                raise KasegError(
-                    f"{path}: mask has mode {im.mode}; masks must be single-channel PNGs of class "
-                    f"indices (mode L or P), not colour images"
-                )
-            return np.asarray(im)
-    except KasegError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise KasegError(f"{path}: unreadable mask ({type(e).__name__}: {e})") from None
-
-
-def check_mask_size(path: Path, mask_shape: tuple, image_shape: tuple) -> None:
-    if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
-        raise KasegError(
-            f"{path}: mask is {mask_shape[1]}x{mask_shape[0]} but its image is "
-            f"{image_shape[1]}x{image_shape[0]} (width x height)"
-        )
 
 
 def read_mask(path: Path, num_classes: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -153,7 +99,9 @@ def split_images(root: Path, split: str) -> list[Path]:
     return [p for i, p in enumerate(everything) if (i % 10 == 9) == (split == "val")]
 
 
-class FolderDataset:
+class FolderDataset(SegmentationDataset):
+    """A split of a user's folder dataset (layout in the module docstring)."""
+
     def __init__(self, root: str | Path, split: str = "train", transform=None):
         root = Path(root)
         if not root.is_dir():
@@ -175,10 +123,6 @@ class FolderDataset:
                 raise KasegError(f"{img}: has no mask (expected {mask})")
             self.masks.append(mask)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     def __len__(self) -> int:
         return len(self.images)
 
@@ -188,7 +132,3 @@ class FolderDataset:
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(self.images[index])
         return image, read_mask(self.masks[index], self.num_classes, image.shape[:2])
-
-    def __getitem__(self, index: int):
-        image, mask = self.raw(index)
-        return self.transform(image, mask) if self.transform else (image, mask)

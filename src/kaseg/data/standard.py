@@ -13,7 +13,7 @@ point at the folder a user already has (no conversion step).
 Each layout is described by a :class:`Layout`: how to list ``(image, mask)`` pairs of a split, the
 class names and palette, and a lookup table from the file's label values to training ids.
 :func:`scan` lists pairs without reading them (``kaseg data check`` reports every defect);
-:class:`PairedDataset` reads them, one clear error per bad file.
+:class:`StandardDataset` reads them, one clear error per bad file.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KasegError
-from .folder import IMAGE_EXTS, check_mask_size, default_palette, read_image, read_label_file
-from .transforms import IGNORE_INDEX
+from .base import SegmentationDataset
+from .io import IMAGE_EXTS, check_mask_size, default_palette, read_image, read_label_file
+from ..runtime import IGNORE_INDEX
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -118,7 +119,7 @@ def cityscapes_lut() -> np.ndarray:
 @dataclass
 class Pair:
     image: Path
-    mask: Path  # may not exist: ``scan`` reports it, :class:`PairedDataset` refuses it
+    mask: Path  # may not exist: ``scan`` reports it, :class:`StandardDataset` refuses it
     lut: np.ndarray | None = None  # file value -> training id; None: the layout's default
 
 
@@ -312,7 +313,7 @@ def map_labels(raw: np.ndarray, lut: np.ndarray, path: Path) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-class PairedDataset:
+class StandardDataset(SegmentationDataset):
     """A public dataset's split, read from its standard layout (see :data:`LAYOUTS`)."""
 
     def __init__(self, name: str, root: str | Path, split: str = "train", transform=None):
@@ -330,10 +331,6 @@ class PairedDataset:
         self.class_names, self.palette = list(layout.class_names), list(layout.palette)
         self.context_classes = layout.context_classes
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     def __len__(self) -> int:
         return len(self.pairs)
 
@@ -348,6 +345,4 @@ class PairedDataset:
         check_mask_size(p.mask, mask.shape, image.shape)
         return image, mask
 
-    def __getitem__(self, index: int):
-        image, mask = self.raw(index)
-        return self.transform(image, mask) if self.transform else (image, mask)
+

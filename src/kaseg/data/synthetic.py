@@ -17,6 +17,8 @@ import functools
 
 import numpy as np
 
+from .base import SegmentationDataset
+
 CLASS_NAMES = ("background", "grass", "water", "wire", "dot", "twin-red", "twin-blue", "beacon")
 PALETTE = (
     (0, 0, 0),
@@ -123,7 +125,7 @@ def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray
 _cached_scene = functools.lru_cache(maxsize=4096)(make_scene)
 
 
-class SyntheticScenes:
+class SyntheticScenes(SegmentationDataset):
     """Map-style dataset over :func:`make_scene`; ``transform(image, mask)`` gives tensors."""
 
     class_names = CLASS_NAMES
@@ -137,10 +139,6 @@ class SyntheticScenes:
         self.split, self.count, self.size, self.data_seed = split, count, size, data_seed
         self.transform = transform
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     def __len__(self) -> int:
         return self.count
 
@@ -152,7 +150,3 @@ class SyntheticScenes:
 
     def name(self, index: int) -> str:
         return f"synthetic-{self.split}-{index:05d}"
-
-    def __getitem__(self, index: int):
-        image, mask = self.raw(index)
-        return self.transform(image, mask) if self.transform else (image, mask)

@@ -11,13 +11,24 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-IGNORE_INDEX = 255
+from ..runtime import IGNORE_INDEX
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor of ``a``'s values; read-only arrays (PIL's) are copied, as torch needs to own
+    writable memory."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> float CxHxW in [0, 1]."""
+    return _tensor(image).permute(2, 0, 1).float().div_(255.0)
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 HxWx3 image and HxW mask -> float CxHxW in [0, 1] and int64 HxW."""
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return img, torch.from_numpy(np.ascontiguousarray(mask)).long()
+    return image_tensor(image), _tensor(mask).long()
 
 
 def random_scale(img: torch.Tensor, mask: torch.Tensor, lo: float, hi: float):

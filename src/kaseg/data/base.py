@@ -1,0 +1,36 @@
+"""The protocol every kaseg dataset follows, written once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SegmentationDataset:
+    """A split of a segmentation dataset. Subclasses set ``class_names``, ``palette`` (one RGB
+    per class), ``context_classes`` (indices reported separately; may be empty) and
+    ``transform`` (``(image, mask) -> tensors``, or None for raw arrays), and implement
+    ``__len__``, :meth:`raw` and :meth:`name`."""
+
+    class_names: list[str] | tuple[str, ...] = ()
+    palette: list | tuple = ()
+    context_classes: tuple[int, ...] = ()
+    transform = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 HxWx3 image, uint8 HxW class indices, 255 = ignore), before any transform."""
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        """A short name of the sample (for reports and `kaseg predict`)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        image, mask = self.raw(index)
+        return self.transform(image, mask) if self.transform else (image, mask)

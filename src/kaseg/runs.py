@@ -1,0 +1,84 @@
+"""Run folders: what a run records, and how a folder becomes ready for a run (new, resumed or
+restarted). Every stage writes its results through these helpers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .config import Config, diff_configs
+from .data import build_dataset
+from .distributed import barrier, is_main
+from .errors import KasegError
+
+
+def build_data(cfg: Config):
+    """(train set with augmentation, val set) - built first, so bad data fails before any write."""
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    return train_set, val_set
+
+
+def dataset_meta(dataset) -> dict:
+    """What a checkpoint records about its classes, so it can be used without the dataset."""
+    meta = {"class_names": list(dataset.class_names),
+            "palette": [list(c) for c in dataset.palette]}
+    tf = getattr(dataset, "transform", None)
+    if hasattr(tf, "mean") and hasattr(tf, "std"):  # the input normalisation, for `kaseg predict`
+        meta.update(mean=list(tf.mean), std=list(tf.std))
+    return meta
+
+
+def write_result(run: Path, summary: dict, model_name: str) -> dict:
+    """``RUN/metrics.json``: the best validation of a segmentation run (what ``kaseg eval`` of its
+    best weights reproduces)."""
+    result = {"best_miou": summary["best"], "best_iter": summary["best_iter"],
+              "iters": summary["iters"], "model": model_name, "val": summary["best_metrics"]}
+    atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
+    return result
+
+
+# settings that change how a run is executed, not what it computes: a run may resume with others
+# (augmentation is seeded per sample, so the number of loader workers does not change results)
+RUNTIME_KEYS = {"data.num_workers", "train.device", "train.log_every"}
+
+RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safetensors", "last.json",
+                 "history.jsonl", "metrics.json", "tb")
+
+
+def prepare_run(run: Path, config: dict, force: bool = False) -> None:
+    """Make ``run`` ready for this config: new, resumable (same config), or restarted (``force``).
+
+    Call it only after every input has been checked, so a run that fails on bad input never
+    touches what an earlier run saved.
+    """
+    cfg_path = run / "config.yaml"
+    if run.exists() and not run.is_dir():
+        raise KasegError(f"{run}: exists and is not a folder")
+    if run.is_dir() and any(run.iterdir()) and not cfg_path.exists() and not force:
+        raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
+    if cfg_path.exists() and not force:
+        old = yaml.safe_load(cfg_path.read_text()) or {}
+        changed = [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
+        if changed:
+            raise KasegError(
+                f"{run}: was started with a different config ({', '.join(changed[:5])}); "
+                f"use --force to start over or choose another --out"
+            )
+    if not is_main():  # the checks above run everywhere (same answer); rank 0 alone writes
+        barrier()
+        return
+    if force:
+        for name in RUN_ARTEFACTS:
+            p = run / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
+    barrier()

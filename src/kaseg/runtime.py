@@ -1,0 +1,60 @@
+"""Where and how a job runs: the device, mixed precision, and the random number generators.
+
+Every stage (training, evaluation, benchmarks, the CLI) asks these questions the same way, so the
+answers live in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from .distributed import is_distributed, local_device
+from .errors import KasegError
+
+IGNORE_INDEX = 255  # the label of pixels that take no part in losses or metrics
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``; under torchrun
+    each process gets its own GPU."""
+    if is_distributed() and torch.cuda.is_available() and name in ("auto", "cuda"):
+        return local_device()  # torchrun: this process's GPU
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KasegError(f"train.device={name} but CUDA is not available; use train.device=cpu")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 on CPU, fp16 on CUDA: the dtype each device runs fastest without a scaler on CPU."""
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block with the CPU RNG seeded to ``seed`` and restore the RNG afterwards.
+
+    Why: a network built inside gets the same initial weights whatever was built before it (a
+    teacher, an autoencoder, adapters), so every arm of a comparison starts from the same student.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
