@@ -99,7 +99,8 @@ def main() -> None:
               f"{r['adapt_element_ratio']:>17.3f} | {r['affinity_paper_ratio']:>12.4f} "
               f"{r['affinity_mse_ratio']:>12.4f}")
     print("\nthe field's other losses at their default weights (ratios to CE):")
-    print(f"{'size':>5} " + " ".join(f"{f'{w:g}*{k}':>11}" for k, w in others.items()))
+    print(f"{'size':>5} " + " ".join(f"{f'{spec.weight:g}*{k}':>11}"
+                                     for k, (spec, _) in others.items()))
     for r in rows:
         print(f"{r['size']:>5} " + " ".join(f"{r[f'{k}_ratio']:>11.4f}" for k in others))
 
