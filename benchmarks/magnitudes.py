@@ -1,6 +1,6 @@
 """How big is each weighted distillation term next to CE at the start of distillation?
 
-METHOD.md ("Magnitudes"): the paper's weights (50, 1) mean something only with a reduction. This
+docs/method.md ("Magnitudes"): the paper's weights (50, 1) mean something only with a reduction. This
 prints, for every reduction, the term's value, weight x value / CE, and how it moves when the
 resolution doubles, so a default pair can be chosen by measurement. The field's other losses
 (:mod:`kaseg.kd_losses`) are measured beside them, each at its authors' default weight.
