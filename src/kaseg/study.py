@@ -153,10 +153,11 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
             runs[folder] = (arm, seed)
             bar.update(1)
     shared = Path(cfg.teacher.weights).parent
-    refs = {"../" + shared.name + "/teacher": ("teacher", 0)}
+    refs = {f"{shared.name}/teacher": ("teacher", 0)}
     if regime.pretrained:
-        refs["../" + shared.name + "/init"] = ("init", 0)
-    records = evaluate_runs(rdir, cfg, {**refs, **runs})
+        refs[f"{shared.name}/init"] = ("init", 0)
+    # run paths relative to the study folder (shared runs) or to the regime's folder
+    records = evaluate_runs(out, cfg, refs) + evaluate_runs(rdir, cfg, runs)
     ae_errors = {}
     for variant in [None, *AE_VARIANTS]:
         path = (Path(cfg.ae.weights) if variant is None
