@@ -7,7 +7,8 @@ trained with CE on *other* scenes, the stand-in for ImageNet weights) and schedu
 longer). Arms: CE only, logit KD, CWD, adaptation only, the method, the method + KD, the two
 negative controls (an untrained encoder; adapters fitted to a constant target) and the recipes
 the field uses to make feature distillation work (a warm-up; an autoencoder trained until its
-validation error stops falling; the teacher's encoder map instead of its decoder map).
+validation error stops falling; the teacher's or the student's encoder map instead of the
+decoder map).
 
 The method's weights are chosen first, on *tuning seeds* that are never reported. Everything is
 a resumable run folder under OUT (finished runs are skipped); ``study.md``, ``study.json`` and
@@ -44,6 +45,7 @@ AE_VARIANTS: dict[str, dict] = {
 # recipe arms: (the arm they modify, the autoencoder variant they need)
 RECIPES: dict[str, tuple[str, str | None]] = {
     "ka_warmup": ("ka_warmup", None),
+    "ka_student_encoder": ("ka_student_encoder", None),
     "ka_ae_plateau": ("ka", "plateau"),
     "ka_teacher_encoder": ("ka", "encoder"),
 }
