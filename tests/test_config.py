@@ -85,3 +85,38 @@ def test_every_shipped_config_loads_and_the_paper_recipes_hold():
 def test_values_are_checked_when_the_config_is_read(override, match):
     with pytest.raises(KasegError, match=match):
         load_config(None, [override])
+
+
+def test_old_distillation_keys_are_read_in_todays_form(tmp_path: Path):
+    """Configs written before the loss registry keep working: a non-default old value moves into
+    loss_weights / loss_options, a default one is dropped."""
+    old = tmp_path / "old.yaml"
+    old.write_text("distill:\n  extra_losses: [kd, cwd]\n  kd_weight: 2.0\n  kd_temperature: 4.0\n"
+                   "  cwd_temperature: 1.5\n  skd_pool: 2\n")
+    cfg = load_config(old)
+    assert cfg.distill.loss_weights == {"kd": 2.0}
+    assert cfg.distill.loss_options == {"cwd": {"temperature": 1.5}}
+    assert cfg.distill.extra_losses == ["kd", "cwd"]
+
+
+def test_a_run_started_with_old_keys_resumes_under_the_same_config(tmp_path: Path):
+    from kaseg.runs import prepare_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    new = to_dict(Config())
+    stored = {**new, "distill": {k: v for k, v in new["distill"].items()
+                                 if k not in ("loss_weights", "loss_options")}}
+    stored["distill"].update(kd_weight=1.0, kd_temperature=4.0, cwd_weight=3.0)
+    (run / "config.yaml").write_text(dump_config_dict(stored))
+    prepare_run(run, new)  # same experiment: resumes
+    stored["distill"]["kd_temperature"] = 2.0  # a different one: refused
+    (run / "config.yaml").write_text(dump_config_dict(stored))
+    with pytest.raises(KasegError, match="loss_options"):
+        prepare_run(run, new)
+
+
+def dump_config_dict(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 import yaml
 
 from .errors import KasegError
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -267,6 +270,40 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def upgrade_legacy(data: dict, source: str = "config") -> dict:
+    """A config written before the loss registry (``distill.kd_weight``, ``distill.kd_temperature``,
+    ``distill.skd_pool``, ...) in today's form (``distill.loss_weights`` / ``loss_options``), so
+    that old experiment files keep working and old runs resume. A value equal to the registry's
+    default is dropped (it is what today's config means when it names nothing)."""
+    from .kd_losses import LOSSES
+
+    distill = data.get("distill")
+    if not isinstance(distill, dict):
+        return data
+    distill, moved = dict(distill), []
+    weights = dict(distill.get("loss_weights") or {})
+    options = {k: dict(v) for k, v in (distill.get("loss_options") or {}).items()}
+    for name, spec in LOSSES.items():
+        for option, default in [("weight", spec.weight), *spec.options.items()]:
+            old = f"{name}_{option}"
+            if old not in distill:
+                continue
+            value = distill.pop(old)
+            moved.append(old)
+            if value == default:
+                continue
+            if option == "weight":
+                weights.setdefault(name, value)
+            else:
+                options.setdefault(name, {}).setdefault(option, value)
+    if not moved:
+        return data
+    log.warning("%s: read the old distillation keys %s as distill.loss_weights / loss_options",
+                source, ", ".join(moved))
+    distill["loss_weights"], distill["loss_options"] = weights, options
+    return {**data, "distill": distill}
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = Config) -> Any:
     """Read a YAML experiment, apply dotted overrides, and validate every key and type."""
     data: dict = {}
@@ -284,6 +321,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
             raise KasegError(f"{path}: the top level must be a mapping of config keys")
     if overrides:
         data = _merge(data, parse_overrides(list(overrides)))
+    if cls is Config:
+        data = upgrade_legacy(data, source)
     cfg = from_dict(cls, data, source)
     if isinstance(cfg, Config):
         check_config(cfg, source)

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import atomic_write_text
-from .config import Config, diff_configs
+from .config import Config, diff_configs, upgrade_legacy
 from .data import build_dataset
 from .distributed import barrier, is_main
 from .errors import KasegError
@@ -62,7 +62,7 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
     if run.is_dir() and any(run.iterdir()) and not cfg_path.exists() and not force:
         raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
     if cfg_path.exists() and not force:
-        old = yaml.safe_load(cfg_path.read_text()) or {}
+        old = upgrade_legacy(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
         changed = [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
         if changed:
             raise KasegError(
