@@ -48,6 +48,17 @@ class DataConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     num_workers: int = 0
+    # few labels: keep only N labelled training samples (or a fraction), the first N of a fixed
+    # order seeded by data_seed, so the same subset is used by every run and every seed
+    labeled_count: int | None = None
+    labeled_fraction: float | None = None
+    # unlabelled images for distillation (the teacher teaches on every picture): a folder of
+    # images (searched recursively), a split of this dataset whose masks are not used (the
+    # training split itself: the samples labeled_* left out), or for the synthetic scenes this
+    # many extra scenes (their own stream, disjoint from train/val/test). Used by `kaseg distill`.
+    unlabeled_root: str | None = None
+    unlabeled_split: str | None = None
+    unlabeled_count: int = 0
 
 
 @dataclass
@@ -141,6 +152,13 @@ class DistillConfig:
     extra_losses: list[str] = field(default_factory=list)
     loss_weights: dict[str, float] = field(default_factory=dict)
     loss_options: dict[str, dict] = field(default_factory=dict)
+    # the unlabelled stream (data.unlabeled_*): images per step, global like train.batch_size
+    # (None: the same as train.batch_size); every label-free term is computed on them too
+    unlabeled_batch_size: int | None = None
+    # self-training: CE on the unlabelled images against the teacher's argmax, where the
+    # teacher's softmax confidence is at least pseudo_threshold (0: everywhere)
+    pseudo_labels: bool = False
+    pseudo_threshold: float = 0.0
 
 
 @dataclass
@@ -351,6 +369,37 @@ def check_config(cfg: Config, source: str = "config") -> None:
         raise KasegError(f"{source}: {e}") from None
     for key, name in (("model.name", cfg.model.name), ("teacher.name", cfg.teacher.name)):
         check_model_name(name, key)
+    check_unlabeled(cfg, source)
+
+
+def check_unlabeled(cfg: Config, source: str = "config") -> None:
+    """The few-labels and unlabelled-data keys, which must agree with each other."""
+    data, d = cfg.data, cfg.distill
+    if data.labeled_count is not None and data.labeled_fraction is not None:
+        raise KasegError(f"{source}: set data.labeled_count or data.labeled_fraction, not both")
+    if data.labeled_count is not None and data.labeled_count < 1:
+        raise KasegError(f"{source}: data.labeled_count must be >= 1, got {data.labeled_count}")
+    if data.labeled_fraction is not None and not 0 < data.labeled_fraction <= 1:
+        raise KasegError(f"{source}: data.labeled_fraction must be in (0, 1], got "
+                         f"{data.labeled_fraction}")
+    sources = [k for k, v in (("data.unlabeled_root", data.unlabeled_root),
+                              ("data.unlabeled_split", data.unlabeled_split),
+                              ("data.unlabeled_count", data.unlabeled_count)) if v]
+    if len(sources) > 1:
+        raise KasegError(f"{source}: choose one source of unlabelled images, not {sources}")
+    if data.unlabeled_count < 0:
+        raise KasegError(f"{source}: data.unlabeled_count must be >= 0")
+    if data.unlabeled_count and data.dataset != "synthetic":
+        raise KasegError(f"{source}: data.unlabeled_count draws extra synthetic scenes; for "
+                         f"'{data.dataset}' use data.unlabeled_root or data.unlabeled_split")
+    if d.unlabeled_batch_size is not None and d.unlabeled_batch_size < 1:
+        raise KasegError(f"{source}: distill.unlabeled_batch_size must be >= 1")
+    if not 0.0 <= d.pseudo_threshold < 1.0:
+        raise KasegError(f"{source}: distill.pseudo_threshold must be in [0, 1), got "
+                         f"{d.pseudo_threshold}")
+    if d.pseudo_labels and not sources:
+        raise KasegError(f"{source}: distill.pseudo_labels needs unlabelled images "
+                         "(data.unlabeled_root, data.unlabeled_split or data.unlabeled_count)")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -306,12 +306,15 @@ class LossSpec:
         options: the default options, passed to ``compute`` as keyword arguments.
         module: builds the module the loss trains with the student, from (student channels,
             teacher channels) of the tapped maps; dropped after training. None: no module.
+        needs_labels: the loss uses class labels (not only the valid-position mask): on
+            unlabelled images it runs only with pseudo-labels.
     """
 
     compute: Callable[..., torch.Tensor]
     weight: float
     options: dict = dataclasses.field(default_factory=dict)
     module: Callable[[int, int], nn.Module] | None = None
+    needs_labels: bool = False
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -329,7 +332,7 @@ LOSSES: dict[str, LossSpec] = {
                     weight=3.0, options={"temperature": 4.0}),
     "ifvd": LossSpec(lambda o: ifvd_loss(o.student_features, o.teacher_features, o.targets,
                                          o.teacher_logits.shape[1], o.ignore_index),
-                     weight=200.0),
+                     weight=200.0, needs_labels=True),
 }
 
 

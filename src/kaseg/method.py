@@ -403,6 +403,8 @@ class DistillTask(nn.Module):
         warmup_iters: every distillation weight ramps from 0 over this many steps.
         control: ``"none"``, or a negative control (``"random_encoder"`` is set up by the
             caller; ``"constant_target"`` replaces E(F_t) by a constant map).
+        pseudo_labels, pseudo_threshold: on unlabelled images, CE against the teacher's argmax
+            where its confidence reaches the threshold (self-training); IFVD then uses them too.
     """
 
     def __init__(self, *, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
@@ -413,7 +415,8 @@ class DistillTask(nn.Module):
                  affinity_impl: str = "auto", dense_max_positions: int = 1024,
                  ignore_index: int = IGNORE_INDEX,
                  extra: dict[str, tuple[float, dict]] | None = None,
-                 warmup_iters: int = 0, control: str = "none"):
+                 warmup_iters: int = 0, control: str = "none", pseudo_labels: bool = False,
+                 pseudo_threshold: float = 0.0):
         super().__init__()
         check_distill_options(adapt_reduction=adapt_reduction,
                               affinity_reduction=affinity_reduction, affinity_impl=affinity_impl,
@@ -436,9 +439,16 @@ class DistillTask(nn.Module):
         self.loss_modules = nn.ModuleDict({name: LOSSES[name].module(cs, ct)
                                            for name in self.extra if LOSSES[name].module})
         self.warmup_iters, self.control = warmup_iters, control
+        self.pseudo_labels, self.pseudo_threshold = pseudo_labels, pseudo_threshold
         # training steps taken: in the state dict, so a resumed run continues the warm-up
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.calls = 0
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether any term needs the teacher (and so can learn from unlabelled images)."""
+        return (self.adapter is not None or self.affinity_adapter is not None
+                or bool(self.extra) or self.pseudo_labels)
 
     def distill_scale(self) -> float:
         """The warm-up factor of every distillation weight at this step: ``min(1, step / N)``,
@@ -472,30 +482,37 @@ class DistillTask(nn.Module):
                                               self.affinity_impl, self.dense_max_positions)
         return terms
 
-    def forward(self, images, targets) -> dict:
+    def forward(self, images, targets, unlabeled=None, unlabeled_valid=None) -> dict:
+        """Losses of one step. ``unlabeled`` (optional): images without labels, and their
+        validity mask (0 = a real pixel, ignore = padding); both batches go through each network
+        in one pass, and every label-free term is computed on each batch (``*_unlabeled``)."""
         if self.training:
             self.step += 1
         scale = self.distill_scale()
-        out = self.student(images)
-        ce = F.cross_entropy(out["logits"].float(), targets, ignore_index=self.ignore_index)
+        n = images.shape[0]
+        both = images if unlabeled is None else torch.cat([images, unlabeled])
+        out = self.student(both)
+        ce = F.cross_entropy(out["logits"][:n].float(), targets, ignore_index=self.ignore_index)
         losses, total = {"ce": ce}, ce
-        weighted: dict[str, tuple[float, torch.Tensor]] = {}
-        uses_method = self.adapter is not None or self.affinity_adapter is not None
-        if uses_method or self.extra:
-            t_out = self.teacher(images)
-            fs = out["features"][self.student_tap]
-            ft = t_out["features"][self.teacher_tap]
-        if uses_method:
-            for name, term in self._method_terms(fs, ft).items():
-                weighted[name] = (getattr(self, f"{name}_weight"), term)
-        for name, (weight, options) in self.extra.items():
-            given = Outputs(out["logits"], t_out["logits"], fs, ft, targets, self.ignore_index,
-                            self.loss_modules[name] if name in self.loss_modules else None)
-            weighted[name] = (weight, LOSSES[name].compute(given, **options))
-        for name, (weight, term) in weighted.items():
-            losses[name] = term
-            losses[f"{name}_ratio"] = (weight * term / ce).detach()
-            total = total + scale * weight * term
+        pseudo = self.pseudo_labels and unlabeled is not None
+        t_out = self.teacher(both) if self.uses_teacher else None
+        parts = [("", slice(0, n), targets, targets)]
+        if unlabeled is not None:
+            labels = None
+            if pseudo:
+                labels = pseudo_labels(t_out["logits"][n:], unlabeled_valid,
+                                       self.pseudo_threshold, self.ignore_index)
+                losses["ce_pseudo_unlabeled"] = _ce_or_zero(out["logits"][n:], labels,
+                                                            self.ignore_index)
+                total = total + losses["ce_pseudo_unlabeled"]
+            parts.append(("_unlabeled", slice(n, None), unlabeled_valid, labels))
+        for suffix, part, valid, labels in parts:
+            for name, (weight, term) in self._distill_terms(out, t_out, part, valid,
+                                                            labels).items():
+                losses[name + suffix] = term
+                if not suffix:
+                    losses[f"{name}_ratio"] = (weight * term / ce).detach()
+                total = total + scale * weight * term
         if self.warmup_iters > 0:
             losses["distill_scale"] = torch.tensor(scale)
         losses["loss"] = total
@@ -505,6 +522,48 @@ class DistillTask(nn.Module):
                 f", {k.replace('_ratio', '')} x weight / CE = {float(v):.3f}"
                 for k, v in losses.items() if k.endswith("_ratio")))
         return losses
+
+    def _distill_terms(self, out: dict, t_out: dict | None, part: slice, valid: torch.Tensor,
+                       labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
+        """``{name: (weight, unweighted term)}`` on the samples ``part`` of the batch. ``valid``
+        marks the positions that count (the labels themselves, on a labelled batch); ``labels``
+        (None: none) is what a term that needs classes (IFVD) uses; without it that term is
+        left out of this batch."""
+        weighted: dict[str, tuple[float, torch.Tensor]] = {}
+        if t_out is None:
+            return weighted
+        fs = out["features"][self.student_tap][part]
+        ft = t_out["features"][self.teacher_tap][part]
+        if self.adapter is not None or self.affinity_adapter is not None:
+            for name, term in self._method_terms(fs, ft).items():
+                weighted[name] = (getattr(self, f"{name}_weight"), term)
+        for name, (weight, options) in self.extra.items():
+            spec = LOSSES[name]
+            if spec.needs_labels and labels is None:
+                continue
+            given = Outputs(out["logits"][part], t_out["logits"][part], fs, ft,
+                            labels if spec.needs_labels else valid, self.ignore_index,
+                            self.loss_modules[name] if name in self.loss_modules else None)
+            weighted[name] = (weight, spec.compute(given, **options))
+        return weighted
+
+
+def pseudo_labels(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold: float = 0.0,
+                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The teacher's argmax as labels, ``ignore_index`` where its softmax confidence is below
+    ``threshold`` or the position is not a real pixel (``valid == ignore_index``)."""
+    prob = teacher_logits.detach().float().softmax(1)
+    conf, labels = prob.max(1)
+    labels[(conf < threshold) | (valid == ignore_index)] = ignore_index
+    return labels
+
+
+def _ce_or_zero(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Cross-entropy over the labelled positions; 0 (with a gradient) when there is none
+    (PyTorch's mean would be 0/0)."""
+    if not (labels != ignore_index).any():
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
 
 
 def check_distill_options(*, adapt_reduction: str, affinity_reduction: str, affinity_impl: str,

@@ -21,6 +21,7 @@ from .evaluate import evaluate
 from .kd_losses import resolve_losses
 from .method import AutoencoderTask, DistillTask, FeatureAutoencoder, ae_strides
 from .models import SegModel
+from .data import build_unlabeled
 from .runs import build_data, dataset_meta, prepare_run, write_result
 from .supervised import build_network, train_segmenter
 from .runtime import autocast, resolve_device, seed_everything, seeded
@@ -163,6 +164,7 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     run = Path(run)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_data(cfg)
+    unlabeled_set = build_unlabeled(cfg.data, train_set)
     teacher, _ = load_teacher(cfg, train_set.num_classes)
     dcfg = cfg.distill
     if (dcfg.adapt_weight > 0 or dcfg.affinity_weight > 0) and not cfg.ae.weights:
@@ -188,6 +190,13 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     log.info("distill: CE + %g * adapt (%s) + %g * affinity (%s)%s", dcfg.adapt_weight,
              dcfg.adapt_reduction, dcfg.affinity_weight, dcfg.affinity_reduction,
              "".join(f" + {w:g} * {k} {o or ''}" for k, (w, o) in task.extra.items()))
+    if unlabeled_set is not None and not task.uses_teacher:
+        log.warning("distill: no term uses the unlabelled images (CE only, no pseudo-labels); "
+                    "training without them")
+        unlabeled_set = None
+    if unlabeled_set is not None:
+        log.info("distill: %d labelled + %d unlabelled training images%s", len(train_set),
+                 len(unlabeled_set), ", pseudo-labels" if dcfg.pseudo_labels else "")
 
     def validate() -> dict:
         return evaluate(student, val_set, cfg.train.val_batch_size, device, cfg.train.amp,
@@ -197,7 +206,8 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
         save_model(student, run / which, meta)  # the student alone: adapters and teacher stay out
 
     summary = fit(task, train_set, cfg.train, run, seed=cfg.seed, validate=validate,
-                  export=export, num_workers=cfg.data.num_workers, desc=f"distill {cfg.model.name}")
+                  export=export, num_workers=cfg.data.num_workers, desc=f"distill {cfg.model.name}",
+                  unlabeled_set=unlabeled_set, unlabeled_batch_size=dcfg.unlabeled_batch_size)
     return write_result(run, summary, cfg.model.name)
 
 
@@ -213,7 +223,8 @@ def distill_task(cfg: Config, student: SegModel, teacher: SegModel, encoder: tor
             affinity_reduction=dcfg.affinity_reduction, p=dcfg.p, q=dcfg.q, affinity_impl=dcfg.affinity_impl,
             dense_max_positions=dcfg.dense_max_positions,
             extra=resolve_losses(dcfg.extra_losses, dcfg.loss_weights, dcfg.loss_options),
-            warmup_iters=dcfg.warmup_iters, control=dcfg.control)
+            warmup_iters=dcfg.warmup_iters, control=dcfg.control,
+            pseudo_labels=dcfg.pseudo_labels, pseudo_threshold=dcfg.pseudo_threshold)
     except ValueError as e:
         raise KasegError(str(e)) from None
 

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +31,7 @@ from .errors import KasegError
 from .runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
+UNLABELED_SEED = 104_729  # offset of the unlabelled stream's seed from the run's
 
 
 class InfiniteSampler(Sampler):
@@ -155,17 +156,30 @@ class Trainer:
 
 def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
         validate: Callable[[], dict], export: Callable[[str], None], score_key: str = "miou",
-        num_workers: int = 0, desc: str = "train") -> dict:
+        num_workers: int = 0, desc: str = "train", unlabeled_set=None,
+        unlabeled_batch_size: int | None = None) -> dict:
     """Train ``task`` for ``cfg.iters`` iterations, resuming from ``run/checkpoint.pt`` if present.
 
     Every ``cfg.val_every`` iterations (and at the end): ``validate()`` -> metrics, ``export("best")``
     when ``metrics[score_key]`` improves, ``export("last")``, and an atomic training checkpoint.
+    With ``unlabeled_set``, each step also draws ``unlabeled_batch_size`` (global; default the
+    labelled batch size) of its samples, its own seeded stream, and calls
+    ``task(images, targets, unlabeled_images, unlabeled_valid)``.
     """
     t = _trainer(task, cfg, run, desc)
     progress = _resume(t)
     if progress.iter >= cfg.iters or progress.stopped:
         return progress.summary()
     batches = iter(_loader(train_set, cfg, seed, progress.iter, num_workers, t.device))
+    if unlabeled_set is not None:
+        ucfg = replace(cfg, batch_size=unlabeled_batch_size or cfg.batch_size)
+        if ucfg.batch_size % world_size():
+            raise KasegError(f"distill.unlabeled_batch_size={ucfg.batch_size} (global) must be "
+                             f"divisible by the {world_size()} processes")
+        # its own stream: another sampler and augmentation seed than the labelled one
+        unlabeled = iter(_loader(unlabeled_set, ucfg, seed + UNLABELED_SEED, progress.iter,
+                                 num_workers, t.device))
+        batches = ((*b, *u) for b, u in zip(batches, unlabeled))
     t.task.train()
     bar = tqdm(total=cfg.iters, initial=progress.iter, desc=desc, dynamic_ncols=True,
                mininterval=1.0, disable=not is_main())
@@ -261,11 +275,13 @@ def _loader(train_set, cfg: TrainConfig, seed: int, start: int, num_workers: int
 def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
     """One optimisation step; a non-finite loss stops the run, or (``train.skip_nonfinite``)
     skips the update, every process deciding together."""
-    images, targets = (x.to(t.device, non_blocking=True) for x in batch)
+    images, targets, *unlabeled = (x.to(t.device, non_blocking=True) for x in batch)
     if t.cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+        unlabeled = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+                     for x in unlabeled]
     with autocast(t.device, t.cfg.amp):
-        losses = t.model(images, targets)
+        losses = t.model(images, targets, *unlabeled)
     bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
     if world_size() > 1:  # every rank skips (or stops) together, or the all-reduce would hang
         flag = torch.tensor([float(bool(bad))], device=t.device)

@@ -8,19 +8,54 @@ from .folder import FolderDataset
 from .base import SegmentationDataset
 from .standard import LAYOUTS, StandardDataset
 from .synthetic import SyntheticScenes
+from .unlabeled import Subset, UnlabeledImages, WithoutLabels, labeled_indices, unlabeled_rest
 from ..runtime import IGNORE_INDEX
 from .transforms import EvalTransform, TrainTransform
 
 DATASETS = ("synthetic", "folder", *LAYOUTS)
 
 
-def build_dataset(cfg: DataConfig, split: str, train: bool):
-    """The dataset for ``split`` with training augmentation or evaluation transforms."""
+def _transform(cfg: DataConfig, train: bool):
     if train:
-        tf = TrainTransform(cfg.crop_size, cfg.scale_min, cfg.scale_max, cfg.flip, cfg.jitter,
-                            cfg.mean, cfg.std)
-    else:
-        tf = EvalTransform(cfg.mean, cfg.std)
+        return TrainTransform(cfg.crop_size, cfg.scale_min, cfg.scale_max, cfg.flip, cfg.jitter,
+                              cfg.mean, cfg.std)
+    return EvalTransform(cfg.mean, cfg.std)
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool):
+    """The dataset for ``split`` with training augmentation or evaluation transforms; the
+    training split keeps only its labelled subset (``data.labeled_count`` / ``_fraction``)."""
+    dataset = _build(cfg, split, _transform(cfg, train))
+    if train and split == cfg.train_split and (cfg.labeled_count or cfg.labeled_fraction):
+        dataset = Subset(dataset, labeled_indices(len(dataset), cfg.labeled_count,
+                                                  cfg.labeled_fraction, cfg.data_seed))
+    return dataset
+
+
+def build_unlabeled(cfg: DataConfig, labeled):
+    """The unlabelled training images (``data.unlabeled_*``) with the training augmentation, or
+    None. ``labeled``: the labelled training set, whose classes they share."""
+    tf = _transform(cfg, True)
+    if cfg.unlabeled_root:
+        return UnlabeledImages(cfg.unlabeled_root, labeled.class_names, labeled.palette, tf)
+    if cfg.unlabeled_count:
+        scenes = SyntheticScenes("extra", cfg.unlabeled_count, cfg.image_size, cfg.data_seed)
+        return WithoutLabels(scenes, tf)
+    if cfg.unlabeled_split:
+        split = _build(cfg, cfg.unlabeled_split, None)
+        if cfg.unlabeled_split == cfg.train_split:  # the labels left out of the labelled subset
+            rest = unlabeled_rest(len(split), cfg.labeled_count, cfg.labeled_fraction,
+                                  cfg.data_seed)
+            if not rest:
+                raise KasegError(f"data.unlabeled_split '{cfg.unlabeled_split}' is the training "
+                                 "split and every sample of it is labelled; set "
+                                 "data.labeled_count or data.labeled_fraction")
+            split = Subset(split, rest)
+        return WithoutLabels(split, tf)
+    return None
+
+
+def _build(cfg: DataConfig, split: str, tf):
     if cfg.dataset == "synthetic":
         count = cfg.train_count if split == "train" else cfg.val_count
         return SyntheticScenes(split, count, cfg.image_size, cfg.data_seed, tf)
@@ -35,5 +70,5 @@ def build_dataset(cfg: DataConfig, split: str, train: bool):
     raise KasegError(f"unknown data.dataset '{cfg.dataset}'; known: {', '.join(DATASETS)}")
 
 
-__all__ = ["build_dataset", "FolderDataset", "SegmentationDataset", "StandardDataset", "SyntheticScenes", "IGNORE_INDEX",
+__all__ = ["build_dataset", "build_unlabeled", "Subset", "UnlabeledImages", "WithoutLabels", "FolderDataset", "SegmentationDataset", "StandardDataset", "SyntheticScenes", "IGNORE_INDEX",
            "DATASETS"]

@@ -27,6 +27,11 @@ class SegmentationDataset:
         """(uint8 HxWx3 image, uint8 HxW class indices, 255 = ignore), before any transform."""
         raise NotImplementedError
 
+    def image(self, index: int) -> np.ndarray:
+        """The image alone (uint8 HxWx3): what an unlabelled stream reads. Layouts override it
+        so that masks are not read where they are not used."""
+        return self.raw(index)[0]
+
     def name(self, index: int) -> str:
         """A short name of the sample (for reports and `kaseg predict`)."""
         raise NotImplementedError

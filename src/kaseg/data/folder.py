@@ -129,6 +129,9 @@ class FolderDataset(SegmentationDataset):
     def name(self, index: int) -> str:
         return str(self.images[index].relative_to(self.root / "images").with_suffix(""))
 
+    def image(self, index: int) -> np.ndarray:
+        return read_image(self.images[index])
+
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(self.images[index])
         return image, read_mask(self.masks[index], self.num_classes, image.shape[:2])

@@ -337,6 +337,9 @@ class StandardDataset(SegmentationDataset):
     def name(self, index: int) -> str:
         return self.pairs[index].image.stem
 
+    def image(self, index: int) -> np.ndarray:
+        return read_image(self.pairs[index].image)
+
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         p = self.pairs[index]
         image = read_image(p.image)

@@ -31,7 +31,8 @@ PALETTE = (
     (200, 60, 200),
 )
 CONTEXT_CLASSES = (5, 6)  # told apart only by the beacon's colour, far away
-_SPLITS = {"train": 0, "val": 1, "test": 2}
+# "extra": a stream of scenes disjoint from the others, the built-in unlabelled pictures
+_SPLITS = {"train": 0, "val": 1, "test": 2, "extra": 3}
 
 
 def _ellipse(h: int, w: int, rng: np.random.Generator, rmin: float, rmax: float) -> np.ndarray:
