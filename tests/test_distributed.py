@@ -62,3 +62,23 @@ def test_pipeline_under_torchrun_and_sharded_eval_equals_single_process(tmp_path
     sharded = json.loads(two.stdout)  # rank 1 prints nothing
     assert sharded["per_class_iou"] == one["per_class_iou"] and sharded["miou"] == one["miou"]
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_unlabelled_stream_under_torchrun(tmp_path):
+    run = tmp_path / "p"
+    done = _torchrun("pipeline", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"),
+                     "--out", str(run), *TINY, "data.unlabeled_count=8",
+                     "distill.unlabeled_batch_size=2", "train.log_every=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [json.loads(l) for l in (run / "distilled" / "history.jsonl").read_text()
+              .splitlines() if "loss" in l]
+    assert [r["iter"] for r in logged] == [1, 2]
+    assert all(r["adapt_unlabeled"] > 0 and r["affinity_unlabeled"] >= 0 for r in logged)
+    # an odd global unlabelled batch cannot be split over 2 processes: one clear line
+    bad = _torchrun("distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"),
+                    "--out", str(tmp_path / "odd"), *TINY, "data.unlabeled_count=8",
+                    "distill.unlabeled_batch_size=3", f"teacher.weights={run / 'teacher'}",
+                    f"ae.weights={run / 'ae'}")
+    assert bad.returncode != 0 and "unlabeled_batch_size=3 (global) must be divisible" in bad.stderr

@@ -151,6 +151,10 @@ def _cmd_data_check(args) -> int:
 
     names, reports = check_dataset(args.dataset, args.root, args.split or None,
                                    progress=not args.quiet)
+    if args.unlabeled:
+        from .data.check import check_unlabeled
+
+        reports.append(check_unlabeled(args.unlabeled, progress=not args.quiet))
     print(format_report(args.dataset, args.root, names, reports))
     bad = sum(len(r.defects) for r in reports)
     if bad:
@@ -283,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--dataset", required=True,
                     help=", ".join(name for name in DATASETS if name != "synthetic"))
     dc.add_argument("--split", nargs="+", help="default: every split found")
+    dc.add_argument("--unlabeled", metavar="DIR",
+                    help="also count and read the unlabelled images under DIR (data.unlabeled_root)")
     dc.add_argument("--quiet", action="store_true", help="no progress bar")
     dc.set_defaults(fn=_cmd_data_check)
 

@@ -64,6 +64,26 @@ def check_split(pairs: list[Pair], lut: np.ndarray, num_classes: int, split: str
     return rep
 
 
+def check_unlabeled(root: str | Path, progress: bool = True) -> SplitReport:
+    """Every image under ``root`` (``data.unlabeled_root``) decoded whole; the unreadable ones
+    named (training skips a file whose header is bad and stops on one that breaks later)."""
+    from .unlabeled import list_images
+
+    root = Path(root)
+    if not root.is_dir():
+        return SplitReport("unlabeled", defects=[f"{root}: unlabelled image folder not found"])
+    good, bad = list_images(root)
+    rep = SplitReport("unlabeled", len(good) + len(bad), defects=list(bad))
+    for path in tqdm(good, desc="check unlabeled", disable=not progress, leave=False):
+        try:
+            read_image(path)
+        except KasegError as e:
+            rep.defects.append(str(e))
+    if not good:
+        rep.defects.append(f"{root}: no readable images in this folder or below")
+    return rep
+
+
 def check_dataset(name: str, root: str | Path, splits: list[str] | None = None,
                   progress: bool = True) -> tuple[list[str], list[SplitReport]]:
     """``(class names, one report per split)``; splits default to every split the layout knows
