@@ -121,3 +121,22 @@ def test_paired_rows_and_table():
     assert "20.00 ± 10.00" in table[2]
     assert set(ARMS) >= {"baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae",
                          "ctrl_constant"}
+
+
+def test_few_label_arms_change_the_data_and_start_from_the_same_student(shared, tmp_path,
+                                                                      monkeypatch):
+    from dataclasses import replace
+
+    few = replace(shared, data=replace(shared.data, labeled_count=6, unlabeled_split="train"))
+    assert arm_config(few, "all_labels", 0).data.labeled_count is None
+    assert arm_config(few, "all_labels", 0).data.unlabeled_split is None
+    assert arm_config(few, "ka_labeled", 0).data.unlabeled_split is None
+    assert arm_config(few, "ka_labeled", 0).data.labeled_count == 6
+    assert arm_config(few, "ka", 0).data == few.data
+    pseudo = arm_config(few, "pseudo", 0).distill
+    assert pseudo.pseudo_labels and pseudo.adapt_weight == 0 == pseudo.affinity_weight
+    arms = ["baseline", "pseudo", "ka", "ka_labeled", "all_labels"]
+    tasks = _initial_tasks(few, arms, 2, tmp_path, monkeypatch)
+    ref = tasks["baseline"].student.state_dict()
+    for arm, task in tasks.items():
+        assert all(torch.equal(ref[k], v) for k, v in task.student.state_dict().items()), arm

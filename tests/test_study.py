@@ -28,12 +28,14 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "RECIPES", {"ka_ae_plateau": ("ka", "plateau")})
     monkeypatch.setattr(study, "REGIMES", [
         study.Regime("a", 32, True, 2, ["baseline", "ka", "ka_ae_plateau", "ctrl_random_ae"]),
-        study.Regime("b", 32, False, 4, ["baseline", "ka"], tune=False)])
+        study.Regime("b", 32, False, 4, ["baseline", "ka"], tune=False),
+        study.Regime("few", 32, True, 2, ["baseline", "ka", "all_labels"], tune=False,
+                     labeled_count=4)])
     out = tmp_path / "s"
     assert main(["study", "--out", str(out), "--seeds", "2", "--device", "cpu"]) == 0
     results = json.loads((out / "study.json").read_text())
-    assert [r["name"] for r in results] == ["a", "b"]
-    a, b = results
+    assert [r["name"] for r in results] == ["a", "b", "few"]
+    a, b, few = results
     assert a["weight_scale"] in (0.5, 1.0) and set(a["tuning"]) == {"0.5", "1"}
     assert b["weight_scale"] == a["weight_scale"] and b["tuning"] == {}  # reused, not re-tuned
     assert a["adapt_weight"] == 50 * a["weight_scale"]
@@ -47,6 +49,15 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert "init" not in {r["arm"] for r in b["records"]}  # from scratch
     # the plateau autoencoder stopped by itself and its error is reported
     assert a["ae"]["plateau"]["iters"] <= 4 and a["ae"]["default"]["rel_error"] > 0
+    # few labels: the students keep 4 labelled scenes, the rest is unlabelled (where a term can
+    # use it); the upper bound keeps all
+    import yaml
+    ka = yaml.safe_load((out / "few" / "runs" / "ka-s0" / "config.yaml").read_text())["data"]
+    top = yaml.safe_load((out / "few" / "runs" / "all_labels-s0" / "config.yaml").read_text())
+    assert (ka["labeled_count"], ka["unlabeled_split"]) == (4, "train")
+    assert (top["data"]["labeled_count"], top["data"]["unlabeled_split"]) == (None, None)
+    assert "adapt_unlabeled" in (out / "few" / "runs" / "ka-s0" / "history.jsonl").read_text()
+    assert few["labeled_count"] == 4 and few["code"]
     md = (out / "study.md").read_text()
     assert "## a:" in md and "## b:" in md and "paired Δ vs CE only" in md
     assert "Produced by `kaseg study --out s --seeds 2 --device cpu`" in md
@@ -58,4 +69,10 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert {p: p.read_text() for p in out.rglob("history.jsonl")} == histories
     again = json.loads((out / "study.json").read_text())
     assert [r["rows"] for r in again] == [r["rows"] for r in results]
+    # one regime alone: the others stay in study.md, from what they left
+    assert main(["study", "--out", str(out), "--seeds", "2", "--device", "cpu",
+                 "--regimes", "b"]) == 0
+    merged = json.loads((out / "study.json").read_text())
+    assert [r["name"] for r in merged] == ["a", "b", "few"]
+    assert [r["rows"] for r in merged] == [r["rows"] for r in results]
     assert main(["study", "--out", str(out), "--regimes", "nope"]) == 2

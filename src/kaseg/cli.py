@@ -62,6 +62,12 @@ def _cmd_pipeline(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    if args.limited_labels:
+        from .fewlabels import run_limited_labels
+
+        run_limited_labels(args.out, args.quick, args.seeds, args.device, args.force)
+        print((Path(args.out) / "limited-labels" / "report.md").read_text())
+        return 0
     from .demo import run_demo
 
     run_demo(args.out, args.quick, args.seeds, args.device, args.force, args.all_methods)
@@ -213,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also logit KD T = 4, FitNet, CWD, adaptation or affinity alone, the "
                         "paper-literal reductions and the two negative controls (default: CE "
                         "only, KD T = 2, the method, the method + KD)")
+    d.add_argument("--limited-labels", action="store_true",
+                   help="few labels, many pictures: students with 64 labelled scenes, with and "
+                        "without the other 960 as unlabelled images (report in "
+                        "OUT/limited-labels/report.md)")
     d.set_defaults(fn=_cmd_demo)
 
     st = sub.add_parser("study", help="the long paired study: a ladder of regimes x arms x seeds")

@@ -51,6 +51,14 @@ ARMS: dict[str, dict] = {
     "ka_paper": dict(adapt_reduction="paper", affinity_reduction="paper", affinity_weight=1.0),
     "ctrl_random_ae": dict(control="random_encoder"),
     "ctrl_constant": dict(control="constant_target"),
+    # few labels (a comparison whose data has labeled_count and an unlabelled source): "data"
+    # holds DataConfig changes. The arms above use the unlabelled images wherever a term can.
+    "pseudo": dict(_OFF, pseudo_labels=True),
+    "kd_t2_labeled": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 2.0}},
+                          data=dict(unlabeled_split=None, unlabeled_count=0)),
+    "ka_labeled": dict(data=dict(unlabeled_split=None, unlabeled_count=0)),
+    "all_labels": dict(_OFF, data=dict(labeled_count=None, unlabeled_split=None,
+                                       unlabeled_count=0)),
 }
 LABELS = {
     "teacher": "teacher", "baseline": "student (CE only)", "kd": "+ logit KD (T = 4)",
@@ -62,6 +70,10 @@ LABELS = {
     "ka_paper": "the method, paper-literal reductions",
     "ctrl_random_ae": "control: the method with an untrained encoder",
     "ctrl_constant": "control: adapters fitted to a constant target",
+    "pseudo": "+ teacher's pseudo-labels on unlabelled images",
+    "kd_t2_labeled": "+ logit KD (T = 2), labelled images only",
+    "ka_labeled": "+ both (the method), labelled images only",
+    "all_labels": "student (CE only), every image labelled",
 }
 
 
@@ -125,8 +137,9 @@ def prepare_shared(out: Path, cfg: Config, force: bool = False, init_iters: int 
 
 
 def arm_config(cfg: Config, arm: str, seed: int) -> Config:
-    changes = ARMS[arm]
-    return replace(cfg, seed=seed, distill=replace(cfg.distill, **changes))
+    changes = dict(ARMS[arm])
+    data = replace(cfg.data, **changes.pop("data", {}))
+    return replace(cfg, seed=seed, data=data, distill=replace(cfg.distill, **changes))
 
 
 def train_arms(out: Path, cfg: Config, arms: list[str], seeds: list[int], force: bool = False,

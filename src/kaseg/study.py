@@ -51,6 +51,8 @@ RECIPES: dict[str, tuple[str, str | None]] = {
 }
 LABELS_STUDY = {**LABELS, "ka_ae_plateau": "the method, autoencoder trained to a plateau",
                 "ka_teacher_encoder": "the method on the teacher's encoder map"}
+FEW_LABEL_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "ka_kd",
+                  "ctrl_random_ae", "ctrl_constant", "all_labels"]
 CORE_ARMS = ["baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae", "ctrl_constant"]
 
 
@@ -65,6 +67,9 @@ class Regime:
     tune: bool = True  # False: reuse the weight scale tuned in the previous regime
     teacher_iters: int | None = None  # None: the demo's
     init_iters: int | None = None  # None: the demo's
+    # few labels: the students keep this many labelled scenes; the rest of the training split
+    # is their unlabelled pool (the teacher and the shared start keep every label)
+    labeled_count: int | None = None
 
 
 # The ladder. On 2 CPU cores the full study takes about 90 minutes, so the costlier regimes run
@@ -81,6 +86,10 @@ REGIMES: list[Regime] = [
            tune=False, teacher_iters=300, init_iters=600,
            note="192 px (12 x 12 OS-16 maps; teacher 300 and start 600 iterations at this "
                 "size), CE-pretrained start, 150 iterations; weights from the first regime"),
+    Regime("96px-few-labels", 96, True, 150, FEW_LABEL_ARMS, labeled_count=64,
+           note="64 labelled scenes, the other 960 of the training split unlabelled (every "
+                "arm uses them wherever a term can, unless marked 'labelled images only'); "
+                "CE-pretrained start, 150 iterations; weights tuned here"),
 ]
 TUNING_SEEDS = [100, 101]  # choose the method's weights here; never reported
 WEIGHT_SCALES = [0.3, 1.0, 3.0]  # x the default adaptation and affinity weights
@@ -137,6 +146,9 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
                bar, tuned: tuple[float, dict] | None = None) -> dict:
     cfg = shared_for(out, regime, device, force)
     cfg = replace(cfg, train=replace(cfg.train, iters=regime.iters, val_every=regime.iters))
+    if regime.labeled_count:
+        cfg = replace(cfg, data=replace(cfg.data, labeled_count=regime.labeled_count,
+                                        unlabeled_split=cfg.data.train_split))
     rdir = out / regime.name
     if regime.tune or tuned is None:
         scale, tuning = tune_weights(rdir, cfg, force)
@@ -168,14 +180,38 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
             m = json.loads(path.read_text())
             ae_errors[variant or "default"] = {"rel_error": m["val"]["rel_error"],
                                                "iters": m["iters"]}
-    return {"name": regime.name, "note": regime.note, "size": regime.size,
+    result = {"name": regime.name, "note": regime.note, "size": regime.size,
             "pretrained": regime.pretrained, "iters": regime.iters, "seeds": seeds,
+            "labeled_count": regime.labeled_count, "code": code_version(),
+            "date": time.strftime("%Y-%m-%d"), "machine": machine(device),
             "weight_scale": scale, "tuning": tuning, "ae": ae_errors,
             "adapt_weight": cfg.distill.adapt_weight,
             "affinity_weight": cfg.distill.affinity_weight,
             "rows": paired_rows(records, regime.arms),
             "context_rows": paired_rows(records, regime.arms, key="context_iou"),
             "records": records}
+    atomic_write_text(rdir / "regime.json", json.dumps(result, indent=2))
+    return result
+
+
+def reference_scale(out: Path, results: list[dict]) -> tuple[float, dict] | None:
+    """The weight scale the untuned regimes reuse: the first regime's of the ladder (from this
+    invocation or the ``regime.json`` it left), else this invocation's first; None: none yet."""
+    first = known_results(out, results)
+    if first and first[0]["name"] == REGIMES[0].name:
+        return first[0]["weight_scale"], {}
+    return (results[0]["weight_scale"], {}) if results else None
+
+
+def known_results(out: Path, fresh: list[dict]) -> list[dict]:
+    """Every regime with results under ``out``, in ladder order: this invocation's, else the
+    ``regime.json`` an earlier one left (each records the code and date that produced it)."""
+    by_name = {r["name"]: r for r in fresh}
+    for regime in REGIMES:
+        path = out / regime.name / "regime.json"
+        if regime.name not in by_name and path.exists():
+            by_name[regime.name] = json.loads(path.read_text())
+    return [by_name[r.name] for r in REGIMES if r.name in by_name]
 
 
 def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 5,
@@ -195,13 +231,13 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         f" --regimes {' '.join(regimes)}" if regimes else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
-        tuned = (results[0]["weight_scale"], {}) if results else None  # the first regime's
+        tuned = reference_scale(out, results)
         results.append(run_regime(out, regime, seed_list, device, force, bar, tuned))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
                       f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
                       f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "
                       "(finished runs are skipped).")
-        write_study(out, results, provenance)
+        write_study(out, known_results(out, results), provenance)
     bar.close()
     return results
 
@@ -222,7 +258,8 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
         ae = ", ".join(f"{k}: {v['rel_error']:.3f} after {v['iters']} iterations"
                        for k, v in r["ae"].items())
         lines += [f"## {r['name']}: {r['note']}", "",
-                  f"Teacher {refs['teacher']:.2f} mIoU" + (
+                  (f"Measured with {r['code']}, {r['date']}, on {r['machine']}. "
+                   if "code" in r else "") + f"Teacher {refs['teacher']:.2f} mIoU" + (
                       f"; the shared CE-pretrained start {refs['init']:.2f} before fine-tuning."
                       if "init" in refs else "."),
                   (f"Weight scale chosen on the tuning seeds: x{r['weight_scale']:g} (adaptation "
