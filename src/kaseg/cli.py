@@ -162,6 +162,10 @@ def _cmd_data_check(args) -> int:
 
         reports.append(check_unlabeled(args.unlabeled, progress=not args.quiet))
     print(format_report(args.dataset, args.root, names, reports))
+    from .data.check import class_warnings
+
+    for warning in class_warnings(args.dataset, args.root):
+        print(f"warning: {warning}")
     bad = sum(len(r.defects) for r in reports)
     if bad:
         print(f"{bad} defect(s) found", file=sys.stderr)

@@ -22,6 +22,7 @@ def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.
              stride=None) -> dict:
     """Confusion-matrix metrics over ``dataset`` (reduced across processes when distributed)."""
     device = torch.device(device)
+    flip_pairs = getattr(dataset, "flip_pairs", ())
     was_training = model.training
     model.eval()
     if is_distributed():  # each rank its share, every sample once; the matrices are summed
@@ -34,7 +35,7 @@ def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.
     for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         images, targets = images.to(device), targets.to(device)
         with autocast(device, amp):
-            scores = predict(model, images, scales, flip, window, stride)
+            scores = predict(model, images, scales, flip, window, stride, flip_pairs)
         cm.update(scores.float().argmax(1), targets)
     cm.reduce()
     model.train(was_training)

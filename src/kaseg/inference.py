@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .data.classes import flip_permutation
+
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
@@ -54,9 +56,10 @@ def sliding_window(model, images: torch.Tensor, window, stride=None) -> torch.Te
 
 
 def predict(model, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False,
-            window=None, stride=None) -> torch.Tensor:
+            window=None, stride=None, flip_pairs: Sequence[Sequence[int]] = ()) -> torch.Tensor:
     """Class scores ``(N, K, H, W)`` at the input's size. Single scale without flip returns the
-    logits themselves; otherwise the mean of softmax probabilities over scales and flips."""
+    logits themselves; otherwise the mean of softmax probabilities over scales and flips.
+    ``flip_pairs``: left/right classes; a mirrored prediction's channels are swapped back."""
     run = (lambda x: sliding_window(model, x, window, stride)) if window else (
         lambda x: whole(model, x))
     scales = tuple(scales)
@@ -72,6 +75,8 @@ def predict(model, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip:
             logits = run(x.flip(-1) if mirrored else x)
             if mirrored:
                 logits = logits.flip(-1)
+                if flip_pairs:
+                    logits = logits[:, flip_permutation(logits.shape[1], flip_pairs)]
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             probs = logits.softmax(1)

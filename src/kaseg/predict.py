@@ -99,7 +99,8 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], out: str | P
             continue
         x = normalize(image_tensor(image), mean, std)[None].to(device)
         with autocast(device, amp):
-            scores = predict(model, x, scales, flip, window, stride)
+            scores = predict(model, x, scales, flip, window, stride,
+                             [tuple(p) for p in meta.get("flip_pairs") or ()])
         labels = scores.float().argmax(1)[0].cpu().numpy()
         target = out / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ def build_data(cfg: Config):
 def dataset_meta(dataset) -> dict:
     """What a checkpoint records about its classes, so it can be used without the dataset."""
     meta = {"class_names": list(dataset.class_names),
-            "palette": [list(c) for c in dataset.palette]}
+            "palette": [list(c) for c in dataset.palette],
+            "flip_pairs": [list(p) for p in getattr(dataset, "flip_pairs", ())]}
     tf = getattr(dataset, "transform", None)
     if hasattr(tf, "mean") and hasattr(tf, "std"):  # the input normalisation, for `kaseg predict`
         meta.update(mean=list(tf.mean), std=list(tf.std))

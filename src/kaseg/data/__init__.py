@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..config import DataConfig
 from ..errors import KasegError
 from .folder import FolderDataset
 from .base import SegmentationDataset
+from .classes import looks_paired
 from .standard import LAYOUTS, StandardDataset
 from .synthetic import SyntheticScenes
 from .unlabeled import Subset, UnlabeledImages, WithoutLabels, labeled_indices, unlabeled_rest
 from ..runtime import IGNORE_INDEX
 from .transforms import EvalTransform, TrainTransform
 
+log = logging.getLogger(__name__)
 DATASETS = ("synthetic", "folder", *LAYOUTS)
 
 
@@ -26,10 +30,24 @@ def build_dataset(cfg: DataConfig, split: str, train: bool):
     """The dataset for ``split`` with training augmentation or evaluation transforms; the
     training split keeps only its labelled subset (``data.labeled_count`` / ``_fraction``)."""
     dataset = _build(cfg, split, _transform(cfg, train))
+    if train and cfg.flip:
+        _wire_flip_pairs(dataset)
     if train and split == cfg.train_split and (cfg.labeled_count or cfg.labeled_fraction):
         dataset = Subset(dataset, labeled_indices(len(dataset), cfg.labeled_count,
                                                   cfg.labeled_fraction, cfg.data_seed))
     return dataset
+
+
+def _wire_flip_pairs(dataset) -> None:
+    """Training flips swap the dataset's left/right classes; a class list that looks paired
+    without ``flip_pairs`` gets a warning (a flip would teach that left and right are one)."""
+    pairs = getattr(dataset, "flip_pairs", ())
+    if pairs:
+        dataset.transform.set_flip_pairs(dataset.num_classes, pairs)
+    elif suspects := looks_paired(list(dataset.class_names)):
+        log.warning("classes %s look like left/right pairs but the dataset gives no flip_pairs: "
+                    "training flips keep their labels as they are; add 'flip_pairs' to the "
+                    "classes file or set data.flip=false", suspects[:4])
 
 
 def build_unlabeled(cfg: DataConfig, labeled):

@@ -7,13 +7,15 @@ import numpy as np
 
 class SegmentationDataset:
     """A split of a segmentation dataset. Subclasses set ``class_names``, ``palette`` (one RGB
-    per class), ``context_classes`` (indices reported separately; may be empty) and
+    per class), ``context_classes`` (indices reported separately; may be empty), ``flip_pairs`` (left/right
+    classes that a mirror swaps; may be empty) and
     ``transform`` (``(image, mask) -> tensors``, or None for raw arrays), and implement
     ``__len__``, :meth:`raw` and :meth:`name`."""
 
     class_names: list[str] | tuple[str, ...] = ()
     palette: list | tuple = ()
     context_classes: tuple[int, ...] = ()
+    flip_pairs: list[tuple[int, int]] | tuple = ()  # classes a horizontal flip swaps
     transform = None
 
     @property

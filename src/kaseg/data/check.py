@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import KasegError
+from .classes import looks_paired, read_class_file
 from .folder import read_classes, split_images
 from .io import check_mask_size, read_image, read_label_file
 from .standard import Pair, get_layout, identity_lut, map_labels, scan
@@ -62,6 +63,23 @@ def check_split(pairs: list[Pair], lut: np.ndarray, num_classes: int, split: str
         rep.histogram += np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
         rep.ignored += int(mask.size - valid.size)
     return rep
+
+
+def class_warnings(name: str, root: str | Path) -> list[str]:
+    """What is not a defect but likely spoils training: class names that look like left/right
+    pairs in a folder dataset whose classes file gives no ``flip_pairs`` (a training flip, on
+    by default, would teach that the two are one class)."""
+    if name != "folder":
+        return []
+    info = read_class_file(Path(root))
+    if info.flip_pairs:
+        return []
+    suspects = looks_paired(info.names)
+    if not suspects:
+        return []
+    pairs = ", ".join(f"[{a}, {b}]" for a, b in suspects[:6])
+    return [f"classes {pairs} look like left/right pairs but the classes file gives no "
+            f"flip_pairs; with data.flip (the default) add 'flip_pairs: [{pairs}]' to it"]
 
 
 def check_unlabeled(root: str | Path, progress: bool = True) -> SplitReport:

@@ -8,51 +8,30 @@ Splits, first found wins: ``splits/<split>.txt`` or ``<split>.txt`` (one name pe
 to images/, extension optional); ``images/<split>/`` + ``masks/<split>/`` subfolders; otherwise a
 fixed split of the sorted names (every 10th image is ``val``, the rest ``train``).
 
-``classes.yaml``: ``names: [background, road, ...]`` and optionally ``palette: [[r, g, b], ...]``.
+``classes.yaml``: ``names: [background, road, ...]`` and optionally ``palette: [[r, g, b], ...]``
+and ``flip_pairs: [[left, right], ...]`` (other accepted forms: :mod:`kaseg.data.classes`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..errors import KasegError
 from ..runtime import IGNORE_INDEX
 from .base import SegmentationDataset
-from .io import IMAGE_EXTS, check_mask_size, default_palette, read_image, read_label_file
+from .classes import read_class_file
+from .io import IMAGE_EXTS, check_mask_size, read_image, read_label_file
 
 log = logging.getLogger(__name__)
-CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
 
 
 def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
-    for fname in CLASS_FILES:
-        path = root / fname
-        if path.is_file():
-            break
-    else:
-        raise KasegError(
-            f"{root}: no classes file; add {root / 'classes.yaml'} with 'names: [background, ...]'"
-        )
-    try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise KasegError(f"{path}: cannot be parsed ({str(e).splitlines()[0]})") from None
-    if isinstance(data, list):
-        data = {"names": data}
-    names = data.get("names") if isinstance(data, dict) else None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise KasegError(f"{path}: 'names' must be a non-empty list of class names")
-    palette = data.get("palette") or default_palette(len(names))
-    if len(palette) != len(names) or not all(
-        isinstance(c, (list, tuple)) and len(c) == 3 for c in palette
-    ):
-        raise KasegError(f"{path}: 'palette' must hold one [r, g, b] per class ({len(names)})")
-    return names, [tuple(int(v) for v in c) for c in palette]
+    """(names, palette) of a folder dataset's class file (forms: :mod:`kaseg.data.classes`)."""
+    info = read_class_file(root)
+    return info.names, info.palette
 
 
 def read_mask(path: Path, num_classes: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -111,7 +90,8 @@ class FolderDataset(SegmentationDataset):
             if not d.is_dir():
                 raise KasegError(f"{d}: folder not found; a folder dataset needs images/ and masks/")
         self.root, self.split, self.transform = root, split, transform
-        self.class_names, self.palette = read_classes(root)
+        info = read_class_file(root)
+        self.class_names, self.palette, self.flip_pairs = info.names, info.palette, info.flip_pairs
         self.context_classes = ()
         self.images = split_images(root, split)
         if not self.images:

@@ -12,6 +12,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from ..runtime import IGNORE_INDEX
+from .classes import flip_label_lut
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -57,9 +58,13 @@ def pad_crop(img: torch.Tensor, mask: torch.Tensor, size: int | tuple[int, int],
     return img[:, y : y + ch, x : x + cw], mask[y : y + ch, x : x + cw]
 
 
-def random_flip(img: torch.Tensor, mask: torch.Tensor, p: float = 0.5):
+def random_flip(img: torch.Tensor, mask: torch.Tensor, p: float = 0.5,
+                swap: torch.Tensor | None = None):
+    """Mirror with probability ``p``; ``swap`` (a 256-entry label lookup table) turns each
+    left/right class into its partner, as the mirror does."""
     if float(torch.rand(1)) < p:
-        return img.flip(-1), mask.flip(-1)
+        mask = mask.flip(-1)
+        return img.flip(-1), (swap[mask] if swap is not None else mask)
     return img, mask
 
 
@@ -84,6 +89,11 @@ class TrainTransform:
                  flip: bool = True, jitter: float = 0.0, mean=(0.0,) * 3, std=(1.0,) * 3):
         self.crop_size, self.scale = crop_size, (scale_min, scale_max)
         self.flip, self.jitter, self.mean, self.std = flip, jitter, mean, std
+        self.swap: torch.Tensor | None = None  # set_flip_pairs
+
+    def set_flip_pairs(self, num_classes: int, pairs) -> None:
+        lut = flip_label_lut(num_classes, pairs)
+        self.swap = None if lut is None else torch.from_numpy(lut)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray):
         img, m = to_tensors(image, mask)
@@ -92,7 +102,7 @@ class TrainTransform:
             img, m = random_scale(img, m, *self.scale)
         img, m = pad_crop(img, m, self.crop_size)
         if self.flip:
-            img, m = random_flip(img, m)
+            img, m = random_flip(img, m, swap=self.swap)
         return normalize(img, self.mean, self.std), m
 
 

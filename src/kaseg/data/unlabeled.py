@@ -51,6 +51,7 @@ class Subset(SegmentationDataset):
         self.dataset, self.indices = dataset, list(indices)
         self.class_names, self.palette = dataset.class_names, dataset.palette
         self.context_classes = dataset.context_classes
+        self.flip_pairs = getattr(dataset, "flip_pairs", ())
 
     @property
     def transform(self):
