@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kaseg.data.folder import default_palette
+from kaseg.data.io import default_palette
 from kaseg.data.standard import CITYSCAPES_LABELS
 
 H, W = 12, 16

@@ -4,7 +4,8 @@ from PIL import Image
 
 from kaseg.config import DataConfig
 from kaseg.data import build_dataset
-from kaseg.data.folder import FolderDataset, default_palette
+from kaseg.data.folder import FolderDataset
+from kaseg.data.io import default_palette
 from kaseg.errors import KasegError
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..errors import KasegError
 from .classes import looks_paired, read_class_file
-from .folder import read_classes, split_images
+from .folder import split_images
 from .io import check_mask_size, read_image, read_label_file
 from .standard import Pair, get_layout, identity_lut, map_labels, scan
 from ..runtime import IGNORE_INDEX
@@ -110,7 +110,7 @@ def check_dataset(name: str, root: str | Path, splits: list[str] | None = None,
     if not root.is_dir():
         raise KasegError(f"{root}: dataset folder not found")
     if name == "folder":
-        names, _ = read_classes(root)
+        names = read_class_file(root).names
         lut = identity_lut(len(names))
         lister = _folder_pairs
         known = splits or ["train", "val"]

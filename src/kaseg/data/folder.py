@@ -28,12 +28,6 @@ from .io import IMAGE_EXTS, check_mask_size, read_image, read_label_file
 log = logging.getLogger(__name__)
 
 
-def read_classes(root: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """(names, palette) of a folder dataset's class file (forms: :mod:`kaseg.data.classes`)."""
-    info = read_class_file(root)
-    return info.names, info.palette
-
-
 def read_mask(path: Path, num_classes: int, image_shape: tuple[int, int] | None = None) -> np.ndarray:
     """A PNG of class indices (mode L, P or I) -> uint8 HxW, with values checked."""
     arr = read_label_file(path)
