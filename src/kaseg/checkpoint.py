@@ -100,6 +100,17 @@ def read_weights(path: Path) -> tuple[dict, dict]:
     return state, json.loads(meta)
 
 
+def is_kaseg_weights(path: Path) -> bool:
+    """Whether a .safetensors file carries kaseg's metadata (a model spec kaseg can rebuild)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return True  # let read_weights give its one-line error
+    return "kaseg" in header.get("__metadata__", {})
+
+
 def load_state_strict(model: torch.nn.Module, state: dict, source: str | Path) -> None:
     """Load with a one-line error listing the first mismatching keys."""
     own = model.state_dict()
@@ -119,6 +130,38 @@ def load_state_strict(model: torch.nn.Module, state: dict, source: str | Path) -
     model.load_state_dict(state)
 
 
+def read_foreign_state(path: str | Path) -> dict:
+    """The state dict of a checkpoint kaseg did not write: a ``.pt``/``.pth``/``.bin`` file
+    (``torch.save`` of a state dict, or of ``{"state_dict": ...}`` / ``{"model": ...}``) or a
+    plain ``.safetensors``; a ``module.`` prefix (DDP) is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise KasegError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".safetensors":
+            state = st_load(path.read_bytes())
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refusals, truncated files, not-a-checkpoint
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KasegError(f"{path}: not a readable weights file ({msg[:200]})") from None
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KasegError(f"{path}: holds no state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights_into(module: torch.nn.Module, path: str | Path) -> None:
+    """A user's own checkpoint into ``module``, every key checked: a missing, unexpected or
+    misshapen key is a one-line error naming it, never a silent partial load."""
+    load_state_strict(module, read_foreign_state(path), path)
+
+
 def load_model(path: str | Path, which: str = BEST, device: str | torch.device = "cpu"):
     """Rebuild a model from its weights file alone -> ``(model in eval mode, metadata)``."""
     path = resolve_weights(path, which)
@@ -126,6 +169,10 @@ def load_model(path: str | Path, which: str = BEST, device: str | torch.device =
     if "spec" not in meta:
         raise KasegError(f"{path}: is a {meta.get('kind', 'non-model')} checkpoint, not a "
                          f"segmentation model")
+    if meta["spec"].get("name", "").startswith("custom:"):
+        raise KasegError(f"{path}: weights of a custom module ({meta['spec']['name'][7:]}), which "
+                         "kaseg cannot rebuild by name; build the module, wrap it in "
+                         "kaseg.external.TappedModel and call load_weights_into(model, path)")
     model = build_from_spec(meta["spec"])
     load_state_strict(model, state, path)
     return model.to(device).eval(), meta

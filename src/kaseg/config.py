@@ -100,7 +100,11 @@ class TeacherConfig:
     output_stride: int | None = None
     decoder_channels: int | None = None
     pretrained: bool = False
-    weights: str | None = None  # trained teacher: run folder or .safetensors (pipeline: set for you)
+    # the trained teacher: a kaseg run folder or .safetensors (the pipeline sets it for you), or
+    # a checkpoint of your own (.pth/.pt/.bin/.safetensors state dict of the network `name`
+    # builds; every key checked). Unset with pretrained=true and a torchvision name: torchvision's
+    # own weights are the teacher, as they are
+    weights: str | None = None
     tap: str = "pre_logits"  # which feature map is distilled ([paper]: the last one)
     iters: int | None = None  # pipeline: the teacher's training iterations (None: train.iters)
     lr: float | None = None  # pipeline: the teacher's learning rate (None: train.lr)

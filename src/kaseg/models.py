@@ -68,11 +68,25 @@ class ModelSpec:
 
 
 def list_models() -> list[str]:
-    return sorted(ALIASES)
+    """Our aliases and torchvision's models (any SMP ``architecture:encoder`` works too)."""
+    from .external import TORCHVISION
+
+    return sorted(ALIASES) + [f"torchvision:{n}" for n in TORCHVISION]
 
 
 def _resolve(name: str) -> tuple[str, str, dict]:
-    """Model name -> (SMP architecture, encoder, alias defaults)."""
+    """Model name -> (SMP architecture, encoder, alias defaults); ("torchvision", its name, {})
+    for torchvision's models."""
+    if name.startswith("torchvision:"):
+        from .external import TORCHVISION
+
+        short = name.split(":", 1)[1]
+        if short not in TORCHVISION:
+            close = difflib.get_close_matches(short, list(TORCHVISION), n=1)
+            hint = f"; did you mean 'torchvision:{close[0]}'?" if close else ""
+            raise KasegError(f"unknown torchvision model '{short}'; known: "
+                             f"{', '.join(TORCHVISION)}{hint}")
+        return "torchvision", short, {}
     if name in ALIASES:
         d = dict(ALIASES[name])
         return d.pop("arch"), d.pop("encoder"), d
@@ -206,7 +220,7 @@ def build_model(
     decoder_channels: int | None = None,
     pretrained: bool = False,
 ) -> SegModel:
-    """Build a model by alias or ``"architecture:encoder"``.
+    """Build a model by alias, ``"architecture:encoder"`` (SMP) or ``"torchvision:NAME"``.
 
     ``pretrained`` fetches ImageNet encoder weights from the hub (the only network access kaseg
     makes); offline it raises a one-line :class:`KasegError`.
@@ -214,6 +228,13 @@ def build_model(
     if num_classes < 1:
         raise KasegError(f"model '{name}': num_classes must be >= 1, got {num_classes}")
     arch, encoder, defaults = _resolve(name)
+    if arch == "torchvision":
+        if output_stride is not None or decoder_channels is not None:
+            raise KasegError(f"model '{name}': torchvision's models have a fixed output stride "
+                             "and head; leave output_stride and decoder_channels unset")
+        from .external import build_torchvision
+
+        return build_torchvision(name, num_classes, pretrained)
     os_ = output_stride if output_stride is not None else defaults.get("output_stride")
     dc = decoder_channels if decoder_channels is not None else defaults.get("decoder_channels")
     kwargs: dict = dict(defaults.get("kwargs", {}))

@@ -23,10 +23,16 @@ def build_data(cfg: Config):
     return train_set, val_set
 
 
-def dataset_meta(dataset) -> dict:
-    """What a checkpoint records about its classes, so it can be used without the dataset."""
-    meta = {"class_names": list(dataset.class_names),
-            "palette": [list(c) for c in dataset.palette],
+def dataset_meta(dataset, num_classes: int | None = None) -> dict:
+    """What a checkpoint records about its classes, so it can be used without the dataset (a
+    user's own dataset without ``class_names``/``palette`` gets numbered names and VOC colours)."""
+    from .data.io import default_palette
+
+    n = num_classes or len(getattr(dataset, "class_names", ()))
+    names = getattr(dataset, "class_names", None) or [f"class_{i}" for i in range(n)]
+    meta = {"class_names": list(names),
+            "palette": [list(c) for c in (getattr(dataset, "palette", None)
+                                          or default_palette(len(names)))],
             "flip_pairs": [list(p) for p in getattr(dataset, "flip_pairs", ())]}
     tf = getattr(dataset, "transform", None)
     if hasattr(tf, "mean") and hasattr(tf, "std"):  # the input normalisation, for `kaseg predict`

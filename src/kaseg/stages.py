@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import (atomic_write_text, load_model, load_state_strict, read_weights,
-                         resolve_weights, save_model, save_weights)
-from .config import Config, ModelConfig, to_dict
+from .checkpoint import (atomic_write_text, is_kaseg_weights, load_model, load_state_strict,
+                         load_weights_into, read_weights, resolve_weights, save_model,
+                         save_weights)
+from .config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
 from .errors import KasegError
 from .evaluate import evaluate
 from .kd_losses import resolve_losses
 from .method import AutoencoderTask, DistillTask, FeatureAutoencoder, ae_strides
-from .models import SegModel
+from .models import SegModel, build_model
 from .data import build_unlabeled
 from .runs import build_data, dataset_meta, prepare_run, write_result
 from .supervised import build_network, train_segmenter
@@ -30,19 +31,31 @@ from .train import fit
 log = logging.getLogger(__name__)
 
 
-def load_teacher(cfg: Config, num_classes: int) -> tuple[SegModel, Path]:
-    if not cfg.teacher.weights:
-        raise KasegError("teacher.weights must name a trained teacher (a run folder or "
-                         ".safetensors file); `kaseg pipeline` trains one for you")
-    path = resolve_weights(cfg.teacher.weights)
-    teacher, _ = load_model(path)
-    if cfg.teacher.tap not in teacher.feature_info:
-        raise KasegError(f"teacher.tap '{cfg.teacher.tap}' is not a feature of {path}; "
+def load_teacher(cfg: Config, num_classes: int) -> tuple[SegModel, Path | str]:
+    """The frozen teacher: a kaseg checkpoint, a user's own weights for ``teacher.name`` (keys
+    checked), or torchvision's pretrained weights as they are."""
+    t = cfg.teacher
+    if not t.weights and t.pretrained and t.name.startswith("torchvision:"):
+        teacher, path = build_model(t.name, num_classes, pretrained=True), f"{t.name} (pretrained)"
+    elif not t.weights:
+        raise KasegError("teacher.weights must name a trained teacher (a run folder, a "
+                         ".safetensors file, or your own .pth of teacher.name); `kaseg pipeline` "
+                         "trains one for you")
+    else:
+        path = resolve_weights(t.weights)
+        if path.suffix != ".safetensors" or not is_kaseg_weights(path):
+            teacher = build_model(t.name, num_classes, t.output_stride, t.decoder_channels)
+            load_weights_into(teacher.net, path)  # the network's own keys, as its code saves them
+            log.info("teacher: %s with the weights of %s", t.name, path)
+        else:
+            teacher, _ = load_model(path)
+    if t.tap not in teacher.feature_info:
+        raise KasegError(f"teacher.tap '{t.tap}' is not a feature of {path}; "
                          f"choose one of {sorted(teacher.feature_info)}")
     if teacher.num_classes != num_classes:
         raise KasegError(f"{path}: teacher has {teacher.num_classes} classes, the dataset "
                          f"{num_classes}")
-    return teacher, path
+    return teacher.eval(), path
 
 
 def build_student(cfg: Config, num_classes: int) -> SegModel:
@@ -112,47 +125,59 @@ def reconstruction_error(teacher: SegModel, ae: FeatureAutoencoder, tap: str, da
 
 def train_autoencoder(cfg: Config, run: str | Path, force: bool = False) -> dict:
     """Stage 1 (``kaseg train-ae``): train the feature autoencoder on the frozen teacher."""
-    run = Path(run)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_data(cfg)
     teacher, teacher_path = load_teacher(cfg, train_set.num_classes)
     student = build_student(cfg, train_set.num_classes)
-    t_info = teacher.feature_info[cfg.teacher.tap]
-    s_info = student.feature_info[cfg.distill.student_tap]
-    if s_info.stride % t_info.stride:
-        raise KasegError(f"student feature stride {s_info.stride} is not a multiple of the "
+    return fit_autoencoder(teacher, student.feature_info[cfg.distill.student_tap].stride,
+                           train_set, val_set, run, tap=cfg.teacher.tap, ae=cfg.ae,
+                           train=cfg.train, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                           record=to_dict(cfg), force=force, teacher_source=str(teacher_path))
+
+
+def fit_autoencoder(teacher: SegModel, student_stride: int, train_set, val_set, run: str | Path,
+                    *, tap: str, ae: AEConfig, train: TrainConfig, seed: int,
+                    record: dict, num_workers: int = 0, force: bool = False,
+                    teacher_source: str = "") -> dict:
+    """Stage 1 on objects: the autoencoder of ``teacher``'s map ``tap`` for a student whose
+    distilled map has stride ``student_stride``; its weights in ``run`` (``best``/``last``).
+    ``record``: what the run was asked to do (a resumed run must be asked the same)."""
+    run = Path(run)
+    t_info = teacher.feature_info[tap]
+    if student_stride % t_info.stride:
+        raise KasegError(f"student feature stride {student_stride} is not a multiple of the "
                          f"teacher's {t_info.stride}")
     try:
-        strides = ae_strides(s_info.stride // t_info.stride)
+        strides = ae_strides(student_stride // t_info.stride)
     except ValueError as e:
         raise KasegError(str(e)) from None
-    latent = cfg.ae.latent_channels or max(1, t_info.channels // 2)
-    ae = FeatureAutoencoder(t_info.channels, latent, strides)
-    per_epoch = len(train_set) / cfg.train.batch_size
-    iters = max(1, math.ceil(cfg.ae.epochs * per_epoch))
-    val_every = (max(1, round(cfg.ae.val_every_epochs * per_epoch)) if cfg.ae.val_every_epochs
+    latent = ae.latent_channels or max(1, t_info.channels // 2)
+    net = FeatureAutoencoder(t_info.channels, latent, strides)
+    per_epoch = len(train_set) / train.batch_size
+    iters = max(1, math.ceil(ae.epochs * per_epoch))
+    val_every = (max(1, round(ae.val_every_epochs * per_epoch)) if ae.val_every_epochs
                  else iters)
-    tcfg = replace(cfg.train, iters=iters, lr=cfg.ae.lr, weight_decay=cfg.ae.weight_decay,
-                   val_every=val_every, grad_clip=cfg.ae.grad_clip, patience=cfg.ae.patience)
-    device = resolve_device(cfg.train.device)
-    prepare_run(run, to_dict(cfg), force)
+    tcfg = replace(train, iters=iters, lr=ae.lr, weight_decay=ae.weight_decay,
+                   val_every=val_every, grad_clip=ae.grad_clip, patience=ae.patience)
+    device = resolve_device(train.device)
+    prepare_run(run, record, force)
     meta = {"kind": "autoencoder", "in_channels": t_info.channels, "latent_channels": latent,
-            "strides": list(strides), "teacher": str(teacher_path), "tap": cfg.teacher.tap,
+            "strides": list(strides), "teacher": teacher_source, "tap": tap,
             "teacher_model": teacher.spec.name, "teacher_stride": t_info.stride,
-            "student_stride": s_info.stride}
+            "student_stride": student_stride}
 
     def validate() -> dict:
-        return reconstruction_error(teacher.to(device), ae, cfg.teacher.tap, val_set,
-                                    cfg.train.val_batch_size, device, cfg.train.amp)
+        return reconstruction_error(teacher.to(device), net, tap, val_set, train.val_batch_size,
+                                    device, train.amp)
 
     def export(which: str) -> None:
-        save_weights(ae, run / which, meta)
+        save_weights(net, run / which, meta)
 
     log.info("autoencoder: %d -> %d channels, strides %s, %d iterations", t_info.channels,
              latent, strides, iters)
-    summary = fit(AutoencoderTask(teacher, ae, cfg.teacher.tap, cfg.ae.alpha), train_set, tcfg,
-                  run, seed=cfg.seed, validate=validate, export=export, score_key="score",
-                  num_workers=cfg.data.num_workers, desc="train-ae")
+    summary = fit(AutoencoderTask(teacher, net, tap, ae.alpha), train_set, tcfg, run, seed=seed,
+                  validate=validate, export=export, score_key="score", num_workers=num_workers,
+                  desc="train-ae")
     result = {"val": summary["best_metrics"], "iters": summary["iters"], "best_iter":
               summary["best_iter"], **meta}
     atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
@@ -184,11 +209,28 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     with seeded(cfg.seed + 2):  # adapters and regressors: the same in every run of a seed
         task = distill_task(cfg, student, teacher, encoder, latent)
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
-    device = resolve_device(cfg.train.device)
-    prepare_run(run, to_dict(cfg), force)
-    meta = dataset_meta(train_set)
-    log.info("distill: CE + %g * adapt (%s) + %g * affinity (%s)%s", dcfg.adapt_weight,
-             dcfg.adapt_reduction, dcfg.affinity_weight, dcfg.affinity_reduction,
+    return fit_distillation(task, train_set, val_set, run, train=cfg.train, seed=cfg.seed,
+                            record=to_dict(cfg), num_workers=cfg.data.num_workers, force=force,
+                            unlabeled_set=unlabeled_set,
+                            unlabeled_batch_size=dcfg.unlabeled_batch_size,
+                            name=cfg.model.name)
+
+
+def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
+                     train: TrainConfig, seed: int, record: dict, num_workers: int = 0,
+                     force: bool = False, unlabeled_set=None,
+                     unlabeled_batch_size: int | None = None, name: str = "") -> dict:
+    """Stage 2 on objects: train ``task`` (its student is saved alone, as ``best``/``last``).
+    ``record``: what the run was asked to do (a resumed run must be asked the same)."""
+    run = Path(run)
+    student = task.student
+    name = name or student.spec.name
+    device = resolve_device(train.device)
+    prepare_run(run, record, force)
+    meta = dataset_meta(train_set, student.num_classes)
+    log.info("distill: CE + %g * adapt + %g * affinity%s",
+             task.adapt_weight if task.adapter is not None else 0,
+             task.affinity_weight if task.affinity_adapter is not None else 0,
              "".join(f" + {w:g} * {k} {o or ''}" for k, (w, o) in task.extra.items()))
     if unlabeled_set is not None and not task.uses_teacher:
         log.warning("distill: no term uses the unlabelled images (CE only, no pseudo-labels); "
@@ -196,19 +238,18 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
         unlabeled_set = None
     if unlabeled_set is not None:
         log.info("distill: %d labelled + %d unlabelled training images%s", len(train_set),
-                 len(unlabeled_set), ", pseudo-labels" if dcfg.pseudo_labels else "")
+                 len(unlabeled_set), ", pseudo-labels" if task.pseudo_labels else "")
 
     def validate() -> dict:
-        return evaluate(student, val_set, cfg.train.val_batch_size, device, cfg.train.amp,
-                        cfg.data.num_workers)
+        return evaluate(student, val_set, train.val_batch_size, device, train.amp, num_workers)
 
     def export(which: str) -> None:
         save_model(student, run / which, meta)  # the student alone: adapters and teacher stay out
 
-    summary = fit(task, train_set, cfg.train, run, seed=cfg.seed, validate=validate,
-                  export=export, num_workers=cfg.data.num_workers, desc=f"distill {cfg.model.name}",
-                  unlabeled_set=unlabeled_set, unlabeled_batch_size=dcfg.unlabeled_batch_size)
-    return write_result(run, summary, cfg.model.name)
+    summary = fit(task, train_set, train, run, seed=seed, validate=validate, export=export,
+                  num_workers=num_workers, desc=f"distill {name}", unlabeled_set=unlabeled_set,
+                  unlabeled_batch_size=unlabeled_batch_size)
+    return write_result(run, summary, name)
 
 
 def distill_task(cfg: Config, student: SegModel, teacher: SegModel, encoder: torch.nn.Module,
