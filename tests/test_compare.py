@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kaseg.stages as stages
-from kaseg.compare import ARMS, arm_config, markdown_table, paired_rows
+from kaseg.compare import ARMS, arm_config, context_table, markdown_table, paired_rows
 from kaseg.config import load_config
 from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
@@ -121,6 +121,10 @@ def test_paired_rows_and_table():
     assert "20.00 ± 10.00" in table[2]
     assert set(ARMS) >= {"baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae",
                          "ctrl_constant"}
+    assert context_table(rows, "T:") == ["T:", "", *markdown_table(rows, "context IoU")]
+    zeros = paired_rows([dict(r, miou=0.0) for r in records], ["baseline", "ka"])
+    assert context_table(zeros, "T:") == [
+        "T: 0.00 in every arm and seed (no student separates the twins yet)."]
 
 
 def test_few_label_arms_change_the_data_and_start_from_the_same_student(shared, tmp_path,

@@ -4,6 +4,9 @@ commit, which each report states in its first lines).
 
     python tools/readme_results.py [--demo demo_out] [--study study_out] [--readme README.md]
 
+Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
+``kaseg demo --limited-labels``) and ``study`` (STUDY/study.md).
+
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
 A report that does not exist leaves its section as it is.
@@ -46,6 +49,7 @@ def main() -> None:
     readme_path = Path(args.readme)
     text = readme_path.read_text()
     for name, report in (("demo", Path(args.demo) / "report.md"),
+                         ("limited", Path(args.demo) / "limited-labels" / "report.md"),
                          ("study", Path(args.study) / "study.md")):
         if report.is_file():
             text = replace_section(text, name, demote(report.read_text()))

@@ -219,3 +219,11 @@ def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
         lines.append(f"| {r['label']} | `{r['arm']}` | {_fmt(s['mean'], s['sd'])} | {delta} | "
                      f"{ci} | {verdict_} |")
     return lines
+
+
+def context_table(rows: list[dict], title: str) -> list[str]:
+    """The context-class table under ``title``, or one line when no arm scores on them at all
+    (a table of zeros says nothing a sentence cannot)."""
+    if not rows or all(v == 0 for r in rows for v in r["values"]):
+        return [f"{title} 0.00 in every arm and seed (no student separates the twins yet)."]
+    return [title, "", *markdown_table(rows, "context IoU")]

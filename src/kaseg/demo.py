@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import atomic_write_text, load_model
-from .compare import (BASELINE, LABELS, code_version, evaluate_runs, machine, markdown_table,
-                      paired_rows, prepare_shared, train_arms)
+from .compare import (BASELINE, LABELS, code_version, context_table, evaluate_runs, machine,
+                      markdown_table, paired_rows, prepare_shared, train_arms)
 from .config import (AEConfig, Config, DataConfig, DistillConfig, ModelConfig, TeacherConfig,
                      TrainConfig)
 from .cost import measure_latency, model_cost
@@ -130,8 +130,8 @@ def write_report(out: Path, cfg: Config, records: list[dict], seeds: int, quick:
         " Δ is the paired difference to the CE-only student, with its 95% confidence interval "
         "(Student t over seeds); the verdict follows the interval.", "",
         *markdown_table(rows), "",
-        "Context classes only (twin-red, twin-blue: told apart by a beacon far away), IoU in %:", "",
-        *markdown_table(ctx_rows, "context IoU"), "",
+        *context_table(ctx_rows, "Context classes only (twin-red, twin-blue: told apart by a "
+                                 "beacon far away), IoU in %:"), "",
         f"Cost at {cfg.data.crop_size} x {cfg.data.crop_size}: teacher "
         f"{by['teacher']['params'] / 1e6:.2f} M params, {by['teacher']['gflops']:.3f} GFLOPs, "
         f"{by['teacher']['latency_ms']:.1f} ms on CPU; student {student['params'] / 1e6:.2f} M, "

@@ -26,8 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .checkpoint import atomic_write_text
-from .compare import (LABELS, arm_config, code_version, evaluate_runs, machine, markdown_table,
-                      paired_rows, prepare_shared)
+from .compare import (LABELS, arm_config, code_version, context_table, evaluate_runs, machine,
+                      markdown_table, paired_rows, prepare_shared)
 from .config import AEConfig, Config
 from .demo import demo_config, init_schedule
 from .stages import distill, train_autoencoder
@@ -272,9 +272,9 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                   f"Autoencoder relative reconstruction error (val): {ae}." if ae else "", "",
                   *markdown_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
                                    for x in r["rows"]]), "",
-                  "Context classes only (IoU %):", "",
-                  *markdown_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
-                                   for x in r["context_rows"]], "context IoU"), ""]
+                  *context_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
+                                  for x in r["context_rows"]], "Context classes only (IoU %):"),
+                  ""]
     lines += ["Files: `study.json` (every run's record), `study.png` (the paired gain of "
               "each arm with its CI, one panel per regime)."]
     atomic_write_text(out / "study.md", "\n".join(lines) + "\n")
