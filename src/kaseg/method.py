@@ -494,12 +494,11 @@ class DistillTask(nn.Module):
         out = self.student(both)
         ce = F.cross_entropy(out["logits"][:n].float(), targets, ignore_index=self.ignore_index)
         losses, total = {"ce": ce}, ce
-        pseudo = self.pseudo_labels and unlabeled is not None
         t_out = self.teacher(both) if self.uses_teacher else None
         parts = [("", slice(0, n), targets, targets)]
         if unlabeled is not None:
             labels = None
-            if pseudo:
+            if self.pseudo_labels:
                 labels = pseudo_labels(t_out["logits"][n:], unlabeled_valid,
                                        self.pseudo_threshold, self.ignore_index)
                 losses["ce_pseudo_unlabeled"] = _ce_or_zero(out["logits"][n:], labels,
