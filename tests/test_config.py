@@ -120,3 +120,17 @@ def dump_config_dict(d: dict) -> str:
     import yaml
 
     return yaml.safe_dump(d, sort_keys=False)
+
+
+def test_a_run_started_before_a_key_existed_resumes_when_the_key_is_at_its_default(tmp_path):
+    from kaseg.runs import prepare_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    new = to_dict(Config())
+    old = {**new, "data": {k: v for k, v in new["data"].items() if k != "unlabeled_count"}}
+    (run / "config.yaml").write_text(dump_config_dict(old))
+    prepare_run(run, new)  # the key did not exist: the run used its default, 0
+    changed = {**new, "data": {**new["data"], "unlabeled_count": 5}}
+    with pytest.raises(KasegError, match="data.unlabeled_count"):
+        prepare_run(run, changed)

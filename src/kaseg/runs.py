@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import atomic_write_text
-from .config import Config, diff_configs, upgrade_legacy
+from .config import Config, diff_configs, to_dict, upgrade_legacy
 from .data import build_dataset
 from .distributed import barrier, is_main
 from .errors import KasegError
@@ -57,6 +57,18 @@ RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safeten
                  "history.jsonl", "metrics.json", "tb")
 
 
+def with_defaults(old: dict, defaults: dict) -> dict:
+    """``old`` with every key it lacks taken from ``defaults`` (recursively): a run written
+    before a config key existed ran with that key's default."""
+    out = dict(old)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
 def prepare_run(run: Path, config: dict, force: bool = False) -> None:
     """Make ``run`` ready for this config: new, resumable (same config), or restarted (``force``).
 
@@ -70,6 +82,8 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
         raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
     if cfg_path.exists() and not force:
         old = upgrade_legacy(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
+        if "api" not in config:  # keys added since the run started mean what they meant then
+            old = with_defaults(old, to_dict(Config()))
         changed = [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
         if changed:
             raise KasegError(
