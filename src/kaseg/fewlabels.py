@@ -20,15 +20,12 @@ from tqdm import tqdm
 from .checkpoint import atomic_write_text
 from .compare import (LABELS, code_version, evaluate_runs, machine, markdown_table, paired_rows,
                       prepare_shared, train_arms)
-from .demo import demo_config, init_schedule
+from .demo import demo_config, init_schedule, tuned_weights
 
 log = logging.getLogger(__name__)
 
 LABELED_COUNT = 64
 ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "all_labels"]
-# x the default adaptation and affinity weights: the scale `kaseg study` chose for its
-# 96px-few-labels regime on its tuning seeds (never on reported numbers)
-WEIGHT_SCALE = 1.0
 LABELS_FEW = {**LABELS, "baseline": f"student (CE only), {LABELED_COUNT} labels",
               "kd_t2": "+ logit KD (T = 2), with the unlabelled images",
               "ka": "+ both (the method), with the unlabelled images"}
@@ -46,12 +43,10 @@ def run_limited_labels(out: str | Path = "demo_out", quick: bool = False,
                dynamic_ncols=True)
     shared = prepare_shared(out, replace(cfg, train=replace(cfg.train, lr=init_lr)), force,
                             init_iters=init_iters, bar=bar)
-    d = cfg.distill
     cfg = replace(cfg, teacher=shared.teacher, ae=shared.ae, model=shared.model,
                   data=replace(cfg.data, labeled_count=LABELED_COUNT,
                                unlabeled_split=cfg.data.train_split),
-                  distill=replace(d, adapt_weight=WEIGHT_SCALE * d.adapt_weight,
-                                  affinity_weight=WEIGHT_SCALE * d.affinity_weight))
+                  distill=tuned_weights(cfg.distill))
     folder = out / "limited-labels"
     runs = train_arms(folder, cfg, ARMS, list(range(seeds)), force, bar=bar)
     bar.close()
