@@ -90,7 +90,11 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
                 f"{run}: was started with a different config ({', '.join(changed[:5])}); "
                 f"use --force to start over or choose another --out"
             )
-    if not is_main():  # the checks above run everywhere (same answer); rank 0 alone writes
+    # the checks above run everywhere (same answer); every rank has made them before rank 0
+    # writes anything, or another rank could see a half-made folder (a temporary file, no
+    # config.yaml yet) and refuse it
+    barrier()
+    if not is_main():  # rank 0 alone writes
         barrier()
         return
     if force:
