@@ -48,6 +48,7 @@ TUNED_WEIGHT_SCALE = 0.3
 
 
 def tuned_weights(d: DistillConfig, scale: float = TUNED_WEIGHT_SCALE) -> DistillConfig:
+    """``d`` with the method's two weights scaled (the study's tuning knob)."""
     return replace(d, adapt_weight=scale * d.adapt_weight,
                    affinity_weight=scale * d.affinity_weight)
 

@@ -29,7 +29,7 @@ from .checkpoint import atomic_write_text
 from .compare import (LABELS, arm_config, code_version, context_table, evaluate_runs, machine,
                       markdown_table, paired_rows, prepare_shared)
 from .config import AEConfig, Config
-from .demo import demo_config, init_schedule
+from .demo import demo_config, init_schedule, tuned_weights
 from .stages import distill, train_autoencoder
 from .visualize import paired_gain_plot
 
@@ -131,8 +131,7 @@ def tune_weights(out: Path, cfg: Config, force: bool) -> tuple[float, dict]:
     """The scale of the method's two weights with the best mean mIoU on the tuning seeds."""
     scores: dict[float, list[float]] = {}
     for k in WEIGHT_SCALES:
-        d = replace(cfg.distill, adapt_weight=k * cfg.distill.adapt_weight,
-                    affinity_weight=k * cfg.distill.affinity_weight)
+        d = tuned_weights(cfg.distill, k)
         runs = {}
         for seed in TUNING_SEEDS:
             folder = f"tuning/ka-x{k:g}-s{seed}"
@@ -155,8 +154,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
         scale, tuning = tune_weights(rdir, cfg, force)
     else:
         scale, tuning = tuned[0], {}
-    cfg = replace(cfg, distill=replace(cfg.distill, adapt_weight=scale * cfg.distill.adapt_weight,
-                                       affinity_weight=scale * cfg.distill.affinity_weight))
+    cfg = replace(cfg, distill=tuned_weights(cfg.distill, scale))
     runs = {}
     for seed in seeds:
         for arm in regime.arms:
