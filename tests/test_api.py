@@ -13,7 +13,10 @@ from kaseg.cli import main
 from kaseg.config import AEConfig, DataConfig, DistillConfig, TrainConfig
 from kaseg.data import build_dataset
 from kaseg.errors import KasegError
+from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
+from kaseg.runtime import seeded
+from kaseg.stages import CONTROL_SEED_OFFSET
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = TrainConfig(iters=2, batch_size=2, val_every=2, val_batch_size=2, device="cpu",
@@ -84,3 +87,33 @@ def test_a_teacher_from_the_users_own_pth(tmp_path, capsys):
     torch.save(state, tmp_path / "broken.pth")
     assert main(args + [f"teacher.weights={tmp_path / 'broken.pth'}", "--force"]) == 2
     assert "missing ['segmentation_head.0.bias']" in capsys.readouterr().err
+
+
+def _captured_task(monkeypatch, **distill):
+    """The task api.distill builds (training itself is not needed to check it)."""
+    seen = {}
+    monkeypatch.setattr(api, "fit_distillation", lambda task, *a, **k: seen.setdefault("t", task))
+    teacher, student = build_model("tiny-teacher", 2), build_model("tiny-student", 2)
+    ae = FeatureAutoencoder(64, 16, ae_strides(4))
+    api.distill(student, teacher, Plain(), Plain(), "unused", autoencoder=ae, train=TRAIN,
+                seed=3, distill=DistillConfig(**distill))
+    return seen["t"], ae
+
+
+def test_api_distill_runs_the_negative_control_like_the_command_line(monkeypatch):
+    task, ae = _captured_task(monkeypatch, control="random_encoder")
+    with seeded(3 + CONTROL_SEED_OFFSET):
+        untrained = FeatureAutoencoder(64, 16, ae_strides(4))
+    used = task.encoder.inner.state_dict()
+    assert all(torch.equal(v, untrained.encoder.state_dict()[k]) for k, v in used.items())
+    assert not all(torch.equal(v, ae.encoder.state_dict()[k]) for k, v in used.items())
+    task, ae = _captured_task(monkeypatch)  # the method itself: the autoencoder it was given
+    assert task.encoder.inner is ae.encoder
+
+
+def test_api_distill_refuses_an_autoencoder_made_for_another_student_stride(monkeypatch):
+    monkeypatch.setattr(api, "fit_distillation", lambda *a, **k: None)
+    teacher, student = build_model("tiny-teacher", 2), build_model("tiny-student", 2)
+    ae = FeatureAutoencoder(64, 16, ae_strides(2))  # for a student at OS 8, not 16
+    with pytest.raises(KasegError, match="strides"):
+        api.distill(student, teacher, Plain(), Plain(), "unused", autoencoder=ae, train=TRAIN)

@@ -60,3 +60,10 @@ def test_errors_are_one_line(tmp_path, args, match):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kaseg: error: ") and match in lines[0], proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_demo_refuses_all_methods_with_limited_labels(tmp_path, capsys):
+    """An option the command would ignore is an error, before anything trains."""
+    assert main(["demo", "--limited-labels", "--all-methods", "--out", str(tmp_path / "d")]) == 2
+    assert "--all-methods is not an option of --limited-labels" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

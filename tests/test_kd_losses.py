@@ -2,6 +2,7 @@
 ignore pixels, gradcheck, and their place in the distillation task."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -322,3 +323,83 @@ def test_skd_pools_the_larger_teacher_map_to_the_students_size():
     # a mask at the teacher's size is reduced with the maps
     valid = torch.ones(2, 24, 32, dtype=torch.bool)
     assert skd_pairwise_loss(fs, ft, 2, valid).item() == pytest.approx(by_hand.item(), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- labels on a map's grid
+def _padded_side(side: int, divisor: int, stride: int) -> int:
+    """A map's side for an image of ``side`` px that the network pads to ``divisor``."""
+    return -(-side // divisor) * divisor // stride
+
+
+@pytest.mark.parametrize("side", [97, 513, 769])
+@pytest.mark.parametrize("stride,divisor", [(4, 8), (8, 8), (16, 16)])
+def test_labels_sit_on_the_map_grid_by_its_geometry(side, stride, divisor):
+    """An impulse at pixel (j*s, k*s) lands on map position (j, k); positions whose pixel lies in
+    the padding are ignore, however the sides round."""
+    from kaseg.kd_losses import labels_at
+    h = _padded_side(side, divisor, stride)
+    j = k = (side - 1) // stride  # the last position whose first pixel is inside the image
+    y = torch.full((1, side, side), IGN)
+    y[0, j * stride, k * stride] = 3
+    y[0, 0, stride] = 1  # position (0, 1)
+    grid = labels_at(y, (h, h), stride)
+    assert grid.shape == (1, h, h)
+    assert grid[0, j, k] == 3 and grid[0, 0, 1] == 1
+    assert (grid != IGN).sum() == 2
+    full = labels_at(torch.zeros(1, side, side, dtype=torch.long), (h, h), stride)
+    rows_inside = -(-side // stride)
+    assert (full[0, :rows_inside, :rows_inside] == 0).all()
+    assert (full[0, rows_inside:] == IGN).all() and (full[0, :, rows_inside:] == IGN).all()
+    if rows_inside < h:  # the old nearest resize stretched the labels over the padding
+        assert (labels_at(torch.zeros(1, side, side, dtype=torch.long), (h, h))[0, -1] == 0).all()
+
+
+def test_masks_of_the_task_follow_the_padded_geometry_at_odd_sizes():
+    """At 97 px the tiny teacher's stride-4 map has 26 rows (104 padded px): its last row is
+    padding, so FitNet's mask leaves it out, and the loss equals the one on the real rows."""
+    from kaseg.kd_losses import Outputs
+    torch.manual_seed(0)
+    teacher, student = build_model("tiny-teacher", 3).eval(), build_model("tiny-student", 3).eval()
+    x, y = torch.randn(1, 3, 97, 97), torch.randint(0, 3, (1, 97, 97))
+    s_out, t_out = student(x), teacher(x)
+    ft, fs = t_out["features"]["pre_logits"], s_out["features"]["pre_logits"]
+    assert ft.shape[-1] == 26 and fs.shape[-1] == 7
+    o = Outputs(s_out["logits"], t_out["logits"], fs, ft, y, y != IGN,
+                student_stride=16, teacher_stride=4)
+    v = o.valid_on(ft)
+    assert v[0, :25, :25].all() and not v[0, 25].any() and not v[0, :, 25].any()
+    reg = FitNetRegressor(fs.shape[1], ft.shape[1])
+    per_position = (F.interpolate(reg(fs), size=ft.shape[-2:], mode="bilinear") - ft).pow(2).mean(1)
+    torch.testing.assert_close(LOSSES["fitnet"].compute(replace(o, module=reg)),
+                               per_position[:, :25, :25].mean())
+    torch.testing.assert_close(o.labels_on(ft)[0, :25, :25], y[0, :100:4, :100:4])
+    assert o.valid_on(fs)[0].sum() == 7 * 7  # 97 px: 7 rows of 16 start inside the image
+
+
+def test_a_loss_that_reads_labels_on_an_unlabelled_batch_fails_loudly():
+    from kaseg.kd_losses import Outputs
+    t = torch.randn(1, 3, 8, 8)
+    o = Outputs(t, t, t, t, None, torch.ones(1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs_labels"):
+        o.labels_on(t)
+
+
+@pytest.mark.parametrize("name", ["adapt", "affinity", "ce", "pseudo", "loss", "kd_ratio",
+                                  "ce_pseudo", "x_unlabeled"])
+def test_the_method_terms_names_are_reserved(name):
+    from kaseg.kd_losses import register_loss
+    spec = LossSpec(lambda o: o.student_logits.sum(), weight=1.0)
+    with pytest.raises(ValueError, match="reserved"):
+        register_loss(name, spec)
+    with pytest.raises(ValueError, match="reserved"):
+        LOSSES[name] = spec
+    assert name not in LOSSES
+
+
+def test_a_registered_loss_never_swallows_a_config_key(monkeypatch):
+    """A loss named 'dense' with an option 'max_positions': distill.dense_max_positions is
+    today's key, not an old form of that loss's option."""
+    monkeypatch.setitem(LOSSES, "dense", LossSpec(lambda o, max_positions: o.student_logits.sum(),
+                                                  weight=1.0, options={"max_positions": 3}))
+    cfg = load_config(None, ["distill.dense_max_positions=64"])
+    assert cfg.distill.dense_max_positions == 64 and not cfg.distill.loss_options

@@ -343,3 +343,77 @@ def test_distill_refuses_a_latent_of_another_scale():
                         encoder=ae.encoder, latent_channels=16, affinity_weight=0.0)
     out = right(torch.randn(2, 3, 72, 72), torch.randint(0, 3, (2, 72, 72)))
     assert torch.isfinite(out["loss"])
+
+
+# --------------------------------------------------------------------------- second review
+def test_ratio_diagnostic_is_zero_when_ce_is_exactly_zero():
+    from kaseg.method import ratio
+    assert ratio(torch.tensor(3.5), torch.tensor(0.0)).item() == 0.0
+    assert ratio(torch.tensor(3.0), torch.tensor(2.0)).item() == 1.5
+
+
+def test_confident_student_on_an_easy_batch_gives_finite_diagnostics():
+    """CE of exactly 0 in float32: every logged entry stays finite (no inf ratio)."""
+    task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0)
+    task.train()
+    head = task.student.net.segmentation_head[0]
+    with torch.no_grad():  # class 0 wins everywhere by a margin that makes CE exactly 0
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([200.0, -200.0, -200.0]))
+    x, y = torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long)
+    losses = task(x, y)
+    assert losses["ce"].item() == 0.0
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    assert losses["adapt_ratio"].item() == 0.0 and losses["loss"].item() > 0
+
+
+def test_distill_task_on_a_batch_without_labels_is_finite_with_every_term():
+    from kaseg.kd_losses import resolve_losses
+    names = ["kd", "fitnet", "skd", "cwd", "ifvd"]
+    task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0,
+                            extra=resolve_losses(names))
+    task.train()
+    x, y = torch.randn(2, 3, 32, 32), torch.full((2, 32, 32), 255)
+    losses = task(x, y)
+    assert losses["ce"].item() == 0.0
+    for name in ["fitnet", "skd", "cwd", "ifvd"]:  # masked terms: nothing valid, nothing counts
+        assert losses[name].item() == 0.0, name
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
+
+
+def test_task_defaults_are_the_configs():
+    from kaseg.config import DistillConfig
+    task, _, _ = _tiny_task()
+    d = DistillConfig()
+    assert (task.adapt_weight, task.affinity_weight) == (d.adapt_weight, d.affinity_weight)
+    assert (task.adapt_reduction, task.affinity_reduction) == (d.adapt_reduction,
+                                                               d.affinity_reduction)
+    assert task.affinity_weight == 30.0  # the documented default, not 1.0
+
+
+@pytest.mark.parametrize("side", [4, 40])  # 16 positions (dense) and 1600 (Gram)
+def test_affinity_auto_gives_the_same_error_at_every_size(side):
+    fs, ft = torch.randn(1, 8, side, side), torch.randn(1, 6, side, side)
+    with pytest.raises(ValueError, match="need the same shape"):
+        affinity_loss(fs, ft)
+    with pytest.raises(ValueError, match="need the same shape"):
+        affinity_loss(fs, ft, impl="dense")
+
+
+def test_unlabelled_terms_share_the_weight_of_the_labelled_ones():
+    """With unlabelled images a label-free term is the image-weighted mean over both batches
+    (default), or the stated mix: turning them on does not double its weight."""
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    u, uv = torch.randn(6, 3, 32, 32), torch.zeros(6, 32, 32, dtype=torch.long)
+    for weight, share in ((None, 6 / 8), (0.5, 0.5), (1.0, 1.0)):
+        task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0, unlabeled_weight=weight)
+        task.eval()
+        losses = task(x, y, u, uv)
+        want = losses["ce"]
+        for name, w in (("adapt", 50.0), ("affinity", 30.0)):
+            want = want + w * ((1 - share) * losses[name] + share * losses[name + "_unlabeled"])
+        torch.testing.assert_close(losses["loss"], want)
+    with pytest.raises(ValueError, match="unlabeled_weight"):
+        _tiny_task(unlabeled_weight=2.0)

@@ -271,3 +271,44 @@ def test_channels_last_trains_like_the_default_layout(tmp_path):
         torch.nn.functional.cross_entropy(m(inp)["logits"], y).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
+
+
+def test_a_non_finite_diagnostic_does_not_stop_a_finite_step(tmp_path):
+    """Only the back-propagated loss decides a step's fate: an inf diagnostic (a ratio to a CE of
+    exactly 0) is logged, and the run trains on."""
+    class InfDiagnostic(SegmentationTask):
+        def forward(self, images, targets):
+            out = super().forward(images, targets)
+            return {**out, "kd_ratio": torch.tensor(float("inf"))}
+
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    model = build_model("tiny-student", 8)
+    before = next(model.parameters()).detach().clone()
+    out = fit(InfDiagnostic(model), ds, tiny_config().train, tmp_path, seed=0,
+              validate=lambda: {"miou": 0.5}, export=lambda w: None)
+    assert out["iters"] == 6 and out["skipped"] == 0
+    assert not torch.equal(next(model.parameters()).detach(), before)
+
+
+def test_a_non_finite_loss_names_the_term_that_made_it(tmp_path):
+    class BadTerm(SegmentationTask):
+        def forward(self, images, targets):
+            out = super().forward(images, targets)
+            bad = out["ce"] * float("nan")
+            return {"loss": out["loss"] + bad, "ce": out["ce"], "affinity": bad}
+
+    ds = SyntheticScenes("train", count=4, size=32, transform=EvalTransform())
+    with pytest.raises(KasegError, match="loss term 'affinity' is nan at iteration 1"):
+        fit(BadTerm(build_model("tiny-student", 8)), ds, tiny_config().train, tmp_path, seed=0,
+            validate=lambda: {"miou": 0}, export=lambda w: None)
+
+
+def test_a_batch_without_a_labelled_pixel_is_zero_not_nan():
+    model = build_model("tiny-student", 4)
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.full((2, 32, 32), 255)
+    out = SegmentationTask(model)(x, y)
+    assert out["loss"].item() == 0.0
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() and not g.any() for g in grads)

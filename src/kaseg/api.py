@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
 from .config import AEConfig, Config, DistillConfig, TeacherConfig, TrainConfig, to_dict
 from .errors import KasegError
 from .method import FeatureAutoencoder
-from .runtime import seed_everything, seeded
-from .stages import distill_task, fit_autoencoder, fit_distillation, load_autoencoder
+from .runtime import seed_everything
+from .stages import build_distill_task, fit_autoencoder, fit_distillation, load_autoencoder
 
 
 def _check_taps(model, tap: str, role: str) -> None:
@@ -67,12 +66,11 @@ def distill(student, teacher, train_set, val_set, run: str | Path, *,
     if uses_method and autoencoder is None:
         raise KasegError("api.distill: pass autoencoder= (from api.autoencoder) or set "
                          "adapt_weight=0 and affinity_weight=0")
-    encoder, latent = ((autoencoder.encoder.eval(), autoencoder.latent_channels) if uses_method
-                       else (torch.nn.Identity(), 1))
     cfg = replace(Config(), seed=seed, distill=d, train=train,
                   teacher=replace(TeacherConfig(), name=teacher.spec.name, tap=tap))
-    with seeded(seed + 2):  # adapters: a function of the seed, as on the command line
-        task = distill_task(cfg, student, teacher.eval(), encoder, latent)
+    ae = autoencoder if uses_method else None
+    task = build_distill_task(cfg, student, teacher, ae, getattr(ae, "meta", None),
+                              "api.distill(autoencoder=...)")
     seed_everything(seed)
     record = {"api": "kaseg.api.distill", "student": student.spec.name,
               "teacher": teacher.spec.name, "tap": tap, "seed": seed,

@@ -62,6 +62,10 @@ def _cmd_pipeline(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    if args.limited_labels and args.all_methods:
+        raise KasegError("--all-methods is not an option of --limited-labels (its arms are fixed: "
+                         "CE, pseudo-labels, KD and the method, with and without the unlabelled "
+                         "images); run them separately")
     if args.limited_labels:
         from .fewlabels import run_limited_labels
 

@@ -159,6 +159,11 @@ class DistillConfig:
     # the unlabelled stream (data.unlabeled_*): images per step, global like train.batch_size
     # (None: the same as train.batch_size); every label-free term is computed on them too
     unlabeled_batch_size: int | None = None
+    # how the two batches share each label-free term: (1 - u) * term(labelled) + u *
+    # term(unlabelled). None: u = the unlabelled batch's share of the step's images (the term's
+    # mean over every image), so that turning unlabelled images on changes what the terms see,
+    # not how much they weigh against CE. 1.0 = only the unlabelled batch; 0.0 = ignore it.
+    unlabeled_weight: float | None = None
     # self-training: CE on the unlabelled images against the teacher's argmax, where the
     # teacher's softmax confidence is at least pseudo_threshold (0: everywhere)
     pseudo_labels: bool = False
@@ -303,12 +308,13 @@ def upgrade_legacy(data: dict, source: str = "config") -> dict:
     if not isinstance(distill, dict):
         return data
     distill, moved = dict(distill), []
+    own = {f.name for f in dataclasses.fields(DistillConfig)}  # today's keys are never "old"
     weights = dict(distill.get("loss_weights") or {})
     options = {k: dict(v) for k, v in (distill.get("loss_options") or {}).items()}
     for name, spec in LOSSES.items():
         for option, default in [("weight", spec.weight), *spec.options.items()]:
             old = f"{name}_{option}"
-            if old not in distill:
+            if old not in distill or old in own:
                 continue
             value = distill.pop(old)
             moved.append(old)

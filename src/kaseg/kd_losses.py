@@ -32,17 +32,30 @@ from .runtime import IGNORE_INDEX
 
 
 
-def labels_at(targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(B, H, W)`` labels at ``size`` by nearest sampling (IFVD's rule for feature resolution)."""
+def labels_at(targets: torch.Tensor, size: tuple[int, int], stride: int | None = None,
+              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """``(B, H, W)`` labels on the grid of a ``size`` map.
+
+    With ``stride`` (the map's stride in input pixels): by the geometry the networks have. They pad
+    the image on the bottom and right to their divisor, so position ``j`` of the map starts at pixel
+    ``j * stride`` of the image; it takes that pixel's label, and ``ignore_index`` where the pixel
+    lies in the padding. Without ``stride``: nearest sampling from H x W onto ``size`` (IFVD's rule;
+    the same as the geometric one when H = h * stride, off by up to a stride otherwise).
+    """
     if tuple(targets.shape[-2:]) == tuple(size):
         return targets
-    return F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    if stride is None:
+        return F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    h, w = size
+    grid = targets[:, : h * stride : stride, : w * stride : stride]  # pixels j * stride inside
+    ph, pw = h - grid.shape[-2], w - grid.shape[-1]
+    return F.pad(grid, (0, pw, 0, ph), value=ignore_index) if ph or pw else grid
 
 
 def valid_mask(targets: torch.Tensor, size: tuple[int, int],
-               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Bool mask of the non-ignore positions at ``size``."""
-    return labels_at(targets, size) != ignore_index
+               ignore_index: int = IGNORE_INDEX, stride: int | None = None) -> torch.Tensor:
+    """Bool mask of the non-ignore positions at ``size`` (``stride``: see :func:`labels_at`)."""
+    return labels_at(targets, size, stride, ignore_index) != ignore_index
 
 
 def at_least_f32(x: torch.Tensor) -> torch.Tensor:
@@ -257,20 +270,20 @@ def class_prototype_similarity(f: torch.Tensor, labels: torch.Tensor, num_classe
 
 @_full_precision
 def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_classes: int,
-              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+              ignore_index: int = IGNORE_INDEX, stride: int | None = None) -> torch.Tensor:
     """Intra-class feature variation distillation (Wang et al., ECCV 2020):
 
         p_k = mean of f_i over the positions i of class k (per image),
         M_i = cos(f_i, p_{y_i}),   L_ifv = 1/|V| * sum_{i in V} (M^s_i - M^t_i)^2
 
-    Labels are brought to the teacher's feature size with nearest sampling (as in IFVD's code),
-    the student's features upsampled to it; ignore pixels join no prototype and no mean (the
+    Labels are brought to the teacher's feature grid (:func:`labels_at`: by the map's ``stride``
+    when given, else nearest sampling as in IFVD's code), the student's features upsampled to it; ignore pixels join no prototype and no mean (the
     source keeps them at similarity 1 in both maps, so only its mean's denominator differs).
     Default weight 200 (IFVD's ``lambda_ifv``; also CIRKD).
     """
     ft = at_least_f32(ft.detach())
     fs = resize(at_least_f32(fs), ft.shape[-2:])
-    targets = labels_at(targets, ft.shape[-2:])
+    targets = labels_at(targets, ft.shape[-2:], stride, ignore_index)
     valid = (targets != ignore_index) & (targets >= 0) & (targets < num_classes)
     ms = class_prototype_similarity(fs, targets, num_classes, valid)
     mt = class_prototype_similarity(ft, targets, num_classes, valid)
@@ -281,19 +294,50 @@ def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_cla
 @dataclasses.dataclass
 class Outputs:
     """What one distillation step offers a loss: both networks' logits and tapped feature maps,
-    the labels, and the loss's own trained module (None if it has none)."""
+    the labels and the valid pixels, and the loss's own trained module (None if it has none).
+
+    ``labels`` are class indices (``ignore_index`` where unknown), or None on images without
+    labels (an unlabelled batch without pseudo-labels): a loss that reads them must say so
+    (``LossSpec.needs_labels``) and is then left out of such a batch. ``valid`` marks the real
+    pixels that count, on every batch. Both are at the input's size; :meth:`labels_on` and
+    :meth:`valid_on` put them on the grid of any map the step offers, by its stride.
+    """
 
     student_logits: torch.Tensor
     teacher_logits: torch.Tensor
     student_features: torch.Tensor
     teacher_features: torch.Tensor
-    targets: torch.Tensor
+    labels: torch.Tensor | None
+    valid: torch.Tensor
     ignore_index: int = IGNORE_INDEX
     module: nn.Module | None = None
+    student_stride: int | None = None  # the tapped maps' strides in input pixels
+    teacher_stride: int | None = None
 
-    def valid(self, like: torch.Tensor) -> torch.Tensor:
-        """The non-ignore mask at the spatial size of ``like``."""
-        return valid_mask(self.targets, like.shape[-2:], self.ignore_index)
+    def _stride(self, like: torch.Tensor) -> int | None:
+        """The stride of a map of ``like``'s size: 1 at the input's size, else the tapped map's
+        of the same size (None: unknown, nearest sampling)."""
+        size = tuple(like.shape[-2:])
+        if size == tuple(self.valid.shape[-2:]):
+            return 1
+        for f, stride in ((self.teacher_features, self.teacher_stride),
+                          (self.student_features, self.student_stride)):
+            if size == tuple(f.shape[-2:]) and stride is not None:
+                return stride
+        return None
+
+    def valid_on(self, like: torch.Tensor) -> torch.Tensor:
+        """The valid-pixel mask on the grid of ``like`` (a map of this step)."""
+        v = self.valid.to(torch.uint8)
+        return labels_at(v, like.shape[-2:], self._stride(like), 0) > 0
+
+    def labels_on(self, like: torch.Tensor) -> torch.Tensor:
+        """The labels on the grid of ``like``; invalid pixels are ``ignore_index``."""
+        if self.labels is None:
+            raise ValueError("this batch has no labels: a loss that reads them needs "
+                             "LossSpec(needs_labels=True)")
+        labels = self.labels.masked_fill(~self.valid, self.ignore_index)
+        return labels_at(labels, like.shape[-2:], self._stride(like), self.ignore_index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,23 +361,60 @@ class LossSpec:
     needs_labels: bool = False
 
 
-LOSSES: dict[str, LossSpec] = {
+# names the distillation task gives its own terms and their logged entries: a loss of the
+# registry may not take them (it would overwrite the term, or swallow its config keys)
+RESERVED_NAMES = frozenset({"loss", "ce", "adapt", "affinity", "pseudo", "distill", "distill_scale",
+                            "skipped", "lr", "iter"})
+
+
+class LossRegistry(dict):
+    """``{name: LossSpec}``; a name the method's own terms use is refused (see ``RESERVED_NAMES``)."""
+
+    def __setitem__(self, name: str, spec: LossSpec) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"a loss name must be an identifier, not {name!r}")
+        if name in RESERVED_NAMES or name.startswith("ce_") or name.endswith(("_ratio", "_unlabeled")):
+            raise ValueError(f"the loss name '{name}' is reserved for the method's own terms "
+                             f"({', '.join(sorted(RESERVED_NAMES))}, ce_*, *_ratio, *_unlabeled)")
+        if not isinstance(spec, LossSpec):
+            raise ValueError(f"loss '{name}': expected a LossSpec, got {type(spec).__name__}")
+        super().__setitem__(name, spec)
+
+    def update(self, *args, **kwargs) -> None:
+        for name, spec in dict(*args, **kwargs).items():
+            self[name] = spec
+
+    def setdefault(self, name, spec=None):
+        if name not in self:
+            self[name] = spec
+        return self[name]
+
+
+def register_loss(name: str, spec: LossSpec) -> LossSpec:
+    """Add a loss to :data:`LOSSES` (a reserved or non-identifier name is a ``ValueError``)."""
+    LOSSES[name] = spec
+    return spec
+
+
+LOSSES: LossRegistry = LossRegistry()
+LOSSES.update({
     "kd": LossSpec(lambda o, temperature: kd_loss(o.student_logits, o.teacher_logits, temperature,
-                                                  o.valid(o.teacher_logits)),
+                                                  o.valid_on(o.teacher_logits)),
                    weight=1.0, options={"temperature": 4.0}),
     "fitnet": LossSpec(lambda o: fitnet_loss(o.module(o.student_features), o.teacher_features,
-                                             o.valid(o.teacher_features)),
+                                             o.valid_on(o.teacher_features)),
                        weight=1.0, module=FitNetRegressor),
     "skd": LossSpec(lambda o, pool: skd_pairwise_loss(o.student_features, o.teacher_features, pool,
-                                                      o.valid(o.teacher_features)),
+                                                      o.valid_on(o.teacher_features)),
                     weight=10.0, options={"pool": 2}),
     "cwd": LossSpec(lambda o, temperature: cwd_loss(o.student_logits, o.teacher_logits,
-                                                    temperature, o.valid(o.teacher_logits)),
+                                                    temperature, o.valid_on(o.teacher_logits)),
                     weight=3.0, options={"temperature": 4.0}),
-    "ifvd": LossSpec(lambda o: ifvd_loss(o.student_features, o.teacher_features, o.targets,
+    "ifvd": LossSpec(lambda o: ifvd_loss(o.student_features, o.teacher_features,
+                                         o.labels_on(o.teacher_features),
                                          o.teacher_logits.shape[1], o.ignore_index),
                      weight=200.0, needs_labels=True),
-}
+})
 
 
 def resolve_losses(names: list[str], weights: dict | None = None,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DistillConfig
 from .runtime import IGNORE_INDEX
 from .kd_losses import LOSSES, Outputs, at_least_f32, resize
 
@@ -350,9 +351,14 @@ def affinity_loss_gram(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse
 def affinity_loss(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse", impl: str = "auto",
                   dense_max_positions: int = 1024) -> torch.Tensor:
     """Affinity distillation loss; ``impl="auto"`` picks dense up to ``dense_max_positions``
-    positions (faster for small maps) and the Gram form above (memory-light)."""
+    positions (faster for small maps) and the Gram form above (memory-light). Both maps must have
+    the same shape (the adapted student map and the encoded teacher map do), whatever the impl
+    and the size: the same inputs give the same answer, or the same error, at every size."""
     if impl not in AFFINITY_IMPLS:
         raise ValueError(f"affinity impl must be one of {AFFINITY_IMPLS}, not '{impl}'")
+    if fs.shape != ft.shape:  # checked here, so that every impl and size answers alike
+        raise ValueError(f"affinity: student {tuple(fs.shape)} and teacher {tuple(ft.shape)} "
+                         "need the same shape")
     m = fs.shape[-2] * fs.shape[-1]
     if impl == "dense" or (impl == "auto" and m <= dense_max_positions):
         return affinity_loss_dense(fs, ft, reduction)
@@ -384,7 +390,7 @@ class DistillTask(nn.Module):
     Trained: the student, C_f, C_a (and the modules of the other losses, e.g. FitNet's regressor).
     Frozen, without autograd: the teacher and E. A term whose weight is 0 is neither built nor
     computed (ablations). Returns every term and, for each weighted term, its ratio to CE
-    (``*_ratio``), which the first iterations also log. :func:`kaseg.stages.distill_task` builds
+    (``*_ratio``), which the first iterations also log. :func:`kaseg.stages.build_distill_task` builds
     one from a config.
 
     Args:
@@ -405,18 +411,32 @@ class DistillTask(nn.Module):
             caller; ``"constant_target"`` replaces E(F_t) by a constant map).
         pseudo_labels, pseudo_threshold: on unlabelled images, CE against the teacher's argmax
             where its confidence reaches the threshold (self-training); IFVD then uses them too.
+        unlabeled_weight: with unlabelled images, each label-free term is
+            ``(1 - u) * term(labelled batch) + u * term(unlabelled batch)``; None (default): u is
+            the unlabelled batch's share of the step's images, so the term is its mean over every
+            image and turning unlabelled images on leaves the distillation-to-CE balance as it was.
+
+    Every default is :class:`kaseg.config.DistillConfig`'s: a task built here and one built from
+    a config are the same task.
     """
 
     def __init__(self, *, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
                  latent_channels: int, teacher_tap: str = "pre_logits",
-                 student_tap: str = "pre_logits", adapt_weight: float = 50.0,
-                 affinity_weight: float = 1.0, adapt_reduction: str = "element",
-                 affinity_reduction: str = "mse", p: float = 2.0, q: float = 2.0,
-                 affinity_impl: str = "auto", dense_max_positions: int = 1024,
+                 student_tap: str = DistillConfig.student_tap,
+                 adapt_weight: float = DistillConfig.adapt_weight,
+                 affinity_weight: float = DistillConfig.affinity_weight,
+                 adapt_reduction: str = DistillConfig.adapt_reduction,
+                 affinity_reduction: str = DistillConfig.affinity_reduction,
+                 p: float = DistillConfig.p, q: float = DistillConfig.q,
+                 affinity_impl: str = DistillConfig.affinity_impl,
+                 dense_max_positions: int = DistillConfig.dense_max_positions,
                  ignore_index: int = IGNORE_INDEX,
                  extra: dict[str, tuple[float, dict]] | None = None,
-                 warmup_iters: int = 0, control: str = "none", pseudo_labels: bool = False,
-                 pseudo_threshold: float = 0.0):
+                 warmup_iters: int = DistillConfig.warmup_iters,
+                 control: str = DistillConfig.control,
+                 pseudo_labels: bool = DistillConfig.pseudo_labels,
+                 pseudo_threshold: float = DistillConfig.pseudo_threshold,
+                 unlabeled_weight: float | None = DistillConfig.unlabeled_weight):
         super().__init__()
         check_distill_options(adapt_reduction=adapt_reduction,
                               affinity_reduction=affinity_reduction, affinity_impl=affinity_impl,
@@ -440,6 +460,12 @@ class DistillTask(nn.Module):
                                            for name in self.extra if LOSSES[name].module})
         self.warmup_iters, self.control = warmup_iters, control
         self.pseudo_labels, self.pseudo_threshold = pseudo_labels, pseudo_threshold
+        if unlabeled_weight is not None and not 0.0 <= unlabeled_weight <= 1.0:
+            raise ValueError(f"distill.unlabeled_weight must be in [0, 1] (or null), got "
+                             f"{unlabeled_weight}")
+        self.unlabeled_weight = unlabeled_weight
+        self.student_stride = student.feature_info[student_tap].stride
+        self.teacher_stride = teacher.feature_info[teacher_tap].stride
         # training steps taken: in the state dict, so a resumed run continues the warm-up
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.calls = 0
@@ -485,33 +511,42 @@ class DistillTask(nn.Module):
     def forward(self, images, targets, unlabeled=None, unlabeled_valid=None) -> dict:
         """Losses of one step. ``unlabeled`` (optional): images without labels, and their
         validity mask (0 = a real pixel, ignore = padding); both batches go through each network
-        in one pass, and every label-free term is computed on each batch (``*_unlabeled``)."""
+        in one pass, and every label-free term is computed on each batch (``*_unlabeled``), the
+        two mixed by ``unlabeled_weight``."""
         if self.training:
             self.step += 1
         scale = self.distill_scale()
         n = images.shape[0]
         both = images if unlabeled is None else torch.cat([images, unlabeled])
         out = self.student(both)
-        ce = F.cross_entropy(out["logits"][:n].float(), targets, ignore_index=self.ignore_index)
+        ce = ce_or_zero(out["logits"][:n], targets, self.ignore_index)
         losses, total = {"ce": ce}, ce
         t_out = self.teacher(both) if self.uses_teacher else None
-        parts = [("", slice(0, n), targets, targets)]
+        parts = [("", slice(0, n), targets != self.ignore_index, targets)]
+        share = 0.0
         if unlabeled is not None:
             labels = None
             if self.pseudo_labels:
                 labels = pseudo_labels(t_out["logits"][n:], unlabeled_valid,
                                        self.pseudo_threshold, self.ignore_index)
-                losses["ce_pseudo_unlabeled"] = _ce_or_zero(out["logits"][n:], labels,
-                                                            self.ignore_index)
+                losses["ce_pseudo_unlabeled"] = ce_or_zero(out["logits"][n:], labels,
+                                                           self.ignore_index)
                 total = total + losses["ce_pseudo_unlabeled"]
-            parts.append(("_unlabeled", slice(n, None), unlabeled_valid, labels))
+            parts.append(("_unlabeled", slice(n, None), unlabeled_valid != self.ignore_index,
+                          labels))
+            m = unlabeled.shape[0]
+            share = m / (n + m) if self.unlabeled_weight is None else self.unlabeled_weight
         for suffix, part, valid, labels in parts:
-            for name, (weight, term) in self._distill_terms(out, t_out, part, valid,
-                                                            labels).items():
+            terms = self._distill_terms(out, t_out, part, valid, labels)
+            for name, (weight, term) in terms.items():
                 losses[name + suffix] = term
                 if not suffix:
-                    losses[f"{name}_ratio"] = (weight * term / ce).detach()
-                total = total + scale * weight * term
+                    losses[f"{name}_ratio"] = ratio(weight * term, ce)
+                mix = 1.0 if len(parts) == 1 else (share if suffix else 1.0 - share)
+                if name not in self._labelled_only:
+                    total = total + scale * weight * mix * term
+                elif not suffix:  # a term that needs labels has no unlabelled counterpart
+                    total = total + scale * weight * term
         if self.warmup_iters > 0:
             losses["distill_scale"] = torch.tensor(scale)
         losses["loss"] = total
@@ -522,12 +557,19 @@ class DistillTask(nn.Module):
                 for k, v in losses.items() if k.endswith("_ratio")))
         return losses
 
+    @property
+    def _labelled_only(self) -> set[str]:
+        """Terms that need class labels and so have no label-free counterpart to mix with, unless
+        pseudo-labels give the unlabelled batch labels too."""
+        if self.pseudo_labels:
+            return set()
+        return {name for name in self.extra if LOSSES[name].needs_labels}
+
     def _distill_terms(self, out: dict, t_out: dict | None, part: slice, valid: torch.Tensor,
                        labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
         """``{name: (weight, unweighted term)}`` on the samples ``part`` of the batch. ``valid``
-        marks the positions that count (the labels themselves, on a labelled batch); ``labels``
-        (None: none) is what a term that needs classes (IFVD) uses; without it that term is
-        left out of this batch."""
+        marks the real pixels (input size); ``labels`` (None: none) is what a term that needs
+        classes (IFVD) uses; without it that term is left out of this batch."""
         weighted: dict[str, tuple[float, torch.Tensor]] = {}
         if t_out is None:
             return weighted
@@ -541,10 +583,18 @@ class DistillTask(nn.Module):
             if spec.needs_labels and labels is None:
                 continue
             given = Outputs(out["logits"][part], t_out["logits"][part], fs, ft,
-                            labels if spec.needs_labels else valid, self.ignore_index,
-                            self.loss_modules[name] if name in self.loss_modules else None)
+                            labels if spec.needs_labels else None, valid, self.ignore_index,
+                            self.loss_modules[name] if name in self.loss_modules else None,
+                            self.student_stride, self.teacher_stride)
             weighted[name] = (weight, spec.compute(given, **options))
         return weighted
+
+
+def ratio(weighted_term: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """A diagnostic: ``weight * term / CE``, 0 where CE is 0 (a confident student on an easy
+    batch), so that a diagnostic is never inf or NaN. Detached: nothing trains on it."""
+    w, c = weighted_term.detach(), ce.detach()
+    return torch.where(c > 0, w / torch.where(c > 0, c, torch.ones_like(c)), torch.zeros_like(w))
 
 
 def pseudo_labels(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold: float = 0.0,
@@ -557,12 +607,15 @@ def pseudo_labels(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold: 
     return labels
 
 
-def _ce_or_zero(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy over the labelled positions; 0 (with a gradient) when there is none
-    (PyTorch's mean would be 0/0)."""
-    if not (labels != ignore_index).any():
-        return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+def ce_or_zero(logits: torch.Tensor, labels: torch.Tensor,
+               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy over the labelled positions (float32); 0, with a finite (zero) gradient,
+    when there is none: PyTorch's mean would be 0/0 = NaN and stop a healthy run. The same value
+    as ``F.cross_entropy(..., ignore_index=...)`` otherwise, without a host sync."""
+    x = logits.float()
+    summed = F.cross_entropy(x, labels, ignore_index=ignore_index, reduction="sum")
+    count = (labels != ignore_index).sum()
+    return summed / count.clamp(min=1).to(summed.dtype)
 
 
 def check_distill_options(*, adapt_reduction: str, affinity_reduction: str, affinity_impl: str,

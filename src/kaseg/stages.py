@@ -73,6 +73,7 @@ def load_autoencoder(path: str | Path) -> tuple[FeatureAutoencoder, dict]:
         raise KasegError(f"{path}: not an autoencoder checkpoint (from `kaseg train-ae`)")
     ae = FeatureAutoencoder(meta["in_channels"], meta["latent_channels"], tuple(meta["strides"]))
     load_state_strict(ae, state, path)
+    ae.meta = dict(meta)  # what it was trained for, checked where it is used
     return ae.eval(), meta
 
 
@@ -196,18 +197,8 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
         raise KasegError("ae.weights must name a trained autoencoder (`kaseg train-ae`), or set "
                          "distill.adapt_weight=0 and distill.affinity_weight=0")
     student = build_student(cfg, train_set.num_classes)
-    if cfg.ae.weights:
-        ae, ae_meta = load_autoencoder(cfg.ae.weights)
-        check_autoencoder_fits(ae_meta, cfg.ae.weights, teacher, cfg.teacher.tap,
-                               student.feature_info[dcfg.student_tap].stride)
-        if dcfg.control == "random_encoder":  # negative control: same shapes, no training
-            with seeded(cfg.seed + 1):
-                ae = FeatureAutoencoder(ae.in_channels, ae.latent_channels, ae.strides).eval()
-        encoder, latent = ae.encoder, ae_meta["latent_channels"]
-    else:
-        encoder, latent = torch.nn.Identity(), 1
-    with seeded(cfg.seed + 2):  # adapters and regressors: the same in every run of a seed
-        task = distill_task(cfg, student, teacher, encoder, latent)
+    ae, ae_meta = load_autoencoder(cfg.ae.weights) if cfg.ae.weights else (None, None)
+    task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "")
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
     return fit_distillation(task, train_set, val_set, run, train=cfg.train, seed=cfg.seed,
                             record=to_dict(cfg), num_workers=cfg.data.num_workers, force=force,
@@ -252,9 +243,41 @@ def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
     return write_result(run, summary, name)
 
 
+CONTROL_SEED_OFFSET = 1  # the untrained encoder of the random-encoder control
+ADAPTER_SEED_OFFSET = 2  # adapters and regressors: the same in every arm of a seed
+
+
+def build_distill_task(cfg: Config, student: SegModel, teacher: SegModel,
+                       autoencoder: FeatureAutoencoder | None, ae_meta: dict | None = None,
+                       ae_source: str | Path = "autoencoder") -> DistillTask:
+    """The one builder of a distillation step, for the command line and the Python API alike:
+    checks that the autoencoder fits this teacher map and student stride, builds the untrained
+    encoder of ``distill.control=random_encoder``, and seeds the adapters by ``cfg.seed``."""
+    dcfg = cfg.distill
+    if (dcfg.adapt_weight > 0 or dcfg.affinity_weight > 0) and autoencoder is None:
+        raise KasegError("ae.weights must name a trained autoencoder (`kaseg train-ae`), or set "
+                         "distill.adapt_weight=0 and distill.affinity_weight=0")
+    if autoencoder is None:
+        encoder, latent = torch.nn.Identity(), 1
+    else:
+        meta = {"in_channels": autoencoder.in_channels, "strides": list(autoencoder.strides),
+                **(ae_meta or {})}
+        check_autoencoder_fits(meta, ae_source, teacher, cfg.teacher.tap,
+                               student.feature_info[dcfg.student_tap].stride)
+        if dcfg.control == "random_encoder":  # negative control: same shapes, no training
+            with seeded(cfg.seed + CONTROL_SEED_OFFSET):
+                autoencoder = FeatureAutoencoder(autoencoder.in_channels,
+                                                 autoencoder.latent_channels,
+                                                 autoencoder.strides)
+        encoder, latent = autoencoder.encoder.eval(), autoencoder.latent_channels
+    with seeded(cfg.seed + ADAPTER_SEED_OFFSET):
+        return distill_task(cfg, student, teacher.eval(), encoder, latent)
+
+
 def distill_task(cfg: Config, student: SegModel, teacher: SegModel, encoder: torch.nn.Module,
                  latent_channels: int) -> DistillTask:
-    """The one place a :class:`DistillTask` is built from a config."""
+    """A :class:`DistillTask` from a config (no checks, no seeding: see
+    :func:`build_distill_task`)."""
     dcfg = cfg.distill
     try:
         return DistillTask(
@@ -265,7 +288,8 @@ def distill_task(cfg: Config, student: SegModel, teacher: SegModel, encoder: tor
             dense_max_positions=dcfg.dense_max_positions,
             extra=resolve_losses(dcfg.extra_losses, dcfg.loss_weights, dcfg.loss_options),
             warmup_iters=dcfg.warmup_iters, control=dcfg.control,
-            pseudo_labels=dcfg.pseudo_labels, pseudo_threshold=dcfg.pseudo_threshold)
+            pseudo_labels=dcfg.pseudo_labels, pseudo_threshold=dcfg.pseudo_threshold,
+            unlabeled_weight=dcfg.unlabeled_weight)
     except ValueError as e:
         raise KasegError(str(e)) from None
 

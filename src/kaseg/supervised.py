@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_state_strict, read_weights, resolve_weights, save_model
 from .config import Config, to_dict
 from .evaluate import evaluate
+from .method import ce_or_zero
 from .models import SegModel, build_model
 from .runtime import IGNORE_INDEX
 from .errors import KasegError
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class SegmentationTask(nn.Module):
-    """Pixel-wise cross-entropy on the model's logits; ignore pixels do not count."""
+    """Pixel-wise cross-entropy on the model's logits; ignore pixels do not count (a batch with
+    none counted is 0, not NaN)."""
 
     def __init__(self, model: SegModel, ignore_index: int = IGNORE_INDEX):
         super().__init__()
@@ -30,7 +31,7 @@ class SegmentationTask(nn.Module):
 
     def forward(self, images, targets) -> dict:
         logits = self.model(images)["logits"]
-        ce = F.cross_entropy(logits.float(), targets, ignore_index=self.ignore_index)
+        ce = ce_or_zero(logits, targets, self.ignore_index)
         return {"loss": ce, "ce": ce}
 
 

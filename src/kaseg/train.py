@@ -282,7 +282,9 @@ def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
                      for x in unlabeled]
     with autocast(t.device, t.cfg.amp):
         losses = t.model(images, targets, *unlabeled)
-    bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+    # only the loss that is back-propagated decides the step's fate: the other entries are
+    # diagnostics (a term may be logged and not weighed in)
+    bad = [] if torch.isfinite(losses["loss"].detach()).all() else [_culprit(losses)]
     if world_size() > 1:  # every rank skips (or stops) together, or the all-reduce would hang
         flag = torch.tensor([float(bool(bad))], device=t.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -290,7 +292,8 @@ def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
             bad = ["loss (on another process)"]
     t.opt.zero_grad(set_to_none=True)
     if bad and not t.cfg.skip_nonfinite:
-        raise KasegError(f"{t.run}: loss term '{bad[0]}' is {losses[bad[0]].item()} at iteration "
+        value = losses[bad[0]].item() if bad[0] in losses else float("nan")
+        raise KasegError(f"{t.run}: loss term '{bad[0]}' is {value} at iteration "
                          f"{it}; lower train.lr, set train.grad_clip, or set "
                          f"train.skip_nonfinite=true to skip such steps")
     if bad:  # skip the step: no update, but the schedule moves on as if it had happened
@@ -306,6 +309,14 @@ def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
         t.scaler.update()
     t.sched.step()
     return losses
+
+
+def _culprit(losses: dict) -> str:
+    """The name of the first non-finite term of a non-finite loss (``loss`` if none is)."""
+    for name, value in losses.items():
+        if name != "loss" and not torch.isfinite(value.detach()).all():
+            return name
+    return "loss"
 
 
 def _writer(t: Trainer) -> SummaryWriter:

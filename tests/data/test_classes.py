@@ -149,3 +149,17 @@ def test_data_check_warns_on_paired_names_without_flip_pairs(tmp_path, capsys):
                                        "flip_pairs: [[arm_l, arm_r]]\n")
     assert main(["data", "check", str(root), "--dataset", "folder", "--quiet"]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_data_check_suggests_every_pair_it_found(tmp_path, capsys):
+    """An atlas with eight left/right pairs: the suggestion a user pastes holds all eight."""
+    root = _paired_folder(tmp_path / "ds", flip_pairs=False)
+    parts = ["arm", "leg", "eye", "ear", "hand", "foot", "knee", "hip"]
+    names = ["background"] + [f"{p}_{side}" for p in parts for side in ("l", "r")]
+    (root / "classes.yaml").write_text(f"names: [{', '.join(names)}]\n")
+    assert main(["data", "check", str(root), "--dataset", "folder", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    suggestion = out[out.index("'flip_pairs: ["):]
+    for p in parts:
+        assert f"[{p}_l, {p}_r]" in suggestion
+    assert "(8 in all)" in out

@@ -77,9 +77,12 @@ def class_warnings(name: str, root: str | Path) -> list[str]:
     suspects = looks_paired(info.names)
     if not suspects:
         return []
-    pairs = ", ".join(f"[{a}, {b}]" for a, b in suspects[:6])
-    return [f"classes {pairs} look like left/right pairs but the classes file gives no "
-            f"flip_pairs; with data.flip (the default) add 'flip_pairs: [{pairs}]' to it"]
+    # the whole suggestion, every pair: a user who pastes a shortened one still trains the
+    # pairs left out flipped wrong
+    pairs = ", ".join(f"[{a}, {b}]" for a, b in suspects)
+    return [f"classes {pairs} look like left/right pairs ({len(suspects)} in all) but the classes "
+            f"file gives no flip_pairs; with data.flip (the default) add "
+            f"'flip_pairs: [{pairs}]' to it"]
 
 
 def check_unlabeled(root: str | Path, progress: bool = True) -> SplitReport:
