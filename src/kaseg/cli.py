@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -77,6 +78,33 @@ def _cmd_demo(args) -> int:
     run_demo(args.out, args.quick, args.seeds, args.device, args.force, args.all_methods)
     print((Path(args.out) / "report.md").read_text())
     return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare_report import export_best, write_report
+    from .comparison import plan, run, spec_from
+    from .config import load_config, read_section
+
+    cfg = load_config(args.config, args.overrides)
+    spec = spec_from(read_section(args.config, "compare"), args.config, args.arms, args.seeds,
+                     args.tune_seeds, args.weight_scales, args.controls, args.init_iters)
+    out = Path(args.out)
+    command = "kaseg " + " ".join(shlex.quote(a) for a in args.argv)
+    if args.plan:
+        lines = plan(out, cfg, spec)
+        todo = sum(1 for ln in lines if not ln.startswith("#"))
+        print(f"{out / 'plan.txt'}: {todo} run(s) to do")
+        print("\n".join(lines))
+        return 0
+    if not args.report:
+        run(out, cfg, spec, args.force)
+    got = write_report(out, cfg, spec, command, cfg.train.device)
+    print((out / "report.md").read_text())
+    if args.export_best:
+        best = export_best(out, got, spec, args.format)
+        print(f"best arm exported: {best}" if best else
+              "--export-best: no arm is resolved better than CE only; nothing exported")
+    return 1 if got["missing"] and args.report else 0
 
 
 def _cmd_study(args) -> int:
@@ -233,6 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUT/limited-labels/report.md)")
     d.set_defaults(fn=_cmd_demo)
 
+    c = sub.add_parser("compare", help="does distillation help on my data, and which method? "
+                       "arms x paired seeds on any config, with a report")
+    c.add_argument("--config", required=True)
+    c.add_argument("--out", required=True, help="the comparison's folder; re-running resumes it")
+    c.add_argument("--arms", nargs="+", help="arm names (default: the config's compare.arms, "
+                   "else baseline kd_t2 ka ka_kd); CE only is always included")
+    c.add_argument("--seeds", type=int, help="paired seeds 0..N-1 (default 5)")
+    c.add_argument("--tune-seeds", type=int, nargs="+",
+                   help="seeds the method's weights are chosen on, never reported "
+                        "(default 100 101)")
+    c.add_argument("--weight-scales", type=float, nargs="+",
+                   help="x the method's two weights, tried on the tuning seeds (default 0.3 1 3;"
+                        " one value: no tuning)")
+    c.add_argument("--controls", action="store_true", help="add both negative controls")
+    c.add_argument("--init-iters", type=int,
+                   help="a shared CE-trained start of N iterations (its own seed) for every arm")
+    c.add_argument("--plan", action="store_true",
+                   help="write OUT/plan.txt, one command per unfinished run, and stop")
+    c.add_argument("--report", action="store_true",
+                   help="the report from the finished runs only (lists the missing ones)")
+    c.add_argument("--export-best", action="store_true",
+                   help="write the best arm's student to OUT/best/")
+    c.add_argument("--format", choices=["onnx"], help="with --export-best: also as ONNX")
+    c.add_argument("--force", action="store_true", help="recompute every run")
+    c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
+    c.set_defaults(fn=_cmd_compare)
+
     st = sub.add_parser("study", help="the long paired study: a ladder of regimes x arms x seeds")
     st.add_argument("--out", default="study_out")
     st.add_argument("--device", default="auto")
@@ -330,6 +385,7 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports' provenance
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.DEBUG if args.debug else logging.INFO)  # kaseg's own messages only
     from .distributed import init_from_env, is_main

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .arms import ARMS, BASELINE, arm_config, get_arm
 from .checkpoint import load_model
 from .config import Config
 from .data import build_dataset
@@ -30,51 +31,10 @@ from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
-BASELINE = "baseline"
-_OFF = dict(adapt_weight=0.0, affinity_weight=0.0)
-# every arm a comparison may run: DistillConfig changes from the defaults (the method)
-ARMS: dict[str, dict] = {
-    "baseline": _OFF,
-    "kd": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 4.0}}),
-    "kd_t2": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 2.0}}),
-    "kd_t6": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 6.0}}),
-    "fitnet": dict(_OFF, extra_losses=["fitnet"]),
-    "skd": dict(_OFF, extra_losses=["skd"]),
-    "cwd": dict(_OFF, extra_losses=["cwd"]),
-    "ifvd": dict(_OFF, extra_losses=["ifvd"]),
-    "adapt": dict(affinity_weight=0.0),
-    "affinity": dict(adapt_weight=0.0),
-    "ka": {},
-    "ka_kd": dict(extra_losses=["kd"], loss_options={"kd": {"temperature": 2.0}}),
-    "ka_warmup": dict(warmup_iters=50),
-    "ka_student_encoder": dict(student_tap="encoder"),
-    "ka_paper": dict(adapt_reduction="paper", affinity_reduction="paper", affinity_weight=1.0),
-    "ctrl_random_ae": dict(control="random_encoder"),
-    "ctrl_constant": dict(control="constant_target"),
-    # few labels (a comparison whose data has labeled_count and an unlabelled source): "data"
-    # holds DataConfig changes. The arms above use the unlabelled images wherever a term can.
-    "pseudo": dict(_OFF, pseudo_labels=True),
-    "kd_t2_labeled": dict(_OFF, extra_losses=["kd"], loss_options={"kd": {"temperature": 2.0}},
-                          data=dict(unlabeled_split=None, unlabeled_count=0)),
-    "ka_labeled": dict(data=dict(unlabeled_split=None, unlabeled_count=0)),
-    "all_labels": dict(_OFF, data=dict(labeled_count=None, unlabeled_split=None,
-                                       unlabeled_count=0)),
-}
-LABELS = {
-    "teacher": "teacher", "baseline": "student (CE only)", "kd": "+ logit KD (T = 4)",
-    "kd_t2": "+ logit KD (T = 2)", "kd_t6": "+ logit KD (T = 6)", "fitnet": "+ FitNet (feature L2)",
-    "skd": "+ SKD pair-wise", "cwd": "+ CWD (logits)", "ifvd": "+ IFVD",
-    "adapt": "+ adaptation", "affinity": "+ affinity", "ka": "+ both (the method)",
-    "ka_kd": "the method + KD (T = 2)", "ka_warmup": "the method, 50-iteration warm-up",
-    "ka_student_encoder": "the method on the student's encoder map",
-    "ka_paper": "the method, paper-literal reductions",
-    "ctrl_random_ae": "control: the method with an untrained encoder",
-    "ctrl_constant": "control: adapters fitted to a constant target",
-    "pseudo": "+ teacher's pseudo-labels on unlabelled images",
-    "kd_t2_labeled": "+ logit KD (T = 2), labelled images only",
-    "ka_labeled": "+ both (the method), labelled images only",
-    "all_labels": "student (CE only), every image labelled",
-}
+def label(arm: str) -> str:
+    """An arm's label in reports (its name when it is not registered)."""
+    return ARMS[arm].label if arm in ARMS else {"teacher": "teacher", "init": "shared start"}.get(
+        arm, arm)
 
 
 def code_version() -> str:
@@ -136,12 +96,6 @@ def prepare_shared(out: Path, cfg: Config, force: bool = False, init_iters: int 
     return cfg
 
 
-def arm_config(cfg: Config, arm: str, seed: int) -> Config:
-    changes = dict(ARMS[arm])
-    data = replace(cfg.data, **changes.pop("data", {}))
-    return replace(cfg, seed=seed, data=data, distill=replace(cfg.distill, **changes))
-
-
 def train_arms(out: Path, cfg: Config, arms: list[str], seeds: list[int], force: bool = False,
                bar=None) -> dict[str, tuple[str, int]]:
     """Every (arm, seed) run, seed-major so that partial results are paired; -> {folder: (arm,
@@ -152,7 +106,7 @@ def train_arms(out: Path, cfg: Config, arms: list[str], seeds: list[int], force:
             folder = f"runs/{arm}-s{seed}"
             if bar is not None:
                 bar.set_postfix_str(folder)
-            distill(arm_config(cfg, arm, seed), out / folder, force)
+            distill(arm_config(cfg, get_arm(arm), seed), out / folder, force)
             runs[folder] = (arm, seed)
             if bar is not None:
                 bar.update(1)
@@ -190,7 +144,7 @@ def paired_rows(records: list[dict], arms: list[str], key: str = "miou") -> list
     for arm in arms:
         if arm not in by:
             continue
-        row = {"arm": arm, "label": LABELS.get(arm, arm), "seeds": sorted(by[arm]),
+        row = {"arm": arm, "label": label(arm), "seeds": sorted(by[arm]),
                "values": [by[arm][s] for s in sorted(by[arm])],
                "summary": summarize(list(by[arm].values())).to_dict()}
         if arm != BASELINE and base and set(by[arm]) & set(base):

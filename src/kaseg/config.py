@@ -121,10 +121,15 @@ class AEConfig:
     lr: float = 0.1  # [paper]
     weight_decay: float = 1e-4  # [paper]
     grad_clip: float | None = 10.0  # [ours] guards lr 0.1 against large teacher activations
-    # [ours] validate every this many epochs; with `patience`, stop once the val reconstruction
-    # error has not improved for that many validations (epochs is then the most it trains)
-    val_every_epochs: float | None = None  # None: once, at the end
-    patience: int | None = None
+    # [ours] a floor in iterations: one epoch of a small dataset (112 images: 14 iterations)
+    # leaves the autoencoder untrained, and "the method" silently becomes the untrained-encoder
+    # control. The budget is max(min_iters, epochs x iterations per epoch).
+    min_iters: int = 1000
+    # [ours] validate every this many epochs (None: four times over the budget when `patience`
+    # is set, else once at the end); with `patience`, stop once the val reconstruction error
+    # has not improved for that many validations: trained until it stops falling
+    val_every_epochs: float | None = None
+    patience: int | None = 2
 
 
 @dataclass
@@ -347,6 +352,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
             raise KasegError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise KasegError(f"{path}: the top level must be a mapping of config keys")
+        data.pop("compare", None)  # `kaseg compare`'s own section (read_section), not a run's
     if overrides:
         data = _merge(data, parse_overrides(list(overrides)))
     if cls is Config:
@@ -355,6 +361,23 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
     if isinstance(cfg, Config):
         check_config(cfg, source)
     return cfg
+
+
+def read_section(path: str | Path | None, name: str) -> dict:
+    """A top-level section of an experiment file that is not part of a run's config (e.g.
+    ``compare:``); empty when absent."""
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError:
+        return {}  # load_config reports it
+    section = data.get(name) if isinstance(data, dict) else None
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise KasegError(f"{path}: '{name}' must be a mapping")
+    return section
 
 
 def check_config(cfg: Config, source: str = "config") -> None:

@@ -57,6 +57,10 @@ RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safeten
                  "history.jsonl", "metrics.json", "tb")
 
 
+# keys whose default changed when they were added: a run written before them ran like this
+LEGACY = {"ae": {"min_iters": 0}}
+
+
 def with_defaults(old: dict, defaults: dict) -> dict:
     """``old`` with every key it lacks taken from ``defaults`` (recursively): a run written
     before a config key existed ran with that key's default."""
@@ -83,7 +87,7 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
     if cfg_path.exists() and not force:
         old = upgrade_legacy(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
         if "api" not in config:  # keys added since the run started mean what they meant then
-            old = with_defaults(old, to_dict(Config()))
+            old = with_defaults(with_defaults(old, LEGACY), to_dict(Config()))
         changed = [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
         if changed:
             raise KasegError(

@@ -155,9 +155,11 @@ def fit_autoencoder(teacher: SegModel, student_stride: int, train_set, val_set, 
     latent = ae.latent_channels or max(1, t_info.channels // 2)
     net = FeatureAutoencoder(t_info.channels, latent, strides)
     per_epoch = len(train_set) / train.batch_size
-    iters = max(1, math.ceil(ae.epochs * per_epoch))
-    val_every = (max(1, round(ae.val_every_epochs * per_epoch)) if ae.val_every_epochs
-                 else iters)
+    iters = max(1, ae.min_iters, math.ceil(ae.epochs * per_epoch))
+    if ae.val_every_epochs:
+        val_every = max(1, round(ae.val_every_epochs * per_epoch))
+    else:
+        val_every = max(1, iters // 4) if ae.patience else iters
     tcfg = replace(train, iters=iters, lr=ae.lr, weight_decay=ae.weight_decay,
                    val_every=val_every, grad_clip=ae.grad_clip, patience=ae.patience)
     device = resolve_device(train.device)

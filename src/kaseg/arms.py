@@ -1,0 +1,178 @@
+"""The arms of a comparison, as data: one record per arm, one registry.
+
+An arm is what one student of a paired comparison changes from the comparison's config (the
+method at its chosen weights): its distillation settings, its data (e.g. labelled images only)
+and the autoencoder it needs (a variant trained once per comparison). Users name registered arms
+or define their own in their YAML::
+
+    compare:
+      arms:
+        baseline:                  # registered arms by name (null: as registered)
+        kd_t2:
+        ka:
+        my_kd_t3:                  # a new arm: label, distill / data changes, autoencoder
+          label: "+ logit KD (T = 3)"
+          distill: {adapt_weight: 0, affinity_weight: 0, extra_losses: [kd],
+                    loss_options: {kd: {temperature: 3.0}}}
+
+Every arm is built into a full config and checked before anything trains (:func:`arm_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+
+from .config import AEConfig, Config, DataConfig, DistillConfig, check_config
+from .errors import KasegError
+
+BASELINE = "baseline"
+_OFF = {"adapt_weight": 0.0, "affinity_weight": 0.0}
+_KD2 = {"extra_losses": ["kd"], "loss_options": {"kd": {"temperature": 2.0}}}
+_NO_UNLABELED = {"unlabeled_split": None, "unlabeled_root": None, "unlabeled_count": 0}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: ``distill`` and ``data`` are changes to the comparison's config; ``ae`` names an
+    autoencoder variant (:data:`AE_VARIANTS`) or None for the comparison's own."""
+
+    name: str
+    label: str
+    distill: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    ae: str | None = None
+    control: bool = False  # a negative control (``--controls`` adds these)
+
+    def uses_method(self, base: DistillConfig) -> bool:
+        """Whether the arm trains with the method's terms (and so needs an autoencoder)."""
+        d = replace(base, **self.distill)
+        return d.adapt_weight > 0 or d.affinity_weight > 0
+
+    def uses_teacher(self, base: DistillConfig) -> bool:
+        d = replace(base, **self.distill)
+        return self.uses_method(base) or bool(d.extra_losses) or d.pseudo_labels
+
+
+# the autoencoder variants an arm may use besides the comparison's own
+AE_VARIANTS: dict[str, dict] = {
+    # until the val reconstruction error stops falling (checked every half epoch), at most 8 epochs
+    "plateau": {"ae": {"epochs": 8.0, "val_every_epochs": 0.5, "patience": 2, "min_iters": 0}},
+    # the teacher's encoder output instead of its decoder output
+    "encoder": {"tap": "encoder"},
+}
+
+ARMS: dict[str, Arm] = {}
+
+
+def _check_changes(arm: Arm, where: str) -> None:
+    """Unknown keys in an arm's changes are the usual one-line error, with the known keys."""
+    for section, cls in (("distill", DistillConfig), ("data", DataConfig)):
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(getattr(arm, section)) - known)
+        if bad:
+            raise KasegError(f"{where} '{arm.name}': unknown {section} key(s) {bad}; known: "
+                             f"{', '.join(sorted(known))}")
+    if arm.ae is not None and arm.ae not in AE_VARIANTS:
+        raise KasegError(f"{where} '{arm.name}': unknown autoencoder variant '{arm.ae}'; known: "
+                         f"{', '.join(AE_VARIANTS)}")
+
+
+def register_arm(arm: Arm) -> Arm:
+    """Add an arm to :data:`ARMS` (a name already taken, or an unknown autoencoder variant or
+    config key, is a one-line error)."""
+    if arm.name in ARMS:
+        raise KasegError(f"arm '{arm.name}' is already registered")
+    _check_changes(arm, "arm")
+    ARMS[arm.name] = arm
+    return arm
+
+
+for _arm in [
+    Arm(BASELINE, "student (CE only)", _OFF),
+    Arm("kd", "+ logit KD (T = 4)", {**_OFF, "extra_losses": ["kd"],
+                                    "loss_options": {"kd": {"temperature": 4.0}}}),
+    Arm("kd_t2", "+ logit KD (T = 2)", {**_OFF, **_KD2}),
+    Arm("kd_t6", "+ logit KD (T = 6)", {**_OFF, "extra_losses": ["kd"],
+                                       "loss_options": {"kd": {"temperature": 6.0}}}),
+    Arm("fitnet", "+ FitNet (feature L2)", {**_OFF, "extra_losses": ["fitnet"]}),
+    Arm("skd", "+ SKD pair-wise", {**_OFF, "extra_losses": ["skd"]}),
+    Arm("cwd", "+ CWD (logits)", {**_OFF, "extra_losses": ["cwd"]}),
+    Arm("ifvd", "+ IFVD", {**_OFF, "extra_losses": ["ifvd"]}),
+    Arm("adapt", "+ adaptation", {"affinity_weight": 0.0}),
+    Arm("affinity", "+ affinity", {"adapt_weight": 0.0}),
+    Arm("ka", "+ both (the method)"),
+    Arm("ka_kd", "the method + KD (T = 2)", dict(_KD2)),
+    Arm("ka_warmup", "the method, 50-iteration warm-up", {"warmup_iters": 50}),
+    Arm("ka_student_encoder", "the method on the student's encoder map",
+        {"student_tap": "encoder"}),
+    Arm("ka_paper", "the method, paper-literal reductions",
+        {"adapt_reduction": "paper", "affinity_reduction": "paper", "affinity_weight": 1.0}),
+    Arm("ka_ae_plateau", "the method, autoencoder trained to a plateau", ae="plateau"),
+    Arm("ka_teacher_encoder", "the method on the teacher's encoder map", ae="encoder"),
+    Arm("ctrl_random_ae", "control: the method with an untrained encoder",
+        {"control": "random_encoder"}, control=True),
+    Arm("ctrl_constant", "control: adapters fitted to a constant target",
+        {"control": "constant_target"}, control=True),
+    # few labels (data with labeled_count and an unlabelled source): the arms above use the
+    # unlabelled images wherever a term can; these change the data
+    Arm("pseudo", "+ teacher's pseudo-labels on unlabelled images", {**_OFF,
+                                                                     "pseudo_labels": True}),
+    Arm("kd_t2_labeled", "+ logit KD (T = 2), labelled images only", {**_OFF, **_KD2},
+        data=dict(_NO_UNLABELED)),
+    Arm("ka_labeled", "+ both (the method), labelled images only", data=dict(_NO_UNLABELED)),
+    Arm("all_labels", "student (CE only), every image labelled", _OFF,
+        data={"labeled_count": None, "labeled_fraction": None, **_NO_UNLABELED}),
+]:
+    register_arm(_arm)
+
+DEFAULT_ARMS = [BASELINE, "kd_t2", "ka", "ka_kd"]
+CONTROL_ARMS = [a.name for a in ARMS.values() if a.control]
+
+
+def arm_from_yaml(name: str, spec, source: str) -> Arm:
+    """An arm of a ``compare.arms`` mapping: null (a registered arm), or a new one."""
+    if spec is None:
+        return get_arm(name, source)
+    if not isinstance(spec, dict):
+        raise KasegError(f"{source}: compare.arms.{name} must be a mapping (label, distill, "
+                         f"data, ae) or empty, got {spec!r}")
+    bad = sorted(set(spec) - {"label", "distill", "data", "ae", "control"})
+    if bad:
+        raise KasegError(f"{source}: compare.arms.{name}: unknown key(s) {bad}; an arm takes "
+                         "label, distill, data, ae, control")
+    for section in ("distill", "data"):
+        if not isinstance(spec.get(section) or {}, dict):
+            raise KasegError(f"{source}: compare.arms.{name}.{section} must be a mapping")
+    arm = Arm(name, str(spec.get("label") or name), dict(spec.get("distill") or {}),
+              dict(spec.get("data") or {}), spec.get("ae"), bool(spec.get("control", False)))
+    _check_changes(arm, f"{source}: compare.arms")
+    return arm
+
+
+def get_arm(name: str, source: str = "compare") -> Arm:
+    if name not in ARMS:
+        raise KasegError(f"{source}: unknown arm '{name}'; known: {', '.join(ARMS)} (or define "
+                         "it in the config's compare.arms)")
+    return ARMS[name]
+
+
+def arm_config(cfg: Config, arm: Arm, seed: int) -> Config:
+    """The full config of ``arm`` at ``seed``, checked like any config (a bad loss, key or value
+    is a one-line error naming the arm)."""
+    try:
+        data = replace(cfg.data, **arm.data)
+        out = replace(cfg, seed=seed, data=data, distill=replace(cfg.distill, **arm.distill))
+    except TypeError as e:
+        raise KasegError(f"arm '{arm.name}': {e}") from None
+    check_config(out, f"arm '{arm.name}'")
+    return out
+
+
+def ae_variant_config(cfg: Config, variant: str | None) -> Config:
+    """``cfg`` with the teacher tap and autoencoder settings of ``variant`` (weights unset)."""
+    if variant is None:
+        return cfg
+    spec = AE_VARIANTS[variant]
+    return replace(cfg, teacher=replace(cfg.teacher, tap=spec.get("tap", cfg.teacher.tap)),
+                   ae=replace(AEConfig(**spec.get("ae", {})), weights=None))

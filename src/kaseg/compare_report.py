@@ -1,0 +1,244 @@
+"""The report of ``kaseg compare``: what a user acts on. Every finished run evaluated the same way
+(last checkpoint, the validation split, single scale), each arm's paired difference to CE only
+with its 95% CI, the tuning table, the teacher and start, cost, and a closing verdict; plus
+``results.json``, a paired-gain plot and a predictions grid. Built from whatever run folders have
+finished, so ``--report`` after a ``--plan`` gives the table the one-shot command gives."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .arms import BASELINE
+from .checkpoint import atomic_write_text, load_model, save_model
+from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
+                      paired_rows)
+from .comparison import CompareSpec, all_stages
+from .config import Config
+from .cost import measure_latency, model_cost
+from .data import build_dataset
+from .evaluate import evaluate
+from .runtime import resolve_device
+from .stages import load_teacher
+from .visualize import paired_gain_plot, prediction_grid
+
+log = logging.getLogger(__name__)
+AE_WARN = 0.9  # relative reconstruction error at which the autoencoder barely knows the map
+
+
+def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
+    """Evaluate every finished run -> ``{"records", "missing", "scale", "tuning", "cfg"}``."""
+    first, arms, scale, scores, armed = all_stages(out, cfg, spec)
+    missing = [s.name for s in first + (arms or []) if not s.done(out)]
+    val = build_dataset(armed.data, armed.data.val_split, train=False)
+    device = resolve_device(armed.train.device)
+    records = []
+    if "teacher" not in missing:
+        teacher, source = load_teacher(armed, val.num_classes)
+        m = evaluate(teacher, val, armed.train.val_batch_size, device)
+        records.append({"name": "teacher", "arm": "teacher", "seed": 0,
+                        "model": armed.teacher.name, "miou": m["miou"],
+                        "per_class_iou": m["per_class_iou"], "source": str(source)})
+    if spec.init_iters and "init" not in missing:
+        records += evaluate_runs(out, armed, {"init": ("init", 0)})
+    done = {s.name: (s.arm, s.seed) for s in arms or [] if s.done(out)}
+    records += evaluate_runs(out, armed, done)
+    return {"records": records, "missing": missing, "scale": scale, "tuning": scores,
+            "cfg": armed, "val": val}
+
+
+def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
+    """The arm with the largest mean gain among those whose 95% CI lies above CE only
+    (negative controls are never chosen)."""
+    controls = {a.name for a in spec.arms if a.control}
+    better = [r for r in rows if r.get("verdict") == "better" and r["arm"] not in controls]
+    return max(better, key=lambda r: r["diff"]["mean"]) if better else None
+
+
+def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
+                 device: str = "auto") -> dict:
+    """``report.md``, ``results.json``, ``gain.png``, ``predictions.png``; -> the collection."""
+    got = collect(out, cfg, spec)
+    records, armed = got["records"], got["cfg"]
+    names = [a.name for a in spec.arms]
+    rows = paired_rows(records, names)
+    ctx_rows = paired_rows(records, names, key="context_iou")
+    costs = _costs(out, armed, records)
+    atomic_write_text(out / "results.json", json.dumps(
+        {"command": command, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
+         "machine": machine(device), "weight_scale": got["scale"], "tuning": got["tuning"],
+         "missing": got["missing"], "costs": costs, "rows": rows, "records": records},
+        indent=2))
+    if rows:
+        paired_gain_plot(out / "gain.png", {"paired gain vs CE only": rows},
+                         {a.name: a.label for a in spec.arms})
+    _predictions(out, got, spec)
+    lines = _report_lines(out, got, spec, rows, ctx_rows, costs, command, device)
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    got["rows"] = rows
+    return got
+
+
+def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> list[str]:
+    cfg, records = got["cfg"], got["records"]
+    refs = {r["arm"]: 100 * r["miou"] for r in records if r["arm"] in ("teacher", "init")}
+    d = cfg.data
+    where = d.dataset + (f" at {d.root}" if d.root else "")
+    lines = ["# kaseg compare: does distillation help this student on this data?", "",
+             f"Produced by `{command}` with {code_version()}, {time.strftime('%Y-%m-%d')}, on "
+             f"{machine(device)}.", "",
+             f"Data: `{where}` ({len(got['val'])} validation images, split `{d.val_split}`). "
+             f"Teacher `{cfg.teacher.name}`" + (f": **{refs['teacher']:.2f}** mIoU"
+                                                if "teacher" in refs else "") +
+             f". Student `{cfg.model.name}`" + (
+                 f", every arm from a shared CE-trained start ({spec.init_iters} iterations, "
+                 f"{refs['init']:.2f} mIoU)" if "init" in refs else
+                 (f", from `{cfg.model.init_weights}`" if cfg.model.init_weights else
+                  ", from its initial weights (pretrained encoder)" if cfg.model.pretrained
+                  else ", from scratch")) +
+             f"; each arm trains {cfg.train.iters} iterations (batch {cfg.train.batch_size}, "
+             f"lr {cfg.train.lr:g}). {len(spec.seeds)} paired seeds {spec.seeds}: a seed fixes "
+             "the student's initial weights, the data order and every augmentation in every "
+             "arm. Evaluation: the last checkpoint of each run, single scale, full image. mIoU "
+             "in %; Δ is the paired difference to the CE-only student with its 95% CI "
+             "(Student t over seeds); the verdict follows the interval.", ""]
+    lines += _ae_lines(out, spec, cfg)
+    lines += _tuning_lines(got, spec, cfg)
+    lines += [*markdown_table(rows), ""]
+    if ctx_rows and getattr(got["val"], "context_classes", ()):
+        lines += [*context_table(ctx_rows, "Context classes only (IoU %):"), ""]
+    for arm, c in costs.items():
+        lines.append(f"Cost at {c['input_size'][0]} x {c['input_size'][1]}, {arm} "
+                     f"`{c['model']}`: {c['params'] / 1e6:.2f} M params, {c['gflops']:.3f} "
+                     f"GFLOPs, {c['latency_ms']:.1f} ms per image on {c['device']}.")
+    lines.append("")
+    best = best_arm(rows, spec)
+    if best:
+        dd = best["diff"]
+        lines.append(f"**Verdict: {best['label']} (`{best['arm']}`) is the best arm resolved "
+                     f"better than CE only on this data**: Δ {dd['mean']:+.2f} mIoU, 95% CI "
+                     f"[{dd['low']:+.2f}, {dd['high']:+.2f}] over {dd['n']} seeds.")
+    else:
+        lines.append("**Verdict: no arm is resolved better than CE only on this data** (no "
+                     "95% interval lies above 0).")
+    if got["missing"]:
+        lines += ["", f"Unfinished ({len(got['missing'])}): " + ", ".join(
+            f"`{m}`" for m in got["missing"]) + ". The table holds the finished runs only."]
+    lines += ["", "Files: `results.json` (every record), `gain.png` (each arm's paired gain "
+              "with its CI), `predictions.png` (validation images: ground truth, teacher, each "
+              "arm at the first seed); every run's folder under `runs/`."]
+    return lines
+
+
+def _ae_lines(out: Path, spec: CompareSpec, cfg: Config) -> list[str]:
+    lines = []
+    for name in ["ae"] + [f"ae-{a.ae}" for a in spec.arms if a.ae]:
+        path = out / name / "metrics.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        rel = m["val"]["rel_error"]
+        lines.append(f"Autoencoder `{name}`: relative reconstruction error (val) {rel:.3f} "
+                     f"after {m['iters']} iterations (0 = perfect, 1 = no better than each "
+                     "channel's mean).")
+        if rel >= AE_WARN:
+            lines.append(f"**Warning**: an error of {rel:.2f} means the autoencoder has barely "
+                         "learnt the teacher's map: the method's arms then teach little more "
+                         "than the untrained-encoder control. Train it longer (`ae.min_iters`, "
+                         "`ae.epochs`) before reading their rows.")
+    return lines + ([""] if lines else [])
+
+
+def _tuning_lines(got: dict, spec: CompareSpec, cfg: Config) -> list[str]:
+    scale = got["scale"]
+    if scale is None:
+        return ["The method's weights: tuning unfinished.", ""]
+    d = cfg.distill
+    head = (f"The method's weights: adaptation {scale * d.adapt_weight:g}, affinity "
+            f"{scale * d.affinity_weight:g} (x{scale:g} the config's {d.adapt_weight:g} and "
+            f"{d.affinity_weight:g})")
+    if not got["tuning"]:
+        return [head + ".", ""]
+    table = ["| scale | " + " | ".join(f"seed {s}" for s in spec.tune_seeds) + " | mean |",
+             "| --- |" + " ---: |" * (len(spec.tune_seeds) + 1)]
+    for k, vs in got["tuning"].items():
+        table.append(f"| x{k} | " + " | ".join(f"{100 * v:.2f}" for v in vs) +
+                     f" | {100 * sum(vs) / len(vs):.2f} |")
+    return [head + f", the best mean mIoU of the method on the tuning seeds {spec.tune_seeds} "
+            "(never reported):", "", *table, ""]
+
+
+def _costs(out: Path, cfg: Config, records: list[dict]) -> dict:
+    """Params, GFLOPs and latency of the teacher and the student, at the training crop."""
+    crop = cfg.data.crop_size
+    size = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    device = resolve_device(cfg.train.device)
+    costs = {}
+    student = next((r for r in records if r["arm"] == BASELINE), None)
+    sources = [("student", lambda: load_model(out / student["run"], which="last")[0])] \
+        if student else []
+    if any(r["arm"] == "teacher" for r in records):
+        sources.insert(0, ("teacher", lambda: load_teacher(cfg, student_classes(records))[0]))
+    for role, build in sources:
+        model = build()
+        c = model_cost(model, size)
+        costs[role] = {**c, "model": model.spec.name, "input_size": list(size),
+                       "latency_ms": measure_latency(model, size, device),
+                       "device": machine(str(device))}
+    return costs
+
+
+def student_classes(records: list[dict]) -> int:
+    r = next(r for r in records if r.get("per_class_iou"))
+    return len(r["per_class_iou"])
+
+
+@torch.no_grad()
+def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> None:
+    """Ground truth, teacher and each arm (first seed) on the first validation images."""
+    val, cfg = got["val"], got["cfg"]
+    done = {r["arm"]: r["run"] for r in got["records"] if r.get("run") and r["seed"] ==
+            spec.seeds[0]}
+    if not done:
+        return
+    count = min(count, len(val))
+    images, truth = zip(*(val.raw(i) for i in range(count)))
+    columns = {"ground truth": list(truth)}
+    inputs = [val[i][0] for i in range(count)]
+    models = []
+    if any(r["arm"] == "teacher" for r in got["records"]):
+        models.append(("teacher", load_teacher(cfg, val.num_classes)[0]))
+    for arm in spec.arms:
+        if arm.name in done:
+            models.append((arm.label, load_model(out / done[arm.name], which="last")[0]))
+    for name, model in models:
+        # one image at a time: validation images may differ in size
+        columns[name] = [model.eval()(x[None])["logits"].argmax(1)[0].numpy() for x in inputs]
+    prediction_grid(out / "predictions.png", list(images), columns, val.class_names, val.palette)
+
+
+def export_best(out: Path, got: dict, spec: CompareSpec, fmt: str | None = None) -> dict | None:
+    """The best arm's student (its seed with the highest mIoU) as ``OUT/best/student``
+    (safetensors; ONNX too with ``fmt="onnx"``); None when no arm is resolved better."""
+    best = best_arm(got["rows"], spec)
+    if best is None:
+        return None
+    runs = [r for r in got["records"] if r["arm"] == best["arm"]]
+    pick = max(runs, key=lambda r: r["miou"])
+    model, meta = load_model(out / pick["run"], which="last")
+    meta = {k: v for k, v in meta.items() if k not in ("kind", "spec")}
+    path = save_model(model, out / "best" / "student",
+                      {**meta, "arm": best["arm"], "seed": pick["seed"], "miou": pick["miou"]})
+    result = {"arm": best["arm"], "seed": pick["seed"], "miou": pick["miou"], "path": str(path)}
+    if fmt == "onnx":
+        from .export import export_onnx
+
+        crop = got["cfg"].data.crop_size
+        size = (crop, crop) if isinstance(crop, int) else tuple(crop)
+        result["onnx"] = export_onnx(path, out / "best" / "student.onnx", size=size)
+    return result
+

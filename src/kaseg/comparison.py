@@ -1,0 +1,296 @@
+"""``kaseg compare``: does distillation make *this* student better on *this* data, and which
+method? The engine behind the command and its presets (``kaseg demo``, ``--limited-labels``,
+``kaseg study``).
+
+A comparison is a list of stages, each a resumable run folder under OUT:
+
+1. shared, once: the teacher (unless given), the autoencoder (and any variant an arm needs),
+   and optionally a shared CE-trained start (``init_iters``) for users without a pretrained
+   student;
+2. tuning: the method's two weights scaled by each of ``weight_scales`` on ``tune_seeds``, seeds
+   that are never reported; the scale with the best mean mIoU is used by every arm;
+3. arms x seeds, seed-major (partial results stay paired): a seed fixes the student's initial
+   weights, data order and augmentation in every arm.
+
+Each stage is exactly a ``kaseg train`` / ``train-ae`` / ``distill`` of a config written under
+``OUT/configs``, so :func:`plan` can hand the remaining ones to any scheduler, and
+:func:`collect` (``--report``) reads whatever has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from .arms import BASELINE, Arm, ae_variant_config, arm_config
+from .checkpoint import atomic_write_text
+from .config import Config, check_config, to_dict
+from .errors import KasegError
+from .stages import distill, teacher_training_config, train_autoencoder
+from .supervised import train_segmenter
+
+log = logging.getLogger(__name__)
+
+TUNE_ARM = "ka"
+
+
+@dataclass
+class CompareSpec:
+    """What a comparison runs besides the config: arms, seeds, tuning and the shared start."""
+
+    arms: list[Arm]
+    seeds: list[int] = field(default_factory=lambda: list(range(5)))
+    tune_seeds: list[int] = field(default_factory=lambda: [100, 101])
+    weight_scales: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
+    init_iters: int = 0  # > 0: a shared CE-trained start for every arm
+    init_seed: int = 10_000  # its own seed, never one of the reported ones
+    init_data_seed: int | None = None  # synthetic scenes only: train the start on other scenes
+    shared_lr: float | None = None  # the shared stages' train.lr (None: the config's)
+
+    def __post_init__(self):
+        names = [a.name for a in self.arms]
+        if BASELINE not in names:
+            raise KasegError(f"a comparison needs the '{BASELINE}' arm (CE only): every other "
+                             "arm is measured against it")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise KasegError(f"arm(s) {dup} named twice")
+        if not self.seeds:
+            raise KasegError("a comparison needs at least one seed")
+        overlap = sorted(set(self.seeds) & set(self.tune_seeds))
+        if overlap and self.tuning:
+            raise KasegError(f"seeds {overlap} are both reported and tuning seeds: choose the "
+                             "weights on seeds that are never reported")
+        if any(k <= 0 for k in self.weight_scales) or not self.weight_scales:
+            raise KasegError(f"weight scales must be > 0, got {self.weight_scales}")
+
+    @property
+    def tuning(self) -> bool:
+        return len(self.weight_scales) > 1
+
+
+@dataclass
+class Stage:
+    """One run folder of a comparison: ``command`` (train, train-ae, distill) on ``cfg``."""
+
+    name: str  # the folder, relative to OUT
+    command: str
+    cfg: Config
+    arm: str | None = None
+    seed: int | None = None
+    phase: str = "arms"
+
+    def done(self, out: Path) -> bool:
+        return (out / self.name / "metrics.json").exists()
+
+    def run(self, out: Path, force: bool = False) -> dict:
+        fn = {"train": train_segmenter, "train-ae": train_autoencoder, "distill": distill}
+        return fn[self.command](self.cfg, out / self.name, force)
+
+
+def scaled(cfg: Config, scale: float) -> Config:
+    """``cfg`` with the method's two weights scaled (the tuning knob)."""
+    d = cfg.distill
+    return replace(cfg, distill=replace(d, adapt_weight=scale * d.adapt_weight,
+                                        affinity_weight=scale * d.affinity_weight))
+
+
+def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage], Config,
+                                                                      dict[str, Config]]:
+    """Teacher, autoencoder(s) and start -> (stages, ``cfg`` pointing at them, the config of
+    each autoencoder variant the arms need)."""
+    stages: list[Stage] = []
+    base = cfg
+    if spec.shared_lr is not None:
+        cfg = replace(cfg, train=replace(cfg.train, lr=spec.shared_lr))
+    t = cfg.teacher
+    given = t.weights or (t.pretrained and t.name.startswith("torchvision:"))
+    if not given:
+        stages.append(Stage("teacher", "train", teacher_training_config(cfg), phase="shared"))
+        cfg = replace(cfg, teacher=replace(t, weights=str(out / "teacher")))
+    needs_ae = any(a.uses_method(base.distill) for a in spec.arms) or spec.tuning
+    if needs_ae and not cfg.ae.weights:
+        stages.append(Stage("ae", "train-ae", cfg, phase="shared"))
+        cfg = replace(cfg, ae=replace(cfg.ae, weights=str(out / "ae")))
+    variants = {}
+    for variant in sorted({a.ae for a in spec.arms if a.ae}):
+        vcfg = ae_variant_config(cfg, variant)
+        stages.append(Stage(f"ae-{variant}", "train-ae", vcfg, phase="shared"))
+        variants[variant] = replace(vcfg, ae=replace(vcfg.ae, weights=str(out / f"ae-{variant}")))
+    if spec.init_iters > 0:
+        data = cfg.data if spec.init_data_seed is None else replace(
+            cfg.data, data_seed=spec.init_data_seed)
+        init = replace(cfg, seed=spec.init_seed, data=data,
+                       train=replace(cfg.train, iters=spec.init_iters, val_every=spec.init_iters))
+        stages.append(Stage("init", "train", init, phase="shared"))
+        cfg = replace(cfg, model=replace(cfg.model, init_weights=str(out / "init" /
+                                                                    "last.safetensors")))
+    armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model)
+    variants = {k: replace(armed, teacher=v.teacher, ae=v.ae) for k, v in variants.items()}
+    return stages, armed, variants
+
+
+def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
+    if not spec.tuning:
+        return []
+    from .arms import get_arm
+
+    ka = get_arm(TUNE_ARM)
+    return [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
+                  arm_config(scaled(cfg, k), ka, seed), TUNE_ARM, seed, phase="tuning")
+            for k in spec.weight_scales for seed in spec.tune_seeds]
+
+
+def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage]) -> tuple[float | None, dict]:
+    """The tuned scale (None while a tuning run is unfinished) and every scale's tuning mIoU."""
+    if not spec.tuning:
+        return spec.weight_scales[0], {}
+    if not all(s.done(out) for s in tuning):
+        return None, {}
+    scores = {f"{k:g}": [_last_miou(out / s.name) for s in tuning
+                         if s.name.startswith(f"tuning/{TUNE_ARM}-x{k:g}-s")]
+              for k in spec.weight_scales}
+    best = max(spec.weight_scales, key=lambda k: sum(scores[f"{k:g}"]) / len(scores[f"{k:g}"]))
+    return best, scores
+
+
+def _last_miou(run: Path) -> float:
+    """The val mIoU of a run's last checkpoint (its last validation in ``history.jsonl``)."""
+    last = None
+    for line in (run / "history.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "val" in rec:
+            last = rec["val"]["miou"]
+    if last is None:
+        raise KasegError(f"{run}: no validation in history.jsonl")
+    return last
+
+
+def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+               scale: float) -> list[Stage]:
+    stages = []
+    for seed in spec.seeds:  # seed-major: partial results are paired
+        for arm in spec.arms:
+            base = variants[arm.ae] if arm.ae else cfg
+            stages.append(Stage(f"runs/{arm.name}-s{seed}", "distill",
+                                arm_config(scaled(base, scale), arm, seed), arm.name, seed))
+    return stages
+
+
+def check_arms(cfg: Config, spec: CompareSpec) -> None:
+    """Every arm built into a full config and checked before anything trains."""
+    check_config(cfg, "compare")
+    for arm in spec.arms:
+        for seed in spec.seeds[:1]:
+            arm_config(cfg, arm, seed)
+
+
+def all_stages(out: Path, cfg: Config, spec: CompareSpec):
+    """-> (shared + tuning stages, arm stages or None while tuning is unfinished, scale,
+    tuning scores, the arms' config)."""
+    check_arms(cfg, spec)
+    shared, armed, variants = shared_stages(out, cfg, spec)
+    tuning = tuning_stages(armed, spec)
+    scale, scores = chosen_scale(out, spec, tuning)
+    arms = None if scale is None else arm_stages(armed, spec, variants, scale)
+    return shared + tuning, arms, scale, scores, armed
+
+
+def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: str = "compare"):
+    """Every stage in order (finished ones are skipped); -> (arm stages, scale, tuning scores,
+    the arms' config)."""
+    first, _, _, _, _ = all_stages(out, cfg, spec)
+    total = len(first) + len(spec.arms) * len(spec.seeds)
+    bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+    try:
+        for stage in first:
+            bar.set_postfix_str(stage.name)
+            stage.run(out, force)
+            bar.update(1)
+        _, arms, scale, scores, armed = all_stages(out, cfg, spec)
+        for stage in arms:
+            bar.set_postfix_str(stage.name)
+            stage.run(out, force)
+            bar.update(1)
+    finally:
+        bar.close()
+    return arms, scale, scores, armed
+
+
+def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> list[str]:
+    """``OUT/plan.txt``: one command per unfinished run, each on a config written to
+    ``OUT/configs``; phases in order (the lines within a phase are independent)."""
+    first, arms, scale, _, _ = all_stages(out, cfg, spec)
+    lines, cfg_dir = [], out / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    phases = [("shared", "shared stages, in this order"),
+              ("tuning", "tuning runs (independent of each other)"),
+              ("arms", "arms x seeds (independent of each other)")]
+    stages = first + (arms or [])
+    for phase, title in phases:
+        todo = [s for s in stages if s.phase == phase and not s.done(out)]
+        if not todo:
+            continue
+        lines.append(f"# {title}")
+        for s in todo:
+            path = cfg_dir / (s.name.replace("/", "__") + ".yaml")
+            atomic_write_text(path, yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
+            lines.append(f"{prefix} {s.command} --config {path} --out {out / s.name}")
+    if arms is None:
+        lines.append("# then run the same `kaseg compare ... --plan` again: the arms' lines "
+                     "need the weight scale the tuning runs choose")
+    atomic_write_text(out / "plan.txt", "\n".join(lines) + "\n")
+    return lines
+
+
+SECTION_KEYS = ("arms", "seeds", "tune_seeds", "weight_scales", "controls", "init_iters")
+
+
+def spec_from(section: dict, source: str = "compare", arms: list[str] | None = None,
+              seeds: int | None = None, tune_seeds: list[int] | None = None,
+              weight_scales: list[float] | None = None, controls: bool = False,
+              init_iters: int | None = None) -> CompareSpec:
+    """A :class:`CompareSpec` from a config's ``compare:`` section, command-line values first."""
+    from .arms import CONTROL_ARMS, DEFAULT_ARMS, arm_from_yaml, get_arm
+
+    bad = sorted(set(section) - set(SECTION_KEYS))
+    if bad:
+        raise KasegError(f"{source}: compare: unknown key(s) {bad}; known: "
+                         f"{', '.join(SECTION_KEYS)}")
+    declared = section.get("arms")
+    defined: dict = {}
+    if isinstance(declared, dict):
+        defined = {name: arm_from_yaml(name, spec, source) for name, spec in declared.items()}
+        order = list(declared)
+    elif isinstance(declared, list):
+        order = [str(a) for a in declared]
+    elif declared is None:
+        order = list(DEFAULT_ARMS)
+    else:
+        raise KasegError(f"{source}: compare.arms must be a list of names or a mapping")
+    if arms:
+        order = list(arms)
+    if controls or section.get("controls"):
+        order += [a for a in CONTROL_ARMS if a not in order]
+    if BASELINE not in order:
+        order.insert(0, BASELINE)
+    chosen = [defined[n] if n in defined else get_arm(n, source) for n in order]
+    n_seeds = seeds if seeds is not None else section.get("seeds", 5)
+    seed_list = list(range(n_seeds)) if isinstance(n_seeds, int) else [int(s) for s in n_seeds]
+    kw = {}
+    if tune_seeds is not None or "tune_seeds" in section:
+        kw["tune_seeds"] = [int(s) for s in (tune_seeds if tune_seeds is not None
+                                             else section["tune_seeds"])]
+    if weight_scales is not None or "weight_scales" in section:
+        kw["weight_scales"] = [float(k) for k in (weight_scales if weight_scales is not None
+                                                  else section["weight_scales"])]
+    init = init_iters if init_iters is not None else section.get("init_iters", 0)
+    try:
+        return CompareSpec(chosen, seed_list, init_iters=int(init), **kw)
+    except (TypeError, ValueError) as e:
+        raise KasegError(f"{source}: compare: {e}") from None

@@ -1,0 +1,167 @@
+"""`kaseg compare` end to end on a folder dataset the test writes (class file, flip pairs, one
+odd image size): paired initial students, report and results, a bad arm refused before any
+training, and --plan + its lines + --report giving the one-shot command's table."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from kaseg.arms import ARMS, Arm, arm_config, get_arm
+from kaseg.cli import main
+from kaseg.comparison import CompareSpec, spec_from
+from kaseg.config import load_config
+from kaseg.errors import KasegError
+from kaseg.supervised import build_network
+
+
+def _dataset(root: Path) -> Path:
+    """Left/right classes (arm_l on the left half, arm_r on the right), 10 train and 3 val
+    images of 32 x 40, one val image of 37 x 45."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"im{i}" for i in range(13)]
+    for i, n in enumerate(names):
+        h, w = (37, 45) if i == 12 else (32, 40)
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4:, : w // 2], mask[h // 4:, w // 2:] = 1, 2
+        img = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+        img[mask == 1, 0] += 150
+        img[mask == 2, 2] += 150
+        Image.fromarray(img).save(root / "images" / f"{n}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{n}.png")
+    (root / "train.txt").write_text("\n".join(names[:10]) + "\n")
+    (root / "val.txt").write_text("\n".join(names[10:]) + "\n")
+    (root / "classes.yaml").write_text("names: [background, arm_l, arm_r]\n"
+                                       "flip_pairs: [[arm_l, arm_r]]\n")
+    return root
+
+
+def _config(tmp_path: Path, arms: dict | None = None) -> Path:
+    root = _dataset(tmp_path / "ds")
+    cfg = {
+        "data": {"dataset": "folder", "root": str(root), "crop_size": 32, "scale_min": 1.0,
+                 "scale_max": 1.0},
+        "model": {"name": "tiny-student"},
+        "teacher": {"name": "tiny-teacher", "iters": 4, "lr": 0.05},
+        "ae": {"min_iters": 3, "patience": None},
+        "train": {"iters": 3, "batch_size": 2, "val_every": 3, "val_batch_size": 1,
+                  "device": "cpu", "lr": 0.02, "log_every": 1},
+        "compare": {"arms": arms or {"baseline": None, "kd_t2": None, "ka": None},
+                    "seeds": 2, "weight_scales": [0.3]},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _table(report: Path) -> list[str]:
+    return [ln for ln in report.read_text().splitlines() if ln.startswith("| ")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compare_end_to_end_and_plan_then_report_give_the_same_table(tmp_path, capsys):
+    config = _config(tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in results["rows"]] == ["baseline", "kd_t2", "ka"]
+    for row in results["rows"]:
+        assert row["seeds"] == [0, 1] and len(row["values"]) == 2
+        if row["arm"] != "baseline":  # paired: a difference and its interval
+            assert row["diff"]["n"] == 2 and row["verdict"] in ("better", "worse",
+                                                                "no resolved difference")
+            diffs = [v - b for v, b in zip(row["values"], results["rows"][0]["values"])]
+            assert row["diff"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert "`kd_t2`" in report and "`ka`" in report and "Verdict" in report
+    # one epoch of 10 images at batch 2 is 5 iterations, above the floor (ae.min_iters=3)
+    assert "Autoencoder `ae`" in report and "after 5 iterations" in report
+    assert f"kaseg compare --config {config} --out {out}" in report
+    assert {"teacher", "student"} <= set(results["costs"])
+    for name in ("gain.png", "predictions.png"):
+        assert (out / name).stat().st_size > 1000
+    # the initial student of every arm is the same network, seed by seed
+    cfg = load_config(config)
+    spec = spec_from({"arms": ["baseline", "kd_t2", "ka"]}, seeds=2)
+    for seed in spec.seeds:
+        nets = [build_network(arm_config(cfg, a, seed), 3) for a in spec.arms]
+        for net in nets[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(),
+                                                          net.state_dict().values()))
+    other = build_network(arm_config(cfg, spec.arms[0], 0), 3)  # another seed, another start
+    assert not all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(),
+                                                     other.state_dict().values()))
+
+    # the same comparison spread out: --plan, each line run on its own, then --report
+    spread = tmp_path / "spread"
+    assert main(["compare", "--config", str(config), "--out", str(spread), "--plan"]) == 0
+    lines = (spread / "plan.txt").read_text().splitlines()
+    commands = [ln for ln in lines if not ln.startswith("#")]
+    assert [c.split()[1] for c in commands] == ["train", "train-ae"] + ["distill"] * 6
+    assert commands[0].endswith(f"--out {spread / 'teacher'}")
+    for c in commands[:4]:  # the shared stages and two runs ...
+        args = shlex.split(c)
+        assert main(args[1:]) == 0
+    # ... the report of what has finished lists what has not
+    assert main(["compare", "--config", str(config), "--out", str(spread), "--report"]) == 1
+    partial = (spread / "report.md").read_text()
+    assert "Unfinished (4)" in partial
+    assert main(["compare", "--config", str(config), "--out", str(spread), "--plan"]) == 0
+    rest = [ln for ln in (spread / "plan.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert rest == commands[4:]  # exactly the unfinished runs
+    for c in rest[:1]:  # one as a user's scheduler would: a separate process
+        subprocess.run([sys.executable, "-m", "kaseg", *shlex.split(c)[1:]], check=True,
+                       capture_output=True)
+    for c in rest[1:]:
+        assert main(shlex.split(c)[1:]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--config", str(config), "--out", str(spread), "--report"]) == 0
+    assert _table(spread / "report.md") == _table(out / "report.md")
+
+
+def test_a_bad_arm_is_refused_before_anything_trains(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    config = _config(tmp_path, arms={"baseline": None, "no_such_arm": None})
+    assert main(["compare", "--config", str(config), "--out", str(out)]) == 2
+    assert "unknown arm 'no_such_arm'" in capsys.readouterr().err
+    assert not out.exists()
+    config.write_text(config.read_text().replace(
+        "no_such_arm: null", "mine:\n      distill: {extra_losses: [nope]}"))
+    assert main(["compare", "--config", str(config), "--out", str(out)]) == 2
+    assert "unknown loss ['nope']" in capsys.readouterr().err and not out.exists()
+    config.write_text(config.read_text().replace("extra_losses: [nope]", "kd_weight2: 1"))
+    assert main(["compare", "--config", str(config), "--out", str(out)]) == 2
+    assert "unknown distill key(s) ['kd_weight2']" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("kd_weight2: 1", "warmup_iters: 1"))
+    assert main(["compare", "--config", str(config), "--out", str(out), "--arms", "baseline",
+                 "bogus"]) == 2
+    assert "unknown arm 'bogus'" in capsys.readouterr().err and not out.exists()
+
+
+def test_arms_from_yaml_and_the_spec_rules():
+    spec = spec_from({"arms": {"kd_t3": {"label": "KD T=3", "distill": {
+        "adapt_weight": 0, "affinity_weight": 0, "extra_losses": ["kd"],
+        "loss_options": {"kd": {"temperature": 3.0}}}}, "ka": None}}, controls=True)
+    assert [a.name for a in spec.arms] == ["baseline", "kd_t3", "ka", "ctrl_random_ae",
+                                           "ctrl_constant"]
+    cfg = arm_config(load_config(None), spec.arms[1], 4)
+    assert cfg.seed == 4 and cfg.distill.loss_options == {"kd": {"temperature": 3.0}}
+    assert cfg.distill.adapt_weight == 0
+    assert spec.arms[2] is ARMS["ka"] and get_arm("ka").uses_method(cfg.distill)
+    with pytest.raises(KasegError, match="both reported and tuning seeds"):
+        CompareSpec([ARMS["baseline"]], seeds=[0, 100], tune_seeds=[100])
+    with pytest.raises(KasegError, match="needs the 'baseline' arm"):
+        CompareSpec([ARMS["ka"]])
+    with pytest.raises(KasegError, match="unknown autoencoder variant"):
+        spec_from({"arms": {"x": {"ae": "huge"}}})
+    assert isinstance(spec.arms[1], Arm)
