@@ -30,7 +30,7 @@ def test_torchvision_teacher_into_an_smp_student_on_a_folder_dataset(tmp_path, f
     teacher = build_model("torchvision:lraspp_mobilenet_v3_large", train_set.num_classes)
     student = build_model("tiny-student", train_set.num_classes)
     ae = api.autoencoder(teacher, student, train_set, val_set, tmp_path / "ae",
-                         ae=AEConfig(epochs=1.0), train=TRAIN)
+                         ae=AEConfig(epochs=1.0, min_iters=0), train=TRAIN)
     assert (ae.in_channels, ae.latent_channels, ae.strides) == (128, 64, (2, 1, 1))  # OS 8 -> 16
     result = api.distill(student, teacher, train_set, val_set, tmp_path / "d", autoencoder=ae,
                          train=TRAIN, distill=DistillConfig(extra_losses=["kd"]))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import kaseg.stages as stages
-from kaseg.compare import ARMS, arm_config, context_table, markdown_table, paired_rows
+from kaseg.arms import ARMS, arm_config
+from kaseg.compare import context_table, markdown_table, paired_rows
 from kaseg.config import load_config
 from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
@@ -16,7 +17,7 @@ from kaseg.supervised import train_segmenter
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
         "train.iters=2", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=4",
-        "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5"]
+        "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5", "ae.min_iters=0"]
 
 
 @pytest.fixture(scope="module")

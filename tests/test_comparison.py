@@ -157,7 +157,8 @@ def test_arms_from_yaml_and_the_spec_rules():
     cfg = arm_config(load_config(None), spec.arms[1], 4)
     assert cfg.seed == 4 and cfg.distill.loss_options == {"kd": {"temperature": 3.0}}
     assert cfg.distill.adapt_weight == 0
-    assert spec.arms[2] is ARMS["ka"] and get_arm("ka").uses_method(cfg.distill)
+    assert spec.arms[2] is ARMS["ka"] and get_arm("ka").uses_method(load_config(None).distill)
+    assert not spec.arms[1].uses_method(load_config(None).distill)
     with pytest.raises(KasegError, match="both reported and tuning seeds"):
         CompareSpec([ARMS["baseline"]], seeds=[0, 100], tune_seeds=[100])
     with pytest.raises(KasegError, match="needs the 'baseline' arm"):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from kaseg.cli import main
-from kaseg.demo import DEFAULT_ARMS, MORE_ARMS, arms
+from kaseg.presets import DEMO_ARMS as DEFAULT_ARMS, MORE_ARMS, demo_arms as arms
 
 
 @pytest.mark.slow

@@ -46,8 +46,14 @@ def test_an_unlabelled_batch_adds_every_label_free_term_and_no_ce():
     for name in ["ce", "ifvd", *LABEL_FREE]:
         torch.testing.assert_close(both[name], alone[name])
     weights = {"adapt": 5.0, "affinity": 2.0, "kd": 1.0, "cwd": 3.0, "fitnet": 1.0, "skd": 10.0}
-    extra = sum(w * both[f"{n}_unlabeled"] for n, w in weights.items())
-    torch.testing.assert_close(both["loss"], alone["loss"] + extra)
+    # each label-free term: the mean over the step's 5 images (2 labelled, 3 unlabelled); IFVD
+    # (labels only) and CE as without them
+    u_share = 3 / 5
+    mixed = sum(w * ((1 - u_share) * both[n] + u_share * both[f"{n}_unlabeled"])
+                for n, w in weights.items())
+    torch.testing.assert_close(both["loss"], both["ce"] + 200.0 * both["ifvd"] + mixed)
+    torch.testing.assert_close(alone["loss"], alone["ce"] + 200.0 * alone["ifvd"] + sum(
+        w * alone[n] for n, w in weights.items()))
     # the unlabelled terms are those of the unlabelled images on their own
     as_labeled = task(u, valid)
     for name in LABEL_FREE:

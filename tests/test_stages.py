@@ -12,7 +12,7 @@ from kaseg.stages import distill, load_autoencoder, pipeline, train_autoencoder
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
         "train.iters=2", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=4",
-        "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5"]
+        "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5", "ae.min_iters=0"]
 
 
 def cfg(*extra):

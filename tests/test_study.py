@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+import kaseg.arms as arms_mod
+import kaseg.presets as presets
 import kaseg.study as study
 from kaseg.cli import main
 from kaseg.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
@@ -13,19 +15,19 @@ def tiny_config(quick=False, device="cpu"):
     data = DataConfig(image_size=32, train_count=16, val_count=4, crop_size=32)
     train = TrainConfig(iters=2, batch_size=4, val_every=2, val_batch_size=4, device="cpu")
     return Config(data=data, model=ModelConfig("tiny-student"), train=train,
-                  teacher=TeacherConfig(iters=2), ae=AEConfig(epochs=0.5))
+                  teacher=TeacherConfig(iters=2), ae=AEConfig(epochs=0.5, min_iters=0))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "demo_config", tiny_config)
-    monkeypatch.setattr(study, "init_schedule", lambda quick: (2, 0.1))
+    monkeypatch.setattr(presets, "init_schedule", lambda quick: (2, 0.1))
     monkeypatch.setattr(study, "WEIGHT_SCALES", [0.5, 1.0])
     monkeypatch.setattr(study, "TUNING_SEEDS", [100])
-    monkeypatch.setattr(study, "AE_VARIANTS", {"plateau": dict(ae=dict(
+    monkeypatch.setattr(arms_mod, "AE_VARIANTS", {"plateau": dict(ae=dict(
         epochs=1.0, val_every_epochs=0.25, patience=1))})
-    monkeypatch.setattr(study, "RECIPES", {"ka_ae_plateau": ("ka", "plateau")})
+    monkeypatch.setattr(study, "AE_VARIANTS", arms_mod.AE_VARIANTS)
     monkeypatch.setattr(study, "REGIMES", [
         study.Regime("a", 32, True, 2, ["baseline", "ka", "ka_ae_plateau", "ctrl_random_ae"]),
         study.Regime("b", 32, False, 4, ["baseline", "ka"], tune=False),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, replace
 
-from .config import AEConfig, Config, DataConfig, DistillConfig, check_config
+from .config import Config, DataConfig, DistillConfig, check_config
 from .errors import KasegError
 
 BASELINE = "baseline"
@@ -157,9 +157,10 @@ def get_arm(name: str, source: str = "compare") -> Arm:
     return ARMS[name]
 
 
-def arm_config(cfg: Config, arm: Arm, seed: int) -> Config:
-    """The full config of ``arm`` at ``seed``, checked like any config (a bad loss, key or value
-    is a one-line error naming the arm)."""
+def arm_config(cfg: Config, arm: Arm | str, seed: int) -> Config:
+    """The full config of ``arm`` (an :class:`Arm` or a registered name) at ``seed``, checked
+    like any config (a bad loss, key or value is a one-line error naming the arm)."""
+    arm = get_arm(arm) if isinstance(arm, str) else arm
     try:
         data = replace(cfg.data, **arm.data)
         out = replace(cfg, seed=seed, data=data, distill=replace(cfg.distill, **arm.distill))
@@ -175,4 +176,4 @@ def ae_variant_config(cfg: Config, variant: str | None) -> Config:
         return cfg
     spec = AE_VARIANTS[variant]
     return replace(cfg, teacher=replace(cfg.teacher, tap=spec.get("tap", cfg.teacher.tap)),
-                   ae=replace(AEConfig(**spec.get("ae", {})), weights=None))
+                   ae=replace(cfg.ae, weights=None, **spec.get("ae", {})))

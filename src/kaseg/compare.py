@@ -13,20 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .arms import ARMS, BASELINE, arm_config, get_arm
+from .arms import ARMS, BASELINE
 from .checkpoint import load_model
 from .config import Config
 from .data import build_dataset
 from .evaluate import evaluate
-from .stages import distill, teacher_training_config, train_autoencoder
 from .stats import paired, summarize, verdict
-from .supervised import train_segmenter
 from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -61,56 +58,6 @@ def machine(device: str = "auto") -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-
-
-def prepare_shared(out: Path, cfg: Config, force: bool = False, init_iters: int = 0,
-                   init_data_seed: int = 1, bar=None) -> Config:
-    """Teacher, autoencoder and (``init_iters > 0``) the shared CE-trained starting student, each
-    once, in ``out/{teacher,ae,init}``; returns ``cfg`` pointing at them."""
-    def step(name):
-        if bar is not None:
-            bar.set_postfix_str(name)
-
-    if not cfg.teacher.weights:
-        step("teacher")
-        train_segmenter(teacher_training_config(cfg), out / "teacher", force)
-        cfg = replace(cfg, teacher=replace(cfg.teacher, weights=str(out / "teacher")))
-        if bar is not None:
-            bar.update(1)
-    if not cfg.ae.weights:
-        step("ae")
-        train_autoencoder(cfg, out / "ae", force)
-        cfg = replace(cfg, ae=replace(cfg.ae, weights=str(out / "ae")))
-        if bar is not None:
-            bar.update(1)
-    if init_iters > 0:
-        # the stand-in for ImageNet initialisation: CE on *other* scenes (another data seed)
-        step("init")
-        init_cfg = replace(cfg, seed=10_000, data=replace(cfg.data, data_seed=init_data_seed),
-                           train=replace(cfg.train, iters=init_iters,
-                                         val_every=init_iters))
-        train_segmenter(init_cfg, out / "init", force)
-        cfg = replace(cfg, model=replace(cfg.model, init_weights=str(out / "init" / "last.safetensors")))
-        if bar is not None:
-            bar.update(1)
-    return cfg
-
-
-def train_arms(out: Path, cfg: Config, arms: list[str], seeds: list[int], force: bool = False,
-               bar=None) -> dict[str, tuple[str, int]]:
-    """Every (arm, seed) run, seed-major so that partial results are paired; -> {folder: (arm,
-    seed)}. Finished runs are not redone."""
-    runs = {}
-    for seed in seeds:
-        for arm in arms:
-            folder = f"runs/{arm}-s{seed}"
-            if bar is not None:
-                bar.set_postfix_str(folder)
-            distill(arm_config(cfg, get_arm(arm), seed), out / folder, force)
-            runs[folder] = (arm, seed)
-            if bar is not None:
-                bar.update(1)
-    return runs
 
 
 def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple[str, int]]) -> list[dict]:

@@ -51,6 +51,11 @@ class CompareSpec:
     init_seed: int = 10_000  # its own seed, never one of the reported ones
     init_data_seed: int | None = None  # synthetic scenes only: train the start on other scenes
     shared_lr: float | None = None  # the shared stages' train.lr (None: the config's)
+    shared_dir: Path | None = None  # where the shared stages live (None: OUT); presets share
+    # DataConfig / TrainConfig changes of the arms and tuning runs only (e.g. few labels, or a
+    # longer fine-tuning): the shared stages keep the config's
+    arms_data: dict = field(default_factory=dict)
+    arms_train: dict = field(default_factory=dict)
 
     def __post_init__(self):
         names = [a.name for a in self.arms]
@@ -78,19 +83,23 @@ class CompareSpec:
 class Stage:
     """One run folder of a comparison: ``command`` (train, train-ae, distill) on ``cfg``."""
 
-    name: str  # the folder, relative to OUT
+    name: str  # the folder, relative to OUT (or to the shared folder)
     command: str
     cfg: Config
     arm: str | None = None
     seed: int | None = None
     phase: str = "arms"
+    root: Path | None = None  # the folder ``name`` is in, when not OUT
+
+    def folder(self, out: Path) -> Path:
+        return (self.root or out) / self.name
 
     def done(self, out: Path) -> bool:
-        return (out / self.name / "metrics.json").exists()
+        return (self.folder(out) / "metrics.json").exists()
 
     def run(self, out: Path, force: bool = False) -> dict:
         fn = {"train": train_segmenter, "train-ae": train_autoencoder, "distill": distill}
-        return fn[self.command](self.cfg, out / self.name, force)
+        return fn[self.command](self.cfg, self.folder(out), force)
 
 
 def scaled(cfg: Config, scale: float) -> Config:
@@ -106,31 +115,37 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage
     each autoencoder variant the arms need)."""
     stages: list[Stage] = []
     base = cfg
+    root = spec.shared_dir or out
+    here = None if spec.shared_dir is None else spec.shared_dir
     if spec.shared_lr is not None:
         cfg = replace(cfg, train=replace(cfg.train, lr=spec.shared_lr))
     t = cfg.teacher
     given = t.weights or (t.pretrained and t.name.startswith("torchvision:"))
     if not given:
-        stages.append(Stage("teacher", "train", teacher_training_config(cfg), phase="shared"))
-        cfg = replace(cfg, teacher=replace(t, weights=str(out / "teacher")))
+        stages.append(Stage("teacher", "train", teacher_training_config(cfg), phase="shared",
+                            root=here))
+        cfg = replace(cfg, teacher=replace(t, weights=str(root / "teacher")))
     needs_ae = any(a.uses_method(base.distill) for a in spec.arms) or spec.tuning
     if needs_ae and not cfg.ae.weights:
-        stages.append(Stage("ae", "train-ae", cfg, phase="shared"))
-        cfg = replace(cfg, ae=replace(cfg.ae, weights=str(out / "ae")))
+        stages.append(Stage("ae", "train-ae", cfg, phase="shared", root=here))
+        cfg = replace(cfg, ae=replace(cfg.ae, weights=str(root / "ae")))
     variants = {}
     for variant in sorted({a.ae for a in spec.arms if a.ae}):
         vcfg = ae_variant_config(cfg, variant)
-        stages.append(Stage(f"ae-{variant}", "train-ae", vcfg, phase="shared"))
-        variants[variant] = replace(vcfg, ae=replace(vcfg.ae, weights=str(out / f"ae-{variant}")))
+        stages.append(Stage(f"ae-{variant}", "train-ae", vcfg, phase="shared", root=here))
+        variants[variant] = replace(vcfg, ae=replace(vcfg.ae,
+                                                     weights=str(root / f"ae-{variant}")))
     if spec.init_iters > 0:
         data = cfg.data if spec.init_data_seed is None else replace(
             cfg.data, data_seed=spec.init_data_seed)
         init = replace(cfg, seed=spec.init_seed, data=data,
                        train=replace(cfg.train, iters=spec.init_iters, val_every=spec.init_iters))
-        stages.append(Stage("init", "train", init, phase="shared"))
-        cfg = replace(cfg, model=replace(cfg.model, init_weights=str(out / "init" /
+        stages.append(Stage("init", "train", init, phase="shared", root=here))
+        cfg = replace(cfg, model=replace(cfg.model, init_weights=str(root / "init" /
                                                                     "last.safetensors")))
-    armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model)
+    armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model,
+                    data=replace(base.data, **spec.arms_data),
+                    train=replace(base.train, **spec.arms_train))
     variants = {k: replace(armed, teacher=v.teacher, ae=v.ae) for k, v in variants.items()}
     return stages, armed, variants
 
@@ -152,7 +167,7 @@ def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage]) -> tuple[flo
         return spec.weight_scales[0], {}
     if not all(s.done(out) for s in tuning):
         return None, {}
-    scores = {f"{k:g}": [_last_miou(out / s.name) for s in tuning
+    scores = {f"{k:g}": [_last_miou(s.folder(out)) for s in tuning
                          if s.name.startswith(f"tuning/{TUNE_ARM}-x{k:g}-s")]
               for k in spec.weight_scales}
     best = max(spec.weight_scales, key=lambda k: sum(scores[f"{k:g}"]) / len(scores[f"{k:g}"]))
@@ -184,7 +199,6 @@ def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
 
 def check_arms(cfg: Config, spec: CompareSpec) -> None:
     """Every arm built into a full config and checked before anything trains."""
-    check_config(cfg, "compare")
     for arm in spec.arms:
         for seed in spec.seeds[:1]:
             arm_config(cfg, arm, seed)
@@ -193,8 +207,9 @@ def check_arms(cfg: Config, spec: CompareSpec) -> None:
 def all_stages(out: Path, cfg: Config, spec: CompareSpec):
     """-> (shared + tuning stages, arm stages or None while tuning is unfinished, scale,
     tuning scores, the arms' config)."""
-    check_arms(cfg, spec)
+    check_config(cfg, "compare")
     shared, armed, variants = shared_stages(out, cfg, spec)
+    check_arms(armed, spec)
     tuning = tuning_stages(armed, spec)
     scale, scores = chosen_scale(out, spec, tuning)
     arms = None if scale is None else arm_stages(armed, spec, variants, scale)
@@ -240,7 +255,7 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
         for s in todo:
             path = cfg_dir / (s.name.replace("/", "__") + ".yaml")
             atomic_write_text(path, yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
-            lines.append(f"{prefix} {s.command} --config {path} --out {out / s.name}")
+            lines.append(f"{prefix} {s.command} --config {path} --out {s.folder(out)}")
     if arms is None:
         lines.append("# then run the same `kaseg compare ... --plan` again: the arms' lines "
                      "need the weight scale the tuning runs choose")

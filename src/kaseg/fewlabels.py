@@ -12,21 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from tqdm import tqdm
-
+from .arms import ARMS
 from .checkpoint import atomic_write_text
-from .compare import (LABELS, code_version, evaluate_runs, machine, markdown_table, paired_rows,
-                      prepare_shared, train_arms)
-from .demo import demo_config, init_schedule, tuned_weights
+from .compare import code_version, evaluate_runs, machine, markdown_table, paired_rows
+from .comparison import run
+from .presets import LABELED_COUNT, LIMITED_ARMS, demo_config, limited_spec
 
 log = logging.getLogger(__name__)
 
-LABELED_COUNT = 64
-ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "all_labels"]
-LABELS_FEW = {**LABELS, "baseline": f"student (CE only), {LABELED_COUNT} labels",
+LABELS_FEW = {**{a: ARMS[a].label for a in LIMITED_ARMS},
+              "baseline": f"student (CE only), {LABELED_COUNT} labels",
               "kd_t2": "+ logit KD (T = 2), with the unlabelled images",
               "ka": "+ both (the method), with the unlabelled images"}
 
@@ -35,48 +32,41 @@ def run_limited_labels(out: str | Path = "demo_out", quick: bool = False,
                        seeds: int | None = None, device: str = "auto",
                        force: bool = False) -> list[dict]:
     out = Path(out)
-    seeds = seeds if seeds is not None else (2 if quick else 5)
+    spec = limited_spec(out, quick, seeds)
     cfg = demo_config(quick, device)
-    init_iters, init_lr = init_schedule(quick)
-    t0 = time.perf_counter()
-    bar = tqdm(total=3 + seeds * len(ARMS), desc="limited labels", unit="stage",
-               dynamic_ncols=True)
-    shared = prepare_shared(out, replace(cfg, train=replace(cfg.train, lr=init_lr)), force,
-                            init_iters=init_iters, bar=bar)
-    cfg = replace(cfg, teacher=shared.teacher, ae=shared.ae, model=shared.model,
-                  data=replace(cfg.data, labeled_count=LABELED_COUNT,
-                               unlabeled_split=cfg.data.train_split),
-                  distill=tuned_weights(cfg.distill))
     folder = out / "limited-labels"
-    runs = train_arms(folder, cfg, ARMS, list(range(seeds)), force, bar=bar)
-    bar.close()
+    t0 = time.perf_counter()
+    stages, _, _, cfg = run(folder, cfg, spec, force, desc="limited labels")
+    runs = {s.name: (s.arm, s.seed) for s in stages}
     records = (evaluate_runs(out, cfg, {"teacher": ("teacher", 0), "init": ("init", 0)})
                + evaluate_runs(folder, cfg, runs))
     atomic_write_text(folder / "results.json", json.dumps(records, indent=2))
-    flags = (" --quick" if quick else "") + (
-        f" --seeds {seeds}" if seeds != (2 if quick else 5) else "")
+    n = len(spec.seeds)
+    flags = (" --quick" if quick else "") + (f" --seeds {n}" if n != (2 if quick else 5) else "")
     provenance = (f"Produced by `kaseg demo --limited-labels --out {out.name}{flags}` with "
                   f"{code_version()}, {time.strftime('%Y-%m-%d')}, in "
                   f"{time.perf_counter() - t0:.0f} s on {machine(cfg.train.device)}.")
-    write_report(folder, cfg, records, seeds, init_iters, provenance)
+    write_report(folder, cfg, records, n, spec.init_iters, provenance,
+                 cfg.data.labeled_count)
     return records
 
 
 def write_report(folder: Path, cfg, records: list[dict], seeds: int, init_iters: int,
-                 provenance: str) -> None:
+                 provenance: str, labeled: int = LABELED_COUNT) -> None:
     refs = {r["arm"]: 100 * r["miou"] for r in records if r["arm"] in ("teacher", "init")}
-    rows = [dict(r, label=LABELS_FEW.get(r["arm"], r["arm"])) for r in paired_rows(records, ARMS)]
+    rows = [dict(r, label=LABELS_FEW.get(r["arm"], r["arm"]))
+            for r in paired_rows(records, LIMITED_ARMS)]
     n_train = cfg.data.train_count
     lines = [
         "# kaseg demo --limited-labels: few labels, many pictures", "", provenance, "",
         f"Teacher `{cfg.teacher.name}` trained on all {n_train} labelled scenes: "
         f"**{refs['teacher']:.2f}** mIoU. Every student starts from the demo's shared CE-trained "
         f"start ({init_iters} iterations on other scenes; {refs['init']:.2f} mIoU here) and is "
-        f"fine-tuned for {cfg.train.iters} iterations with {LABELED_COUNT} labelled scenes (a "
+        f"fine-tuned for {cfg.train.iters} iterations with {labeled} labelled scenes (a "
         f"fixed subset, the same in every arm) at batch {cfg.train.batch_size}; arms marked "
         f"'with the unlabelled images' (and the pseudo-label arm) also take a batch of "
         f"{cfg.distill.unlabeled_batch_size or cfg.train.batch_size} of the other "
-        f"{n_train - LABELED_COUNT} scenes, without their labels, at every step. The method's "
+        f"{n_train - labeled} scenes, without their labels, at every step. The method's "
         f"weights: adaptation {cfg.distill.adapt_weight:g}, affinity "
         f"{cfg.distill.affinity_weight:g}. {seeds} paired seeds; mIoU in % of the last "
         "checkpoint on the validation scenes; Δ is the paired difference to the CE-only student "

@@ -23,36 +23,21 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .checkpoint import atomic_write_text
-from .compare import (LABELS, arm_config, code_version, context_table, evaluate_runs, machine,
-                      markdown_table, paired_rows, prepare_shared)
-from .config import AEConfig, Config
-from .demo import demo_config, init_schedule, tuned_weights
-from .stages import distill, train_autoencoder
+from .arms import AE_VARIANTS, ARMS
+from .compare import code_version, context_table, evaluate_runs, machine, markdown_table, paired_rows
+from .comparison import run
+from .config import Config
+from .presets import demo_config, preset_spec
 from .visualize import paired_gain_plot
 
 log = logging.getLogger(__name__)
 
-# the autoencoder variants an arm may use besides the default (one epoch, decoder map)
-AE_VARIANTS: dict[str, dict] = {
-    # until the val reconstruction error stops falling (checked every half epoch), at most 8 epochs
-    "plateau": dict(ae=dict(epochs=8.0, val_every_epochs=0.5, patience=2)),
-    # the teacher's encoder output (OS 8) instead of its decoder output (OS 4)
-    "encoder": dict(tap="encoder"),
-}
-# recipe arms: (the arm they modify, the autoencoder variant they need)
-RECIPES: dict[str, tuple[str, str | None]] = {
-    "ka_warmup": ("ka_warmup", None),
-    "ka_student_encoder": ("ka_student_encoder", None),
-    "ka_ae_plateau": ("ka", "plateau"),
-    "ka_teacher_encoder": ("ka", "encoder"),
-}
-LABELS_STUDY = {**LABELS, "ka_ae_plateau": "the method, autoencoder trained to a plateau",
-                "ka_teacher_encoder": "the method on the teacher's encoder map"}
+LABELS_STUDY = {a.name: a.label for a in ARMS.values()}
 FEW_LABEL_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "ka_kd",
                   "ctrl_random_ae", "ctrl_constant", "all_labels"]
+# the recipes the field uses to make feature distillation work (each a registered arm)
+RECIPES = ["ka_warmup", "ka_student_encoder", "ka_ae_plateau", "ka_teacher_encoder"]
 CORE_ARMS = ["baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae", "ctrl_constant"]
 
 
@@ -75,7 +60,7 @@ class Regime:
 # The ladder. On 2 CPU cores the full study takes about 90 minutes, so the costlier regimes run
 # fewer arms (the CE-only student, the method and the most informative comparisons).
 REGIMES: list[Regime] = [
-    Regime("96px-pretrained-short", 96, True, 150, CORE_ARMS + list(RECIPES),
+    Regime("96px-pretrained-short", 96, True, 150, CORE_ARMS + RECIPES,
            note="the demo's regime: CE-pretrained start, 150 iterations"),
     Regime("96px-scratch-short", 96, False, 150,
            ["baseline", "kd_t2", "adapt", "ka", "ctrl_random_ae", "ctrl_constant"],
@@ -102,70 +87,30 @@ def base_config(size: int, device: str) -> Config:
     return replace(cfg, data=data, train=replace(cfg.train, val_batch_size=32 if size > 96 else 64))
 
 
-def shared_for(out: Path, regime: Regime, device: str, force: bool) -> Config:
-    """Teacher, autoencoder and starting student for one input size, once for every regime."""
-    folder = out / f"shared-{regime.size}px"
-    cfg = base_config(regime.size, device)
-    if regime.teacher_iters:
-        cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
-    init_iters, init_lr = init_schedule(False)
-    init_iters = regime.init_iters or init_iters
-    shared = prepare_shared(folder, replace(cfg, train=replace(cfg.train, lr=init_lr)), force,
-                            init_iters=init_iters if regime.pretrained else 0)
-    return replace(cfg, teacher=shared.teacher, ae=shared.ae, model=shared.model)
-
-
-def ae_variant(out: Path, cfg: Config, variant: str | None, force: bool) -> Config:
-    """``cfg`` with the autoencoder (and teacher tap) of ``variant``, trained once per size."""
-    if variant is None:
-        return cfg
-    spec = AE_VARIANTS[variant]
-    folder = Path(cfg.teacher.weights).parent / f"ae-{variant}"
-    vcfg = replace(cfg, teacher=replace(cfg.teacher, tap=spec.get("tap", cfg.teacher.tap)),
-                   ae=replace(AEConfig(**spec.get("ae", {})), weights=None))
-    train_autoencoder(vcfg, folder, force)
-    return replace(vcfg, ae=replace(vcfg.ae, weights=str(folder)))
-
-
-def tune_weights(out: Path, cfg: Config, force: bool) -> tuple[float, dict]:
-    """The scale of the method's two weights with the best mean mIoU on the tuning seeds."""
-    scores: dict[float, list[float]] = {}
-    for k in WEIGHT_SCALES:
-        d = tuned_weights(cfg.distill, k)
-        runs = {}
-        for seed in TUNING_SEEDS:
-            folder = f"tuning/ka-x{k:g}-s{seed}"
-            distill(replace(cfg, seed=seed, distill=d), out / folder, force)
-            runs[folder] = ("ka", seed)
-        scores[k] = [r["miou"] for r in evaluate_runs(out, cfg, runs)]
-    best = max(scores, key=lambda k: sum(scores[k]) / len(scores[k]))
-    return best, {f"{k:g}": v for k, v in scores.items()}
+def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]):
+    """The regime as a comparison: shared stages per input size (``out/shared-SIZEpx``), the
+    arms' schedule and data changed from the base recipe."""
+    arms_data = ({"labeled_count": regime.labeled_count, "unlabeled_split": "train"}
+                 if regime.labeled_count else {})
+    spec = preset_spec(regime.arms, seeds, scales=scales, init=regime.pretrained,
+                       init_iters=regime.init_iters, shared_dir=out / f"shared-{regime.size}px",
+                       arms_data=arms_data,
+                       arms_train={"iters": regime.iters, "val_every": regime.iters})
+    spec.tune_seeds = list(TUNING_SEEDS)
+    return spec
 
 
 def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
-               bar, tuned: tuple[float, dict] | None = None) -> dict:
-    cfg = shared_for(out, regime, device, force)
-    cfg = replace(cfg, train=replace(cfg.train, iters=regime.iters, val_every=regime.iters))
-    if regime.labeled_count:
-        cfg = replace(cfg, data=replace(cfg.data, labeled_count=regime.labeled_count,
-                                        unlabeled_split=cfg.data.train_split))
+               tuned: tuple[float, dict] | None = None) -> dict:
+    cfg = base_config(regime.size, device)
+    if regime.teacher_iters:
+        cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
     rdir = out / regime.name
-    if regime.tune or tuned is None:
-        scale, tuning = tune_weights(rdir, cfg, force)
-    else:
-        scale, tuning = tuned[0], {}
-    cfg = replace(cfg, distill=tuned_weights(cfg.distill, scale))
-    runs = {}
-    for seed in seeds:
-        for arm in regime.arms:
-            base_arm, variant = RECIPES.get(arm, (arm, None))
-            acfg = ae_variant(out, cfg, variant, force)
-            folder = f"runs/{arm}-s{seed}"
-            bar.set_postfix_str(f"{regime.name}/{folder}")
-            distill(arm_config(acfg, base_arm, seed), rdir / folder, force)
-            runs[folder] = (arm, seed)
-            bar.update(1)
-    shared = Path(cfg.teacher.weights).parent
+    scales = list(WEIGHT_SCALES) if regime.tune or tuned is None else [tuned[0]]
+    spec = regime_spec(out, regime, seeds, scales)
+    stages, scale, tuning, cfg = run(rdir, cfg, spec, force, desc=f"study {regime.name}")
+    runs = {s.name: (s.arm, s.seed) for s in stages}
+    shared = spec.shared_dir
     refs = {f"{shared.name}/teacher": ("teacher", 0)}
     if regime.pretrained:
         refs[f"{shared.name}/init"] = ("init", 0)
@@ -173,22 +118,22 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
     records = evaluate_runs(out, cfg, refs) + evaluate_runs(rdir, cfg, runs)
     ae_errors = {}
     for variant in [None, *AE_VARIANTS]:
-        path = (Path(cfg.ae.weights) if variant is None
-                else Path(cfg.teacher.weights).parent / f"ae-{variant}") / "metrics.json"
+        path = shared / ("ae" if variant is None else f"ae-{variant}") / "metrics.json"
         if path.exists():
             m = json.loads(path.read_text())
             ae_errors[variant or "default"] = {"rel_error": m["val"]["rel_error"],
                                                "iters": m["iters"]}
+    d = cfg.distill
     result = {"name": regime.name, "note": regime.note, "size": regime.size,
-            "pretrained": regime.pretrained, "iters": regime.iters, "seeds": seeds,
-            "labeled_count": regime.labeled_count, "code": code_version(),
-            "date": time.strftime("%Y-%m-%d"), "machine": machine(device),
-            "weight_scale": scale, "tuning": tuning, "ae": ae_errors,
-            "adapt_weight": cfg.distill.adapt_weight,
-            "affinity_weight": cfg.distill.affinity_weight,
-            "rows": paired_rows(records, regime.arms),
-            "context_rows": paired_rows(records, regime.arms, key="context_iou"),
-            "records": records}
+              "pretrained": regime.pretrained, "iters": regime.iters, "seeds": seeds,
+              "labeled_count": regime.labeled_count, "code": code_version(),
+              "date": time.strftime("%Y-%m-%d"), "machine": machine(device),
+              "weight_scale": scale, "tuning": tuning, "ae": ae_errors,
+              "adapt_weight": scale * d.adapt_weight,
+              "affinity_weight": scale * d.affinity_weight,
+              "rows": paired_rows(records, regime.arms),
+              "context_rows": paired_rows(records, regime.arms, key="context_iou"),
+              "records": records}
     atomic_write_text(rdir / "regime.json", json.dumps(result, indent=2))
     return result
 
@@ -223,21 +168,18 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         raise KasegError(f"unknown regime(s) {sorted(unknown)}; choose from "
                          f"{[r.name for r in REGIMES]}")
     seed_list = list(range(seeds))
-    total = sum(len(r.arms) * seeds for r in chosen)
-    bar = tqdm(total=total, desc="study", unit="run", dynamic_ncols=True)
     results, t0 = [], time.perf_counter()
     flags = (f" --seeds {seeds}" if seeds != 5 else "") + (
         f" --regimes {' '.join(regimes)}" if regimes else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
         tuned = reference_scale(out, results)
-        results.append(run_regime(out, regime, seed_list, device, force, bar, tuned))
+        results.append(run_regime(out, regime, seed_list, device, force, tuned))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
                       f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
                       f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "
                       "(finished runs are skipped).")
         write_study(out, known_results(out, results), provenance)
-    bar.close()
     return results
 
 
