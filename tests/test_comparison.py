@@ -109,6 +109,8 @@ def test_compare_end_to_end_and_plan_then_report_give_the_same_table(tmp_path, c
     commands = [ln for ln in lines if not ln.startswith("#")]
     assert [c.split()[1] for c in commands] == ["train", "train-ae"] + ["distill"] * 6
     assert commands[0].endswith(f"--out {spread / 'teacher'}")
+    assert (spread / "plan-shared.txt").read_text().splitlines() == commands[:2]
+    assert (spread / "plan-arms.txt").read_text().splitlines() == commands[2:]
     for c in commands[:4]:  # the shared stages and two runs ...
         args = shlex.split(c)
         assert main(args[1:]) == 0

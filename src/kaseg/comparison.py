@@ -239,10 +239,13 @@ def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: st
 
 def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> list[str]:
     """``OUT/plan.txt``: one command per unfinished run, each on a config written to
-    ``OUT/configs``; phases in order (the lines within a phase are independent)."""
+    ``OUT/configs``; phases in order (the lines within a phase are independent, except the
+    shared stages, which run in order). Each phase's lines also go to ``OUT/plan-PHASE.txt``."""
     first, arms, scale, _, _ = all_stages(out, cfg, spec)
     lines, cfg_dir = [], out / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("plan-*.txt"):  # a phase with nothing left to do has no file
+        old.unlink()
     phases = [("shared", "shared stages, in this order"),
               ("tuning", "tuning runs (independent of each other)"),
               ("arms", "arms x seeds (independent of each other)")]
@@ -252,10 +255,13 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
         if not todo:
             continue
         lines.append(f"# {title}")
+        phase_lines = []
         for s in todo:
             path = cfg_dir / (s.name.replace("/", "__") + ".yaml")
             atomic_write_text(path, yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
-            lines.append(f"{prefix} {s.command} --config {path} --out {s.folder(out)}")
+            phase_lines.append(f"{prefix} {s.command} --config {path} --out {s.folder(out)}")
+        lines += phase_lines
+        atomic_write_text(out / f"plan-{phase}.txt", "\n".join(phase_lines) + "\n")
     if arms is None:
         lines.append("# then run the same `kaseg compare ... --plan` again: the arms' lines "
                      "need the weight scale the tuning runs choose")
