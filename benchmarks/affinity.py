@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from kaseg.method import affinity_loss_dense, affinity_loss_gram
+from kaseg.method import affinity_loss_dense
+from kaseg.gram import affinity_loss_gram
 
 
 def run(fn, fs, ft, reduction, device, repeats):

@@ -81,7 +81,9 @@ def main() -> None:
                 row[f"affinity_{red}"] = v
                 row[f"affinity_{red}_ratio"] = w * v / ce
             given = dict(student_logits=out["logits"], teacher_logits=t_out["logits"],
-                         student_features=fs, teacher_features=ft, targets=y)
+                         student_features=fs, teacher_features=ft, labels=y, valid=y != 255,
+                         student_stride=student.feature_info["pre_logits"].stride,
+                         teacher_stride=teacher.feature_info["pre_logits"].stride)
             for name, (spec, module) in others.items():  # each at its authors' weight
                 v = spec.compute(Outputs(**given, module=module), **spec.options).item()
                 row[name] = v

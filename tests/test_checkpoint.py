@@ -4,7 +4,8 @@ import os
 import pytest
 import torch
 
-from kaseg.checkpoint import atomic_write_bytes, load_model, load_state, save_model, save_state
+from kaseg.checkpoint import load_model, load_state, save_model, save_state
+from kaseg.files import atomic_write_bytes
 from kaseg.errors import KasegError
 from kaseg.models import build_model
 

@@ -9,8 +9,9 @@ import torch
 import kaseg.stages as stages
 from kaseg.arms import ARMS, arm_config
 from kaseg.compare import context_table, markdown_table, paired_rows
-from kaseg.config import load_config
-from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
+from kaseg.experiment import load_config
+from kaseg.tasks import DistillTask
+from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 from kaseg.supervised import train_segmenter
 

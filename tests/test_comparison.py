@@ -17,7 +17,7 @@ from PIL import Image
 from kaseg.arms import ARMS, Arm, arm_config, get_arm
 from kaseg.cli import main
 from kaseg.comparison import CompareSpec, spec_from
-from kaseg.config import load_config
+from kaseg.experiment import load_config
 from kaseg.errors import KasegError
 from kaseg.supervised import build_network
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from kaseg.config import Config, diff_configs, dump_config, load_config, parse_overrides, to_dict
+from kaseg.config import Config, diff_configs, dump_config, parse_overrides, to_dict
+from kaseg.experiment import load_config
 from kaseg.errors import KasegError
 
 

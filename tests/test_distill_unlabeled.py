@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kaseg.method import DistillTask, pseudo_labels
+from kaseg.tasks import DistillTask, pseudo_labels
 from kaseg.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ from torch import nn
 from kaseg.checkpoint import load_model, load_weights_into, save_model
 from kaseg.errors import KasegError
 from kaseg.external import TappedModel, build_torchvision
-from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
+from kaseg.tasks import DistillTask
+from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model, check_model_name
 
 # (pre_logits channels, stride), (encoder channels, stride), from torchvision's architectures:

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kaseg.config import load_config
+from kaseg.experiment import load_config
 from kaseg.kd_losses import (LOSSES, FitNetRegressor, LossSpec, class_prototype_similarity,
                              cwd_loss, fitnet_loss, ifvd_loss, kd_loss, kl_from_logits,
                              resolve_losses, skd_pairwise_loss, valid_mask)
-from kaseg.method import DistillTask, FeatureAutoencoder, ae_strides
+from kaseg.tasks import DistillTask
+from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 
 IGN = 255

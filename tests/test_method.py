@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kaseg.method import (Adapter, DistillTask, FeatureAutoencoder, Frozen, adaptation_loss,
-                          ae_strides, affinity_loss, affinity_loss_dense, affinity_loss_gram,
-                          affinity_matrix, autoencoder_loss)
+from kaseg.method import (Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss,
+                          affinity_loss_dense, affinity_matrix, autoencoder_loss)
+from kaseg.tasks import DistillTask, Frozen
+from kaseg.gram import affinity_loss_gram
 from kaseg.models import build_model
 
 REDUCTIONS = ["mse", "paper", "element"]
@@ -347,7 +348,7 @@ def test_distill_refuses_a_latent_of_another_scale():
 
 # --------------------------------------------------------------------------- second review
 def test_ratio_diagnostic_is_zero_when_ce_is_exactly_zero():
-    from kaseg.method import ratio
+    from kaseg.tasks import ratio
     assert ratio(torch.tensor(3.5), torch.tensor(0.0)).item() == 0.0
     assert ratio(torch.tensor(3.0), torch.tensor(2.0)).item() == 1.5
 

@@ -5,7 +5,7 @@ import pytest
 
 from kaseg.checkpoint import load_model
 from kaseg.cli import main
-from kaseg.config import load_config
+from kaseg.experiment import load_config
 from kaseg.errors import KasegError
 from kaseg.stages import distill, load_autoencoder, pipeline, train_autoencoder
 

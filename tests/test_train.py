@@ -3,12 +3,14 @@ import json
 import pytest
 import torch
 
-from kaseg.config import Config, TrainConfig, load_config
+from kaseg.config import Config, TrainConfig
+from kaseg.experiment import load_config
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import EvalTransform
 from kaseg.errors import KasegError
 from kaseg.models import build_model
-from kaseg.supervised import SegmentationTask, train_segmenter
+from kaseg.supervised import train_segmenter
+from kaseg.tasks import SegmentationTask
 from kaseg.train import InfiniteSampler, fit, poly_lr
 
 

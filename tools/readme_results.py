@@ -1,8 +1,8 @@
-"""Copy the results sections of README.md from the reports that produced them, so that every
-number the README quotes from the demo or the study is what the code wrote (with its command and
+"""Copy the results sections of docs/evidence.md from the reports that produced them, so that every
+number the docs quote from the demo or the study is what the code wrote (with its command and
 commit, which each report states in its first lines).
 
-    python tools/readme_results.py [--demo demo_out] [--study study_out] [--readme README.md]
+    python tools/readme_results.py [--demo demo_out] [--study study_out] [--into docs/evidence.md]
 
 Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
 ``kaseg demo --limited-labels``) and ``study`` (STUDY/study.md).
@@ -26,7 +26,7 @@ def demote(markdown: str) -> str:
         if line.startswith("# "):
             lines.append(f"**{line[2:].strip()}**")
         elif line.startswith("#"):
-            lines.append("##" + line)
+            lines.append("#" + line)
         else:
             lines.append(line)
     return "\n".join(lines).strip() + "\n"
@@ -36,7 +36,7 @@ def replace_section(readme: str, name: str, body: str) -> str:
     begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
-        raise SystemExit(f"README has no {begin} ... {end} section")
+        raise SystemExit(f"no {begin} ... {end} section to fill")
     return pattern.sub(lambda _: f"{begin}\n{body}{end}", readme)
 
 
@@ -44,7 +44,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--demo", default="demo_out")
     ap.add_argument("--study", default="study_out")
-    ap.add_argument("--readme", default="README.md")
+    ap.add_argument("--into", "--readme", dest="readme", default="docs/evidence.md",
+                    help="the file whose results sections are replaced")
     args = ap.parse_args()
     readme_path = Path(args.readme)
     text = readme_path.read_text()

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, replace
 
-from .config import Config, DataConfig, DistillConfig, check_config
+from .config import Config, DataConfig, DistillConfig
+from .experiment import check_config
 from .errors import KasegError
 
 BASELINE = "baseline"

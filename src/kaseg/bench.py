@@ -13,9 +13,10 @@ from .cost import count_flops, count_params, measure_latency, median_seconds
 from .data.synthetic import SyntheticScenes
 from .data.transforms import TrainTransform
 from .runtime import autocast
-from .method import DistillTask, FeatureAutoencoder, ae_strides
+from .tasks import DistillTask
+from .method import FeatureAutoencoder, ae_strides
 from .models import build_model
-from .supervised import SegmentationTask
+from .tasks import SegmentationTask
 from .train import InfiniteSampler, SeededSamples
 
 

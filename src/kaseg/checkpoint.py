@@ -4,16 +4,14 @@
   weights file loads without any config), plus ``NAME.json``, the same metadata for people.
 - Training state (optimizer, scheduler, RNG, ...): ``torch.save``, read back with
   ``weights_only=True`` only; never full unpickling.
-- Every write goes to a temp file, is fsynced, then renamed over the target: a crash mid-write
-  leaves the previous file intact. Under torchrun only rank 0 writes.
+- Every write is atomic (:mod:`kaseg.files`): a crash mid-write leaves the previous file intact.
+  Under torchrun only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,38 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .distributed import is_main
 from .errors import KasegError
+from .files import atomic_write_bytes, atomic_write_text
 from .models import SegModel, build_from_spec
 
 BEST, LAST, STATE = "best", "last", "checkpoint.pt"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    if not is_main():  # under torchrun rank 0 alone writes files
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def save_weights(module: torch.nn.Module, path: str | Path, meta: dict) -> Path:

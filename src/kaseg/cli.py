@@ -16,7 +16,7 @@ log = logging.getLogger("kaseg")
 
 
 def _cmd_train(args) -> int:
-    from .config import load_config
+    from .experiment import load_config
     from .metrics import format_table
     from .supervised import train_segmenter
 
@@ -27,7 +27,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_ae(args) -> int:
-    from .config import load_config
+    from .experiment import load_config
     from .stages import train_autoencoder
 
     result = train_autoencoder(load_config(args.config, args.overrides), args.out, args.force)
@@ -39,7 +39,7 @@ def _cmd_train_ae(args) -> int:
 
 
 def _cmd_distill(args) -> int:
-    from .config import load_config
+    from .experiment import load_config
     from .metrics import format_table
     from .stages import distill
 
@@ -49,7 +49,7 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_pipeline(args) -> int:
-    from .config import load_config
+    from .experiment import load_config
     from .stages import pipeline
 
     results = pipeline(load_config(args.config, args.overrides), args.out, args.force)
@@ -83,7 +83,7 @@ def _cmd_demo(args) -> int:
 def _cmd_compare(args) -> int:
     from .compare_report import export_best, write_report
     from .comparison import plan, run, spec_from
-    from .config import load_config, read_section
+    from .experiment import load_config, read_section
 
     cfg = load_config(args.config, args.overrides)
     spec = spec_from(read_section(args.config, "compare"), args.config, args.arms, args.seeds,
@@ -117,7 +117,7 @@ def _cmd_study(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .checkpoint import load_model, resolve_weights
-    from .config import load_config
+    from .experiment import load_config
     from .data import build_dataset
     from .evaluate import evaluate
     from .inference import MS_SCALES, protocol_name
@@ -225,29 +225,17 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
+def _args_run(t) -> None:
+    """train, train-ae, distill, pipeline: a config, a run folder, overrides."""
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", required=True, help="run folder; re-running resumes it")
+    t.add_argument("--force", action="store_true", help="start the run over")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
 
-    p = argparse.ArgumentParser(prog="kaseg", description=__doc__)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
 
-    for name, fn, text in [
-        ("train", _cmd_train, "train a segmentation model (teacher or student) with CE"),
-        ("train-ae", _cmd_train_ae, "stage 1: train the autoencoder on a frozen teacher"),
-        ("distill", _cmd_distill, "stage 2: distil the teacher into the student"),
-        ("pipeline", _cmd_pipeline, "teacher -> autoencoder -> student -> distilled student"),
-    ]:
-        t = sub.add_parser(name, help=text)
-        t.add_argument("--config", required=True)
-        t.add_argument("--out", required=True, help="run folder; re-running resumes it")
-        t.add_argument("--force", action="store_true", help="start the run over")
-        t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
-        t.set_defaults(fn=fn)
-
-    d = sub.add_parser("demo", help="the paper's experiment end to end on built-in data (CPU)")
+def _args_demo(d) -> None:
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--quick", action="store_true", help="2 seeds, short schedules (~3 min on CPU)")
+    d.add_argument("--quick", action="store_true", help="2 seeds, short schedules (~4 min on CPU)")
     d.add_argument("--seeds", type=int, help="paired seeds; default: 5 (2 with --quick)")
     d.add_argument("--device", default="auto")
     d.add_argument("--force", action="store_true", help="recompute every stage")
@@ -259,10 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few labels, many pictures: students with 64 labelled scenes, with and "
                         "without the other 960 as unlabelled images (report in "
                         "OUT/limited-labels/report.md)")
-    d.set_defaults(fn=_cmd_demo)
 
-    c = sub.add_parser("compare", help="does distillation help on my data, and which method? "
-                       "arms x paired seeds on any config, with a report")
+
+def _args_compare(c) -> None:
     c.add_argument("--config", required=True)
     c.add_argument("--out", required=True, help="the comparison's folder; re-running resumes it")
     c.add_argument("--arms", nargs="+", help="arm names (default: the config's compare.arms, "
@@ -286,17 +273,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["onnx"], help="with --export-best: also as ONNX")
     c.add_argument("--force", action="store_true", help="recompute every run")
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
-    c.set_defaults(fn=_cmd_compare)
 
-    st = sub.add_parser("study", help="the long paired study: a ladder of regimes x arms x seeds")
+
+def _args_study(st) -> None:
     st.add_argument("--out", default="study_out")
     st.add_argument("--device", default="auto")
     st.add_argument("--seeds", type=int, default=5, help="paired seeds per regime (default 5)")
     st.add_argument("--regimes", nargs="*", help="a subset of the regimes, by name (default: all)")
     st.add_argument("--force", action="store_true", help="recompute every stage")
-    st.set_defaults(fn=_cmd_study)
 
-    e = sub.add_parser("eval", help="evaluate a run folder or a .safetensors checkpoint")
+
+def _args_inference(x) -> None:
+    """The evaluation protocols eval and predict share."""
+    x.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="multi-scale: average softmax over these input scales")
+    x.add_argument("--flip", action="store_true", help="also average the mirrored image")
+    x.add_argument("--ms-flip", action="store_true",
+                   help="the field's multi-scale protocol: scales 0.5-1.75 + flip")
+    x.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                   help="sliding-window inference with this crop (e.g. 769 769 for Cityscapes)")
+    x.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
+                   help="sliding-window stride (default: 2/3 of the window)")
+
+
+def _args_eval(e) -> None:
     e.add_argument("checkpoint")
     e.add_argument("--which", default="best", choices=["best", "last"])
     e.add_argument("--config", help="data to evaluate on (default: the run's config.yaml)")
@@ -304,18 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--json", action="store_true")
     e.add_argument("overrides", nargs="*")
-    e.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                   help="multi-scale: average softmax over these input scales")
-    e.add_argument("--flip", action="store_true", help="also average the mirrored image")
-    e.add_argument("--ms-flip", action="store_true",
-                   help="the field's multi-scale protocol: scales 0.5-1.75 + flip")
-    e.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
-                   help="sliding-window inference with this crop (e.g. 769 769 for Cityscapes)")
-    e.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"),
-                   help="sliding-window stride (default: 2/3 of the window)")
-    e.set_defaults(fn=_cmd_eval)
+    _args_inference(e)
 
-    pr = sub.add_parser("predict", help="segment images: palette masks and overlays as PNG")
+
+def _args_predict(pr) -> None:
     pr.add_argument("checkpoint", help="a run folder or a .safetensors file")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True)
@@ -323,15 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--amp", action="store_true")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    pr.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    pr.add_argument("--flip", action="store_true")
-    pr.add_argument("--ms-flip", action="store_true")
-    pr.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
-                    help="sliding-window inference for large images")
-    pr.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
-    pr.set_defaults(fn=_cmd_predict)
+    _args_inference(pr)
 
-    b = sub.add_parser("bench", help="cost of a teacher/student pair: FLOPs, latency, steps")
+
+def _args_bench(b) -> None:
     b.add_argument("--teacher", default="paper-teacher")
     b.add_argument("--student", default="paper-student")
     b.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
@@ -341,9 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=2, help="data loader workers")
     b.add_argument("--amp", action="store_true")
     b.add_argument("--json", action="store_true")
-    b.set_defaults(fn=_cmd_bench)
 
-    x = sub.add_parser("export", help="export a trained model to ONNX (dynamic batch and size)")
+
+def _args_export(x) -> None:
     x.add_argument("checkpoint", help="a run folder or a .safetensors file")
     x.add_argument("--format", default="onnx", choices=["onnx"])
     x.add_argument("--out", help="default: next to the weights, .onnx")
@@ -351,9 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"),
                    help="example input size for tracing and the check")
     x.add_argument("--opset", type=int, default=18)
-    x.set_defaults(fn=_cmd_export)
 
-    dt = sub.add_parser("data", help="dataset tools")
+
+def _args_data(dt) -> None:
+    from .data import DATASETS
+
     dsub = dt.add_subparsers(dest="data_command", required=True)
     dc = dsub.add_parser("check", help="read every file of a dataset and report its defects")
     dc.add_argument("root")
@@ -365,14 +354,47 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--quiet", action="store_true", help="no progress bar")
     dc.set_defaults(fn=_cmd_data_check)
 
-    i = sub.add_parser("info", help="params, FLOPs and feature maps of a model")
+
+def _args_info(i) -> None:
     i.add_argument("model", nargs="?")
     i.add_argument("--size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"))
     i.add_argument("--num-classes", type=int, default=21)
     i.add_argument("--output-stride", type=int)
     i.add_argument("--list", action="store_true")
     i.add_argument("--json", action="store_true")
-    i.set_defaults(fn=_cmd_info)
+
+
+# (name, help, arguments, what it runs): the one list of commands
+COMMANDS = [
+    ("train", "train a segmentation model (teacher or student) with CE", _args_run, _cmd_train),
+    ("train-ae", "stage 1: train the autoencoder on a frozen teacher", _args_run, _cmd_train_ae),
+    ("distill", "stage 2: distil the teacher into the student", _args_run, _cmd_distill),
+    ("pipeline", "teacher -> autoencoder -> student -> distilled student", _args_run,
+     _cmd_pipeline),
+    ("compare", "does distillation help on my data, and which method? arms x paired seeds on "
+     "any config, with a report", _args_compare, _cmd_compare),
+    ("demo", "the paper's experiment end to end on built-in data (CPU)", _args_demo, _cmd_demo),
+    ("study", "the long paired study: a ladder of regimes x arms x seeds", _args_study,
+     _cmd_study),
+    ("eval", "evaluate a run folder or a .safetensors checkpoint", _args_eval, _cmd_eval),
+    ("predict", "segment images: palette masks and overlays as PNG", _args_predict, _cmd_predict),
+    ("bench", "cost of a teacher/student pair: FLOPs, latency, steps", _args_bench, _cmd_bench),
+    ("export", "export a trained model to ONNX (dynamic batch and size)", _args_export,
+     _cmd_export),
+    ("data", "dataset tools", _args_data, None),
+    ("info", "params, FLOPs and feature maps of a model", _args_info, _cmd_info),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kaseg", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text, arguments, fn in COMMANDS:
+        c = sub.add_parser(name, help=text)
+        arguments(c)
+        if fn is not None:
+            c.set_defaults(fn=fn)
     return p
 
 

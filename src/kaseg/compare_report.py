@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .arms import BASELINE
-from .checkpoint import atomic_write_text, load_model, save_model
+from .checkpoint import load_model, save_model
+from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
                       paired_rows)
 from .comparison import CompareSpec, all_stages

@@ -28,8 +28,9 @@ import yaml
 from tqdm import tqdm
 
 from .arms import BASELINE, Arm, ae_variant_config, arm_config
-from .checkpoint import atomic_write_text
-from .config import Config, check_config, to_dict
+from .files import atomic_write_text
+from .config import Config, to_dict
+from .experiment import check_config
 from .errors import KasegError
 from .stages import distill, teacher_training_config, train_autoencoder
 from .supervised import train_segmenter

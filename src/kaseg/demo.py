@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .arms import BASELINE
-from .checkpoint import atomic_write_text, load_model
+from .checkpoint import load_model
+from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
                       paired_rows)
 from .comparison import run
@@ -135,6 +136,6 @@ def write_pictures(out: Path, cfg: Config, chosen: list[str], count: int = 4) ->
         model, _ = load_model(out / folder, which="last")
         preds[name] = list(model(batch)["logits"].argmax(1).numpy())
     prediction_grid(out / "predictions.png", images, preds, val.class_names, val.palette)
-    curve_runs = {"teacher": out / "teacher", "autoencoder": out / "ae", "init": out / "init"}
-    curve_runs.update({a: out / f"runs/{a}-s0" for a in chosen})
-    training_curves(out / "curves.png", curve_runs)
+    shared = {"teacher": out / "teacher", "autoencoder": out / "ae", "shared start": out / "init"}
+    arms = {label(a): out / f"runs/{a}-s0" for a in chosen}
+    training_curves(out / "curves.png", arms, shared=shared)

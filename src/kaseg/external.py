@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import KasegError
+from .specs import FeatureInfo, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ class TappedModel(nn.Module):
     def __init__(self, module: nn.Module, taps: dict[str, str], name: str | None = None,
                  logits: Callable | None = None, probe_size: int = 256):
         super().__init__()
-        from .models import FeatureInfo, ModelSpec
 
         if not taps:
             raise KasegError("TappedModel: name at least one tap, e.g. "

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .arms import ARMS
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .compare import code_version, evaluate_runs, machine, markdown_table, paired_rows
 from .comparison import run
 from .presets import LABELED_COUNT, LIMITED_ARMS, demo_config, limited_spec

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runtime import IGNORE_INDEX
+from .labels import IGNORE_INDEX
+from .tensors import at_least_f32, resize
 
 
 
@@ -58,12 +59,6 @@ def valid_mask(targets: torch.Tensor, size: tuple[int, int],
     return labels_at(targets, size, stride, ignore_index) != ignore_index
 
 
-def at_least_f32(x: torch.Tensor) -> torch.Tensor:
-    """Losses accumulate in float32 or better (half precision under AMP is upcast; float64 stays,
-    for gradcheck)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def _full_precision(fn):
     """Run a loss with autocast off: under AMP its softmaxes and Gram products stay in float32."""
 
@@ -73,14 +68,6 @@ def _full_precision(fn):
             return fn(x, *args, **kwargs)
 
     return wrapper
-
-
-def resize(x: torch.Tensor, size) -> torch.Tensor:
-    """``x`` at ``size``, bilinear (student maps are upsampled to the teacher's size, the
-    comparison in He et al.); unchanged when already that size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

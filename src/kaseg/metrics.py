@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .runtime import IGNORE_INDEX
+from .labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:

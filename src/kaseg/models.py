@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import logging
 import warnings
-from dataclasses import asdict, dataclass
 
 import segmentation_models_pytorch as smp
 import timm
@@ -17,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import KasegError
+from .external import TORCHVISION, build_torchvision
+from .specs import FeatureInfo, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +49,8 @@ ALIASES: dict[str, dict] = {
 _DILATABLE = {"deeplabv3", "deeplabv3plus"}
 
 
-@dataclass(frozen=True)
-class FeatureInfo:
-    channels: int
-    stride: int  # input pixels per feature-map pixel
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model without its config (stored beside its weights)."""
-
-    name: str
-    num_classes: int
-    output_stride: int | None = None
-    decoder_channels: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def list_models() -> list[str]:
     """Our aliases and torchvision's models (any SMP ``architecture:encoder`` works too)."""
-    from .external import TORCHVISION
 
     return sorted(ALIASES) + [f"torchvision:{n}" for n in TORCHVISION]
 
@@ -78,8 +59,7 @@ def _resolve(name: str) -> tuple[str, str, dict]:
     """Model name -> (SMP architecture, encoder, alias defaults); ("torchvision", its name, {})
     for torchvision's models."""
     if name.startswith("torchvision:"):
-        from .external import TORCHVISION
-
+    
         short = name.split(":", 1)[1]
         if short not in TORCHVISION:
             close = difflib.get_close_matches(short, list(TORCHVISION), n=1)
@@ -232,7 +212,6 @@ def build_model(
         if output_stride is not None or decoder_channels is not None:
             raise KasegError(f"model '{name}': torchvision's models have a fixed output stride "
                              "and head; leave output_stride and decoder_channels unset")
-        from .external import build_torchvision
 
         return build_torchvision(name, num_classes, pretrained)
     os_ = output_stride if output_stride is not None else defaults.get("output_stride")

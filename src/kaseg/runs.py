@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .config import Config, diff_configs, to_dict, upgrade_legacy
+from .files import atomic_write_text
+from .config import Config, diff_configs, to_dict
+from .experiment import upgrade_legacy
 from .data import build_dataset
 from .distributed import barrier, is_main
 from .errors import KasegError

@@ -16,7 +16,6 @@ import torch
 from .distributed import is_distributed, local_device
 from .errors import KasegError
 
-IGNORE_INDEX = 255  # the label of pixels that take no part in losses or metrics
 
 
 def resolve_device(name: str) -> torch.device:

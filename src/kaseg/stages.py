@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import (atomic_write_text, is_kaseg_weights, load_model, load_state_strict,
-                         load_weights_into, read_weights, resolve_weights, save_model,
-                         save_weights)
+from .checkpoint import (is_kaseg_weights, load_model, load_state_strict,
+                         load_weights_into, read_weights, resolve_weights, save_model, save_weights)
+from .files import atomic_write_text
 from .config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
 from .errors import KasegError
 from .evaluate import evaluate
 from .kd_losses import resolve_losses
-from .method import AutoencoderTask, DistillTask, FeatureAutoencoder, ae_strides
+from .tasks import AutoencoderTask, DistillTask
+from .method import FeatureAutoencoder, ae_strides
 from .models import SegModel, build_model
 from .data import build_unlabeled
 from .runs import build_data, dataset_meta, prepare_run, write_result

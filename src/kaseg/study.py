@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .files import atomic_write_text
 from .arms import AE_VARIANTS, ARMS
 from .compare import code_version, context_table, evaluate_runs, machine, markdown_table, paired_rows
 from .comparison import run

@@ -5,34 +5,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from torch import nn
 
 from .checkpoint import load_state_strict, read_weights, resolve_weights, save_model
 from .config import Config, to_dict
 from .evaluate import evaluate
-from .method import ce_or_zero
 from .models import SegModel, build_model
-from .runtime import IGNORE_INDEX
 from .errors import KasegError
 from .runtime import resolve_device, seed_everything, seeded
 from .runs import build_data, dataset_meta, prepare_run, write_result
+from .tasks import SegmentationTask
 from .train import fit
 
 log = logging.getLogger(__name__)
-
-
-class SegmentationTask(nn.Module):
-    """Pixel-wise cross-entropy on the model's logits; ignore pixels do not count (a batch with
-    none counted is 0, not NaN)."""
-
-    def __init__(self, model: SegModel, ignore_index: int = IGNORE_INDEX):
-        super().__init__()
-        self.model, self.ignore_index = model, ignore_index
-
-    def forward(self, images, targets) -> dict:
-        logits = self.model(images)["logits"]
-        ce = ce_or_zero(logits, targets, self.ignore_index)
-        return {"loss": ce, "ce": ce}
 
 
 def build_network(cfg: Config, num_classes: int) -> SegModel:

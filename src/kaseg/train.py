@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .checkpoint import STATE, atomic_write_text, load_state, save_state
+from .checkpoint import STATE, load_state, save_state
+from .files import atomic_write_text
 from .config import TrainConfig
 from .distributed import barrier, is_main, rank, world_size
 from .errors import KasegError

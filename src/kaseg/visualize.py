@@ -55,36 +55,57 @@ def read_history(run: str | Path) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
+def _plot_runs(ax, histories: dict, term: str, colours: dict, style: str = "-") -> None:
+    """One line per run of ``term`` (a logged loss, or ``val mIoU``)."""
+    for name, (tr, val) in histories.items():
+        if term == "val mIoU":
+            pts = [(r["iter"], r["val"]["miou"]) for r in val if "miou" in r["val"]]
+        else:
+            pts = [(r["iter"], r[term]) for r in tr if term in r]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, style, label=name, color=colours[name],
+                    marker="o" if term == "val mIoU" else None, ms=3)
+
+
 def training_curves(path: str | Path, runs: dict[str, str | Path], dpi: int = 100,
-                    cols: int = 3) -> None:
-    """Every logged loss term (one panel each, ``cols`` panels a row) and val mIoU over
-    iterations, one line per run."""
-    histories = {name: read_history(run) for name, run in runs.items()}
-    terms = sorted({k for tr, _ in histories.values() for rec in tr for k in rec
-                    if k not in ("iter", "lr", "loss") and not k.endswith("_ratio")})
+                    cols: int = 3, shared: dict[str, str | Path] | None = None) -> None:
+    """Every logged loss term of the arms (one panel each, ``cols`` a row) and their val mIoU
+    over iterations, one line per run; the shared stages (teacher, autoencoder, start: other
+    schedules) in a row of their own above, dashed. One legend names every line."""
+    shared = shared or {}
+    arms = {name: read_history(run) for name, run in runs.items()}
+    stages = {name: read_history(run) for name, run in shared.items()}
+    colours = {name: f"C{i % 10}" for i, name in enumerate([*arms, *stages])}
+    terms = sorted({k for tr, _ in arms.values() for rec in tr for k in rec
+                    if k not in ("iter", "lr", "loss", "skipped") and not k.endswith("_ratio")})
     panels = [*terms, "val mIoU"]
     cols = min(cols, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    flat = axes.flatten()
-    for ax in flat[len(panels):]:
+    top = 1 if stages else 0
+    rows = top + -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.6), squeeze=False)
+    for ax in axes.flatten():
         ax.axis("off")
-    for ax, term in zip(flat, panels):
-        for idx, (name, (tr, val)) in enumerate(histories.items()):
-            if term == "val mIoU":
-                pts = [(r["iter"], r["val"]["miou"]) for r in val if "miou" in r["val"]]
-            else:
-                pts = [(r["iter"], r[term]) for r in tr if term in r]
-            if pts:
-                x, y = zip(*pts)
-                ax.plot(x, y, label=name, color=f"C{idx % 10}",  # one colour per run everywhere
-                        marker="o" if term == "val mIoU" else None, ms=3)
-        ax.set_title(term)
+    if stages:
+        for ax, (term, title) in zip(axes[0], [("loss", "shared stages: training loss"),
+                                                ("val mIoU", "shared stages: val mIoU")]):
+            ax.axis("on")
+            _plot_runs(ax, stages, term, colours, "--")
+            ax.set_title(title)
+            ax.set_xlabel("iteration")
+            ax.set_yscale("log" if term == "loss" else "linear")
+    for ax, term in zip(axes[top:].flatten(), panels):
+        ax.axis("on")
+        _plot_runs(ax, arms, term, colours)
+        ax.set_title(term if term == "val mIoU" else f"arms: {term}")
         ax.set_xlabel("iteration")
         if term in ("ce", "recon"):
             ax.set_yscale("log")
-    flat[len(panels) - 1].legend(fontsize=7)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colours[n], ls="--" if n in stages else "-", label=n)
+               for n in [*stages, *arms]]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.5 / (3.2 * rows + 0.6) + 0.04, 1, 1))
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from kaseg.cli import main
-from kaseg.config import DataConfig, load_config
+from kaseg.config import DataConfig
+from kaseg.experiment import load_config
 from kaseg.data import build_dataset, build_unlabeled
 from kaseg.data.synthetic import make_scene
 from kaseg.data.unlabeled import UnlabeledImages, labeled_indices

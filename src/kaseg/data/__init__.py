@@ -12,7 +12,7 @@ from .classes import looks_paired
 from .standard import LAYOUTS, StandardDataset
 from .synthetic import SyntheticScenes
 from .unlabeled import Subset, UnlabeledImages, WithoutLabels, labeled_indices, unlabeled_rest
-from ..runtime import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from .classes import looks_paired, read_class_file
 from .folder import split_images
 from .io import check_mask_size, read_image, read_label_file
 from .standard import Pair, get_layout, identity_lut, map_labels, scan
-from ..runtime import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 
 @dataclass

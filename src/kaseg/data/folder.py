@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KasegError
-from ..runtime import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 from .base import SegmentationDataset
 from .classes import read_class_file
 from .io import IMAGE_EXTS, check_mask_size, read_image, read_label_file

@@ -1,0 +1,319 @@
+"""The training tasks :func:`kaseg.train.fit` runs, side by side: the supervised CE task, the
+autoencoder task (stage 1) and the distillation task (stage 2: CE + the method's two terms + any
+of the field's other losses, with unlabelled batches, pseudo-labels, warm-up and controls).
+
+A task is an ``nn.Module`` whose ``forward(images, targets, ...)`` returns a dict of scalar losses;
+``"loss"`` is the one optimised, every other entry is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DistillConfig
+from .kd_losses import LOSSES, Outputs
+from .labels import IGNORE_INDEX
+from .method import (Adapter, adaptation_loss, affinity_loss, autoencoder_loss,
+                     check_distill_options)
+from .tensors import resize
+
+log = logging.getLogger(__name__)
+
+
+class Frozen(nn.Module):
+    """A frozen network (the teacher, the trained encoder E), held *outside* the module tree.
+
+    Why: it must never train. Its weights are not in ``parameters()`` (no optimizer, no DDP, no
+    gradients), not in ``state_dict()`` (checkpoints stay small), and it runs in eval mode without
+    autograd, so BatchNorm statistics cannot drift even when a wrapper calls ``.train()``.
+    ``.to(device)`` / ``.half()`` still reach it.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        module.eval().requires_grad_(False)
+        self.__dict__["inner"] = module  # not registered as a submodule, on purpose
+
+    def _apply(self, fn, recurse=True):
+        self.inner._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.inner.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, *args, **kwargs):
+        self.inner.eval()
+        return self.inner(*args, **kwargs)
+
+
+class SegmentationTask(nn.Module):
+    """Pixel-wise cross-entropy on the model's logits; ignore pixels do not count (a batch with
+    none counted is 0, not NaN)."""
+
+    def __init__(self, model: nn.Module, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.model, self.ignore_index = model, ignore_index
+
+    def forward(self, images, targets) -> dict:
+        logits = self.model(images)["logits"]
+        ce = ce_or_zero(logits, targets, self.ignore_index)
+        return {"loss": ce, "ce": ce}
+
+
+class AutoencoderTask(nn.Module):
+    """Stage 1: reconstruct the frozen teacher's feature map ``tap`` through the autoencoder."""
+
+    def __init__(self, teacher: nn.Module, autoencoder: FeatureAutoencoder, tap: str = "pre_logits",
+                 alpha: float = 1e-7):
+        super().__init__()
+        self.teacher, self.autoencoder = Frozen(teacher), autoencoder
+        self.tap, self.alpha = tap, alpha
+
+    def forward(self, images, targets=None) -> dict:
+        f = self.teacher(images)["features"][self.tap].float()
+        z, r = self.autoencoder(f)
+        total, rec, l1 = autoencoder_loss(f, r.float(), z.float(), self.alpha)
+        return {"loss": total, "recon": rec, "l1": l1}
+
+
+class DistillTask(nn.Module):
+    """Stage 2: ``L = L_ce + beta * L_adapt + gamma * L_aff`` [paper], plus any of the field's
+    other losses (:data:`kaseg.kd_losses.LOSSES`), so that every method and every combination
+    trains in the same loop.
+
+    Trained: the student, C_f, C_a (and the modules of the other losses, e.g. FitNet's regressor).
+    Frozen, without autograd: the teacher and E. A term whose weight is 0 is neither built nor
+    computed (ablations). Returns every term and, for each weighted term, its ratio to CE
+    (``*_ratio``), which the first iterations also log. :func:`kaseg.stages.build_distill_task` builds
+    one from a config.
+
+    Args:
+        student: the network trained (a :class:`~kaseg.models.SegModel`).
+        teacher: the trained teacher; frozen here.
+        encoder: the trained autoencoder's encoder E; frozen here.
+        latent_channels: E's output channels (the adapters' output).
+        teacher_tap, student_tap: the distilled feature maps.
+        adapt_weight, affinity_weight: beta and gamma; 0 switches a term off.
+        adapt_reduction, affinity_reduction: see :func:`adaptation_loss`, :func:`affinity_loss`.
+        p, q: the adaptation loss's difference norm and per-position normalisation (>= 1).
+        affinity_impl, dense_max_positions: dense or Gram affinity (:func:`affinity_loss`).
+        ignore_index: the label that takes no part in CE and the masked losses.
+        extra: ``{name: (weight, options)}`` of the other losses
+            (:func:`kaseg.kd_losses.resolve_losses`).
+        warmup_iters: every distillation weight ramps from 0 over this many steps.
+        control: ``"none"``, or a negative control (``"random_encoder"`` is set up by the
+            caller; ``"constant_target"`` replaces E(F_t) by a constant map).
+        pseudo_labels, pseudo_threshold: on unlabelled images, CE against the teacher's argmax
+            where its confidence reaches the threshold (self-training); IFVD then uses them too.
+        unlabeled_weight: with unlabelled images, each label-free term is
+            ``(1 - u) * term(labelled batch) + u * term(unlabelled batch)``; None (default): u is
+            the unlabelled batch's share of the step's images, so the term is its mean over every
+            image and turning unlabelled images on leaves the distillation-to-CE balance as it was.
+
+    Every default is :class:`kaseg.config.DistillConfig`'s: a task built here and one built from
+    a config are the same task.
+    """
+
+    def __init__(self, *, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
+                 latent_channels: int, teacher_tap: str = "pre_logits",
+                 student_tap: str = DistillConfig.student_tap,
+                 adapt_weight: float = DistillConfig.adapt_weight,
+                 affinity_weight: float = DistillConfig.affinity_weight,
+                 adapt_reduction: str = DistillConfig.adapt_reduction,
+                 affinity_reduction: str = DistillConfig.affinity_reduction,
+                 p: float = DistillConfig.p, q: float = DistillConfig.q,
+                 affinity_impl: str = DistillConfig.affinity_impl,
+                 dense_max_positions: int = DistillConfig.dense_max_positions,
+                 ignore_index: int = IGNORE_INDEX,
+                 extra: dict[str, tuple[float, dict]] | None = None,
+                 warmup_iters: int = DistillConfig.warmup_iters,
+                 control: str = DistillConfig.control,
+                 pseudo_labels: bool = DistillConfig.pseudo_labels,
+                 pseudo_threshold: float = DistillConfig.pseudo_threshold,
+                 unlabeled_weight: float | None = DistillConfig.unlabeled_weight):
+        super().__init__()
+        check_distill_options(adapt_reduction=adapt_reduction,
+                              affinity_reduction=affinity_reduction, affinity_impl=affinity_impl,
+                              p=p, q=q, warmup_iters=warmup_iters, control=control)
+        unknown = sorted(set(extra or {}) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"distill.extra_losses: unknown {unknown}; known: {sorted(LOSSES)}")
+        self.student = student
+        self.teacher, self.encoder = Frozen(teacher), Frozen(encoder)
+        cs = student.feature_info[student_tap].channels
+        ct = teacher.feature_info[teacher_tap].channels
+        self.adapter = Adapter(cs, latent_channels) if adapt_weight > 0 else None
+        self.affinity_adapter = Adapter(cs, latent_channels) if affinity_weight > 0 else None
+        self.teacher_tap, self.student_tap = teacher_tap, student_tap
+        self.adapt_weight, self.affinity_weight = adapt_weight, affinity_weight
+        self.adapt_reduction, self.affinity_reduction = adapt_reduction, affinity_reduction
+        self.p, self.q, self.affinity_impl = p, q, affinity_impl
+        self.dense_max_positions, self.ignore_index = dense_max_positions, ignore_index
+        self.extra = {k: (float(w), dict(o)) for k, (w, o) in (extra or {}).items() if w > 0}
+        self.loss_modules = nn.ModuleDict({name: LOSSES[name].module(cs, ct)
+                                           for name in self.extra if LOSSES[name].module})
+        self.warmup_iters, self.control = warmup_iters, control
+        self.pseudo_labels, self.pseudo_threshold = pseudo_labels, pseudo_threshold
+        if unlabeled_weight is not None and not 0.0 <= unlabeled_weight <= 1.0:
+            raise ValueError(f"distill.unlabeled_weight must be in [0, 1] (or null), got "
+                             f"{unlabeled_weight}")
+        self.unlabeled_weight = unlabeled_weight
+        self.student_stride = student.feature_info[student_tap].stride
+        self.teacher_stride = teacher.feature_info[teacher_tap].stride
+        # training steps taken: in the state dict, so a resumed run continues the warm-up
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.calls = 0
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether any term needs the teacher (and so can learn from unlabelled images)."""
+        return (self.adapter is not None or self.affinity_adapter is not None
+                or bool(self.extra) or self.pseudo_labels)
+
+    def distill_scale(self) -> float:
+        """The warm-up factor of every distillation weight at this step: ``min(1, step / N)``,
+        the step counted from 1 (the first step already distils a little)."""
+        if self.warmup_iters <= 0:
+            return 1.0
+        return min(1.0, int(self.step) / self.warmup_iters)
+
+    def _at_latent_size(self, z: torch.Tensor, size) -> torch.Tensor:
+        """The adapter's output at the latent's size. Only the rounding of odd input sizes may
+        differ (the student's and the encoder's strided convolutions round differently): at
+        most one position per side. More means the autoencoder was made for another pair."""
+        if max(abs(a - b) for a, b in zip(z.shape[-2:], size)) > 1:
+            raise ValueError(f"distill: the student's adapted map is {tuple(z.shape[-2:])} but the "
+                             f"autoencoder's latent is {tuple(size)}: the autoencoder was trained "
+                             "for a student of another feature stride")
+        return resize(z, size)
+
+    def _method_terms(self, fs: torch.Tensor, teacher_map: torch.Tensor) -> dict:
+        """The paper's two terms (those switched on), unweighted."""
+        zt = self.encoder(teacher_map)
+        if self.control == "constant_target":  # the same vector at every position
+            zt = torch.ones_like(zt)
+        terms = {}
+        if self.adapter is not None:
+            zs = self._at_latent_size(self.adapter(fs), zt.shape[-2:])
+            terms["adapt"] = adaptation_loss(zs, zt, self.p, self.q, self.adapt_reduction)
+        if self.affinity_adapter is not None:
+            zs = self._at_latent_size(self.affinity_adapter(fs), zt.shape[-2:])
+            terms["affinity"] = affinity_loss(zs, zt, self.affinity_reduction,
+                                              self.affinity_impl, self.dense_max_positions)
+        return terms
+
+    def forward(self, images, targets, unlabeled=None, unlabeled_valid=None) -> dict:
+        """Losses of one step. ``unlabeled`` (optional): images without labels, and their
+        validity mask (0 = a real pixel, ignore = padding); both batches go through each network
+        in one pass, and every label-free term is computed on each batch (``*_unlabeled``), the
+        two mixed by ``unlabeled_weight``."""
+        if self.training:
+            self.step += 1
+        scale = self.distill_scale()
+        n = images.shape[0]
+        both = images if unlabeled is None else torch.cat([images, unlabeled])
+        out = self.student(both)
+        ce = ce_or_zero(out["logits"][:n], targets, self.ignore_index)
+        losses, total = {"ce": ce}, ce
+        t_out = self.teacher(both) if self.uses_teacher else None
+        parts = [("", slice(0, n), targets != self.ignore_index, targets)]
+        share = 0.0
+        if unlabeled is not None:
+            labels = None
+            if self.pseudo_labels:
+                labels = pseudo_labels(t_out["logits"][n:], unlabeled_valid,
+                                       self.pseudo_threshold, self.ignore_index)
+                losses["ce_pseudo_unlabeled"] = ce_or_zero(out["logits"][n:], labels,
+                                                           self.ignore_index)
+                total = total + losses["ce_pseudo_unlabeled"]
+            parts.append(("_unlabeled", slice(n, None), unlabeled_valid != self.ignore_index,
+                          labels))
+            m = unlabeled.shape[0]
+            share = m / (n + m) if self.unlabeled_weight is None else self.unlabeled_weight
+        for suffix, part, valid, labels in parts:
+            terms = self._distill_terms(out, t_out, part, valid, labels)
+            for name, (weight, term) in terms.items():
+                losses[name + suffix] = term
+                if not suffix:
+                    losses[f"{name}_ratio"] = ratio(weight * term, ce)
+                mix = 1.0 if len(parts) == 1 else (share if suffix else 1.0 - share)
+                if name not in self._labelled_only:
+                    total = total + scale * weight * mix * term
+                elif not suffix:  # a term that needs labels has no unlabelled counterpart
+                    total = total + scale * weight * term
+        if self.warmup_iters > 0:
+            losses["distill_scale"] = torch.tensor(scale)
+        losses["loss"] = total
+        self.calls += 1
+        if self.training and self.calls in (1, 10):
+            log.info("distill iteration %d: CE %.4f%s", self.calls, float(ce.detach()), "".join(
+                f", {k.replace('_ratio', '')} x weight / CE = {float(v):.3f}"
+                for k, v in losses.items() if k.endswith("_ratio")))
+        return losses
+
+    @property
+    def _labelled_only(self) -> set[str]:
+        """Terms that need class labels and so have no label-free counterpart to mix with, unless
+        pseudo-labels give the unlabelled batch labels too."""
+        if self.pseudo_labels:
+            return set()
+        return {name for name in self.extra if LOSSES[name].needs_labels}
+
+    def _distill_terms(self, out: dict, t_out: dict | None, part: slice, valid: torch.Tensor,
+                       labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
+        """``{name: (weight, unweighted term)}`` on the samples ``part`` of the batch. ``valid``
+        marks the real pixels (input size); ``labels`` (None: none) is what a term that needs
+        classes (IFVD) uses; without it that term is left out of this batch."""
+        weighted: dict[str, tuple[float, torch.Tensor]] = {}
+        if t_out is None:
+            return weighted
+        fs = out["features"][self.student_tap][part]
+        ft = t_out["features"][self.teacher_tap][part]
+        if self.adapter is not None or self.affinity_adapter is not None:
+            for name, term in self._method_terms(fs, ft).items():
+                weighted[name] = (getattr(self, f"{name}_weight"), term)
+        for name, (weight, options) in self.extra.items():
+            spec = LOSSES[name]
+            if spec.needs_labels and labels is None:
+                continue
+            given = Outputs(out["logits"][part], t_out["logits"][part], fs, ft,
+                            labels if spec.needs_labels else None, valid, self.ignore_index,
+                            self.loss_modules[name] if name in self.loss_modules else None,
+                            self.student_stride, self.teacher_stride)
+            weighted[name] = (weight, spec.compute(given, **options))
+        return weighted
+
+
+def ratio(weighted_term: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """A diagnostic: ``weight * term / CE``, 0 where CE is 0 (a confident student on an easy
+    batch), so that a diagnostic is never inf or NaN. Detached: nothing trains on it."""
+    w, c = weighted_term.detach(), ce.detach()
+    return torch.where(c > 0, w / torch.where(c > 0, c, torch.ones_like(c)), torch.zeros_like(w))
+
+
+def pseudo_labels(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold: float = 0.0,
+                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The teacher's argmax as labels, ``ignore_index`` where its softmax confidence is below
+    ``threshold`` or the position is not a real pixel (``valid == ignore_index``)."""
+    prob = teacher_logits.detach().float().softmax(1)
+    conf, labels = prob.max(1)
+    labels[(conf < threshold) | (valid == ignore_index)] = ignore_index
+    return labels
+
+
+def ce_or_zero(logits: torch.Tensor, labels: torch.Tensor,
+               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy over the labelled positions (float32); 0, with a finite (zero) gradient,
+    when there is none: PyTorch's mean would be 0/0 = NaN and stop a healthy run. The same value
+    as ``F.cross_entropy(..., ignore_index=...)`` otherwise, without a host sync."""
+    x = logits.float()
+    summed = F.cross_entropy(x, labels, ignore_index=ignore_index, reduction="sum")
+    count = (labels != ignore_index).sum()
+    return summed / count.clamp(min=1).to(summed.dtype)
