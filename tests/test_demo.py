@@ -1,16 +1,29 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import kaseg.demo as demo
+import kaseg.presets as presets
 from kaseg.cli import main
 from kaseg.presets import DEMO_ARMS as DEFAULT_ARMS, MORE_ARMS, demo_arms as arms
 
 
+def tiny_demo_config(quick=False, device="cpu"):
+    """The demo's recipe at a size the suite can afford (the real one: ``kaseg demo --quick``)."""
+    cfg = presets.demo_config(quick, device)
+    return replace(cfg, data=replace(cfg.data, image_size=48, crop_size=48, val_count=16),
+                   train=replace(cfg.train, iters=4, val_every=4, val_batch_size=16),
+                   teacher=replace(cfg.teacher, iters=20), ae=replace(cfg.ae, epochs=0.05))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
+def test_quick_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "demo_config", tiny_demo_config)
+    monkeypatch.setattr(presets, "init_schedule", lambda quick: (10, 0.1))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--device", "cpu"]) == 0
     for name in ("results.json", "report.md", "predictions.png", "curves.png"):

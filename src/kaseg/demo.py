@@ -23,7 +23,7 @@ from .checkpoint import load_model
 from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
                       paired_rows)
-from .comparison import run
+from .comparison import run, scaled
 from .config import Config
 from .cost import measure_latency, model_cost
 from .data import build_dataset
@@ -41,7 +41,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
     cfg = demo_config(quick, device)
     chosen = [a.name for a in spec.arms]
     t0 = time.perf_counter()
-    stages, _, _, cfg = run(out, cfg, spec, force, desc="demo")
+    stages, scale, _, cfg = run(out, cfg, spec, force, desc="demo")
+    cfg = scaled(cfg, scale)  # the weights the arms trained with, for the report
     log.info("demo: trained in %.0fs; evaluating", time.perf_counter() - t0)
     runs = {s.name: (s.arm, s.seed) for s in stages}
     records = evaluate_runs(out, cfg, {"teacher": ("teacher", 0), "init": ("init", 0), **runs})

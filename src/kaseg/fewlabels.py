@@ -17,7 +17,7 @@ from pathlib import Path
 from .arms import ARMS
 from .files import atomic_write_text
 from .compare import code_version, evaluate_runs, machine, markdown_table, paired_rows
-from .comparison import run
+from .comparison import run, scaled
 from .presets import LABELED_COUNT, LIMITED_ARMS, demo_config, limited_spec
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ def run_limited_labels(out: str | Path = "demo_out", quick: bool = False,
     cfg = demo_config(quick, device)
     folder = out / "limited-labels"
     t0 = time.perf_counter()
-    stages, _, _, cfg = run(folder, cfg, spec, force, desc="limited labels")
+    stages, scale, _, cfg = run(folder, cfg, spec, force, desc="limited labels")
+    cfg = scaled(cfg, scale)  # the weights the arms trained with, for the report
     runs = {s.name: (s.arm, s.seed) for s in stages}
     records = (evaluate_runs(out, cfg, {"teacher": ("teacher", 0), "init": ("init", 0)})
                + evaluate_runs(folder, cfg, runs))

@@ -193,6 +193,27 @@ class SegModel(nn.Module):
         return {"logits": logits[..., :h, :w], "features": {"pre_logits": dec, "encoder": last}}
 
 
+def _stride_kwargs(name: str, arch: str, os_: int | None, kwargs: dict) -> int | None:
+    """Put the output stride into SMP's keyword arguments; -> the stride to rebuild the encoder
+    at when SMP cannot build it directly (DeepLabV3 at 32), else None."""
+    if os_ is None:
+        return None
+    if arch not in _DILATABLE:
+        if os_ != 32:
+            raise KasegError(f"model '{name}': output_stride {os_} needs a DeepLab architecture; "
+                             f"'{arch}' only supports 32")
+        return None
+    if os_ in (8, 16):
+        kwargs["encoder_output_stride"] = os_
+        return None
+    if os_ == 32 and arch == "deeplabv3":
+        # SMP only builds 8/16; build 16 and swap in an undilated encoder
+        kwargs["encoder_output_stride"] = 16
+        kwargs["upsampling"] = 32
+        return 32
+    raise KasegError(f"model '{name}': output_stride must be 8, 16 or 32, got {os_}")
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -219,23 +240,7 @@ def build_model(
     kwargs: dict = dict(defaults.get("kwargs", {}))
     if dc is not None and defaults.get("head") is None:
         kwargs["decoder_channels"] = dc
-    dilate_to = None
-    if os_ is not None:
-        if arch not in _DILATABLE:
-            if os_ != 32:
-                raise KasegError(
-                    f"model '{name}': output_stride {os_} needs a DeepLab architecture; "
-                    f"'{arch}' only supports 32"
-                )
-        elif os_ in (8, 16):
-            kwargs["encoder_output_stride"] = os_
-        elif os_ == 32 and arch == "deeplabv3":
-            # SMP only builds 8/16; build 16 and swap in an undilated encoder below
-            kwargs["encoder_output_stride"] = 16
-            kwargs["upsampling"] = 32
-            dilate_to = 32
-        else:
-            raise KasegError(f"model '{name}': output_stride must be 8, 16 or 32, got {os_}")
+    dilate_to = _stride_kwargs(name, arch, os_, kwargs)
     weights = (True if encoder.startswith("tu-") else "imagenet") if pretrained else None
     try:
         with warnings.catch_warnings():
