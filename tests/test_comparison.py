@@ -15,7 +15,9 @@ import yaml
 from PIL import Image
 
 from kaseg.arms import ARMS, Arm, arm_config, get_arm
+from kaseg.checkpoint import load_model
 from kaseg.cli import main
+from kaseg.compare_report import export_best
 from kaseg.comparison import CompareSpec, spec_from
 from kaseg.experiment import load_config
 from kaseg.errors import KasegError
@@ -101,6 +103,19 @@ def test_compare_end_to_end_and_plan_then_report_give_the_same_table(tmp_path, c
     other = build_network(arm_config(cfg, spec.arms[0], 0), 3)  # another seed, another start
     assert not all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(),
                                                      other.state_dict().values()))
+
+    # --export-best: the resolved-better arm with the largest gain (never a control), its best seed
+    rows = [dict(r) for r in results["rows"]]
+    for r in rows:
+        r["verdict"] = {"kd_t2": "better", "ka": "better"}.get(r["arm"], r.get("verdict"))
+        if "diff" in r:
+            r["diff"] = dict(r["diff"], mean={"kd_t2": 1.0, "ka": 2.0}[r["arm"]])
+    got = {"rows": rows, "records": results["records"], "cfg": load_config(config)}
+    best = export_best(out, got, spec_from({"arms": ["baseline", "kd_t2", "ka"]}))
+    seeds = {r["seed"]: r["miou"] for r in results["records"] if r["arm"] == "ka"}
+    assert best["arm"] == "ka" and best["seed"] == max(seeds, key=seeds.get)
+    model, meta = load_model(out / "best" / "student.safetensors")
+    assert meta["arm"] == "ka" and meta["class_names"] == ["background", "arm_l", "arm_r"]
 
     # the same comparison spread out: --plan, each line run on its own, then --report
     spread = tmp_path / "spread"

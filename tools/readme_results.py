@@ -5,7 +5,8 @@ commit, which each report states in its first lines).
     python tools/readme_results.py [--demo demo_out] [--study study_out] [--into docs/evidence.md]
 
 Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
-``kaseg demo --limited-labels``) and ``study`` (STUDY/study.md).
+``kaseg demo --limited-labels``), ``study`` (STUDY/study.md) and ``compare`` (COMPARE/report.md,
+from ``kaseg compare --config configs/compare_folder.yaml``).
 
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
@@ -32,6 +33,12 @@ def demote(markdown: str) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
+def relative_paths(markdown: str, root: Path) -> str:
+    """Paths inside the checkout that produced a report, shown relative to it: the commands stay
+    runnable from any clone, and no machine's folders end up in the docs."""
+    return markdown.replace(str(root.resolve()) + "/", "")
+
+
 def replace_section(readme: str, name: str, body: str) -> str:
     begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
@@ -44,6 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--demo", default="demo_out")
     ap.add_argument("--study", default="study_out")
+    ap.add_argument("--compare", default="cmp_folder",
+                    help="a `kaseg compare` folder (configs/compare_folder.yaml's)")
     ap.add_argument("--into", "--readme", dest="readme", default="docs/evidence.md",
                     help="the file whose results sections are replaced")
     args = ap.parse_args()
@@ -51,9 +60,11 @@ def main() -> None:
     text = readme_path.read_text()
     for name, report in (("demo", Path(args.demo) / "report.md"),
                          ("limited", Path(args.demo) / "limited-labels" / "report.md"),
-                         ("study", Path(args.study) / "study.md")):
+                         ("study", Path(args.study) / "study.md"),
+                         ("compare", Path(args.compare) / "report.md")):
         if report.is_file():
-            text = replace_section(text, name, demote(report.read_text()))
+            body = relative_paths(demote(report.read_text()), Path(__file__).resolve().parents[1])
+            text = replace_section(text, name, body)
             print(f"{name}: {report}")
     readme_path.write_text(text)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 import time
 from pathlib import Path
 
@@ -215,7 +216,8 @@ def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> Non
         models.append(("teacher", load_teacher(cfg, val.num_classes)[0]))
     for arm in spec.arms:
         if arm.name in done:
-            models.append((arm.label, load_model(out / done[arm.name], which="last")[0]))
+            title = textwrap.fill(arm.label, 24)  # long labels wrap instead of overlapping
+            models.append((title, load_model(out / done[arm.name], which="last")[0]))
     for name, model in models:
         # one image at a time: validation images may differ in size
         columns[name] = [model.eval()(x[None])["logits"].argmax(1)[0].numpy() for x in inputs]
