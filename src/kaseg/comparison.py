@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from .arms import BASELINE, Arm, ae_variant_config, arm_config
+from .arms import (BASELINE, CONTROL_ARMS, DEFAULT_ARMS, Arm, ae_variant_config, arm_config,
+                   arm_from_yaml, get_arm)
 from .files import atomic_write_text
 from .config import Config, to_dict
 from .experiment import check_config
@@ -154,8 +155,6 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage
 def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
     if not spec.tuning:
         return []
-    from .arms import get_arm
-
     ka = get_arm(TUNE_ARM)
     return [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
                   arm_config(scaled(cfg, k), ka, seed), TUNE_ARM, seed, phase="tuning")
@@ -201,8 +200,7 @@ def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
 def check_arms(cfg: Config, spec: CompareSpec) -> None:
     """Every arm built into a full config and checked before anything trains."""
     for arm in spec.arms:
-        for seed in spec.seeds[:1]:
-            arm_config(cfg, arm, seed)
+        arm_config(cfg, arm, spec.seeds[0])
 
 
 def all_stages(out: Path, cfg: Config, spec: CompareSpec):
@@ -278,7 +276,6 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
               weight_scales: list[float] | None = None, controls: bool = False,
               init_iters: int | None = None) -> CompareSpec:
     """A :class:`CompareSpec` from a config's ``compare:`` section, command-line values first."""
-    from .arms import CONTROL_ARMS, DEFAULT_ARMS, arm_from_yaml, get_arm
 
     bad = sorted(set(section) - set(SECTION_KEYS))
     if bad:

@@ -4,12 +4,10 @@ built from these; each runs through :mod:`kaseg.comparison` like a user's own co
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from .arms import get_arm
 from .comparison import CompareSpec
-from .config import AEConfig, Config, DataConfig, DistillConfig, ModelConfig, TeacherConfig, \
-    TrainConfig
+from .config import (AEConfig, Config, DataConfig, DistillConfig, ModelConfig, TeacherConfig,
+                     TrainConfig)
 
 # x the default adaptation and affinity weights (50, 30): the scale `kaseg study` chose on its
 # tuning seeds (100, 101; never reported) in the demo's regime, 96px-pretrained-short, and again
@@ -27,12 +25,6 @@ ORDER = ["baseline", "kd_t2", "kd", "fitnet", "cwd", "adapt", "affinity", "ka", 
 # few labels, many pictures: students keep this many labelled scenes
 LABELED_COUNT = 64
 LIMITED_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "all_labels"]
-
-
-def tuned_weights(d: DistillConfig, scale: float = TUNED_WEIGHT_SCALE) -> DistillConfig:
-    """``d`` with the method's two weights scaled (the study's tuning knob)."""
-    return replace(d, adapt_weight=scale * d.adapt_weight,
-                   affinity_weight=scale * d.affinity_weight)
 
 
 def demo_arms(all_methods: bool = False) -> list[str]:
