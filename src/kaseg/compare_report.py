@@ -38,8 +38,8 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
     missing = [s.name for s in first + (arms or []) if not s.done(out)]
     val = build_dataset(armed.data, armed.data.val_split, train=False)
     device = resolve_device(armed.train.device)
-    records = []
-    if "teacher" not in missing:
+    records, teacher = [], None
+    if "teacher" not in missing:  # loaded once: the cost and the pictures use it too
         teacher, source = load_teacher(armed, val.num_classes)
         m = evaluate(teacher, val, armed.train.val_batch_size, device)
         records.append({"name": "teacher", "arm": "teacher", "seed": 0,
@@ -50,7 +50,7 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
     done = {s.name: (s.arm, s.seed) for s in arms or [] if s.done(out)}
     records += evaluate_runs(out, armed, done)
     return {"records": records, "missing": missing, "scale": scale, "tuning": scores,
-            "cfg": armed, "val": val}
+            "cfg": armed, "val": val, "teacher": teacher}
 
 
 def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
@@ -69,7 +69,7 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
     names = [a.name for a in spec.arms]
     rows = paired_rows(records, names)
     ctx_rows = paired_rows(records, names, key="context_iou")
-    costs = _costs(out, armed, records)
+    costs = _costs(out, armed, records, got["teacher"])
     atomic_write_text(out / "results.json", json.dumps(
         {"command": command, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
          "machine": machine(device), "weight_scale": got["scale"], "tuning": got["tuning"],
@@ -174,19 +174,19 @@ def _tuning_lines(got: dict, spec: CompareSpec, cfg: Config) -> list[str]:
             "(never reported):", "", *table, ""]
 
 
-def _costs(out: Path, cfg: Config, records: list[dict]) -> dict:
+def _costs(out: Path, cfg: Config, records: list[dict], teacher) -> dict:
     """Params, GFLOPs and latency of the teacher and the student, at the training crop."""
     crop = cfg.data.crop_size
     size = (crop, crop) if isinstance(crop, int) else tuple(crop)
     device = resolve_device(cfg.train.device)
-    costs = {}
     student = next((r for r in records if r["arm"] == BASELINE), None)
-    sources = [("student", lambda: load_model(out / student["run"], which="last")[0])] \
-        if student else []
-    if any(r["arm"] == "teacher" for r in records):
-        sources.insert(0, ("teacher", lambda: load_teacher(cfg, student_classes(records))[0]))
-    for role, build in sources:
-        model = build()
+    models = {"teacher": teacher}
+    if student:
+        models["student"] = load_model(out / student["run"], which="last")[0]
+    costs = {}
+    for role, model in models.items():
+        if model is None:
+            continue
         c = model_cost(model, size)
         costs[role] = {**c, "model": model.spec.name, "input_size": list(size),
                        "latency_ms": measure_latency(model, size, device),
@@ -194,15 +194,10 @@ def _costs(out: Path, cfg: Config, records: list[dict]) -> dict:
     return costs
 
 
-def student_classes(records: list[dict]) -> int:
-    r = next(r for r in records if r.get("per_class_iou"))
-    return len(r["per_class_iou"])
-
-
 @torch.no_grad()
 def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> None:
     """Ground truth, teacher and each arm (first seed) on the first validation images."""
-    val, cfg = got["val"], got["cfg"]
+    val = got["val"]
     done = {r["arm"]: r["run"] for r in got["records"] if r.get("run") and r["seed"] ==
             spec.seeds[0]}
     if not done:
@@ -211,9 +206,7 @@ def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> Non
     images, truth = zip(*(val.raw(i) for i in range(count)))
     columns = {"ground truth": list(truth)}
     inputs = [val[i][0] for i in range(count)]
-    models = []
-    if any(r["arm"] == "teacher" for r in got["records"]):
-        models.append(("teacher", load_teacher(cfg, val.num_classes)[0]))
+    models = [("teacher", got["teacher"])] if got["teacher"] is not None else []
     for arm in spec.arms:
         if arm.name in done:
             title = textwrap.fill(arm.label, 24)  # long labels wrap instead of overlapping

@@ -237,17 +237,20 @@ class DistillTask(nn.Module):
                           labels))
             m = unlabeled.shape[0]
             share = m / (n + m) if self.unlabeled_weight is None else self.unlabeled_weight
+        # a term that needs labels (without pseudo-labels) has no unlabelled counterpart to mix
+        labelled_only = set() if self.pseudo_labels else {
+            name for name in self.extra if LOSSES[name].needs_labels}
         for suffix, part, valid, labels in parts:
             terms = self._distill_terms(out, t_out, part, valid, labels)
             for name, (weight, term) in terms.items():
                 losses[name + suffix] = term
                 if not suffix:
                     losses[f"{name}_ratio"] = ratio(weight * term, ce)
-                mix = 1.0 if len(parts) == 1 else (share if suffix else 1.0 - share)
-                if name not in self._labelled_only:
-                    total = total + scale * weight * mix * term
-                elif not suffix:  # a term that needs labels has no unlabelled counterpart
-                    total = total + scale * weight * term
+                if len(parts) == 1 or name in labelled_only:
+                    mix = 1.0
+                else:
+                    mix = share if suffix else 1.0 - share
+                total = total + scale * weight * mix * term
         if self.warmup_iters > 0:
             losses["distill_scale"] = torch.tensor(scale)
         losses["loss"] = total
@@ -257,14 +260,6 @@ class DistillTask(nn.Module):
                 f", {k.replace('_ratio', '')} x weight / CE = {float(v):.3f}"
                 for k, v in losses.items() if k.endswith("_ratio")))
         return losses
-
-    @property
-    def _labelled_only(self) -> set[str]:
-        """Terms that need class labels and so have no label-free counterpart to mix with, unless
-        pseudo-labels give the unlabelled batch labels too."""
-        if self.pseudo_labels:
-            return set()
-        return {name for name in self.extra if LOSSES[name].needs_labels}
 
     def _distill_terms(self, out: dict, t_out: dict | None, part: slice, valid: torch.Tensor,
                        labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
