@@ -183,3 +183,76 @@ def test_arms_from_yaml_and_the_spec_rules():
     with pytest.raises(KasegError, match="unknown autoencoder variant"):
         spec_from({"arms": {"x": {"ae": "huge"}}})
     assert isinstance(spec.arms[1], Arm)
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "last.safetensors"))
+
+
+def _histories(out: Path) -> dict:
+    return {p.parent.name: [ln for ln in p.read_text().splitlines() if '"val"' not in ln]
+            for p in sorted((out / "runs").glob("*/history.jsonl"))}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_lockstep_runs_end_bit_identical_to_runs_alone_and_resume_after_a_kill(
+        tmp_path, monkeypatch):
+    """Five arms of one seed (CE, KD, the method, the method + KD, the untrained-encoder
+    control) trained side by side end with the same weights and logged losses as each trained
+    alone, with a student whose dropout draws from the global RNG at every step; a group killed
+    after its first checkpoint resumes to the same weights. The teacher runs once per batch."""
+    import kaseg.train as train_mod
+    from kaseg.tasks import ForwardMemo
+
+    arms = {"baseline": None, "kd_t2": None, "ka": None, "ka_kd": None, "ctrl_random_ae": None}
+    config = _config(tmp_path, arms)
+    common = ["model.name=deeplabv3:tu-mobilenetv2_050", "model.output_stride=16",
+              "model.decoder_channels=32", "train.iters=4", "train.val_every=2",
+              "compare.seeds=1"]
+    solo, together, killed = tmp_path / "solo", tmp_path / "together", tmp_path / "killed"
+    assert main(["compare", "--config", str(config), "--out", str(solo), "--seeds", "1",
+                 "--no-lockstep", *common[:-1]]) == 0
+    memos = {}
+    real_call = ForwardMemo.__call__
+
+    def counting(self, module, x):
+        memos[id(self)] = self
+        return real_call(self, module, x)
+
+    monkeypatch.setattr(ForwardMemo, "__call__", counting)
+    assert main(["compare", "--config", str(config), "--out", str(together), "--seeds", "1",
+                 *common[:-1]]) == 0
+    runs = sorted(p.name for p in (solo / "runs").iterdir())
+    assert runs == ["baseline-s0", "ctrl_random_ae-s0", "ka-s0", "ka_kd-s0", "kd_t2-s0"]
+    for run in runs:
+        a, b = _weights(solo / "runs" / run), _weights(together / "runs" / run)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+    assert _histories(solo) == _histories(together)
+    # per step: the teacher called by 4 arms (3 reuse its output), the trained encoder by 2
+    # (1 reuses), the control's untrained encoder by 1
+    assert sorted((m.calls, m.hits) for m in memos.values()) == [(4, 0), (8, 4), (16, 12)]
+
+    # killed at the 3rd iteration (after the checkpoint of iteration 2), then run again
+    real_step = train_mod._step
+
+    def dies(t, batch, it, progress):
+        if it == 3 and "kd_t2" in str(t.run):
+            raise KeyboardInterrupt
+        return real_step(t, batch, it, progress)
+
+    monkeypatch.setattr(train_mod, "_step", dies)
+    assert main(["compare", "--config", str(config), "--out", str(killed), "--seeds", "1",
+                 *common[:-1]]) == 130  # "interrupted; re-run the same command to resume"
+    assert json.loads((killed / "runs" / "ka-s0" / "history.jsonl").read_text()
+                      .splitlines()[-1])["iter"] == 2
+    monkeypatch.setattr(train_mod, "_step", real_step)
+    assert main(["compare", "--config", str(config), "--out", str(killed), "--seeds", "1",
+                 *common[:-1]]) == 0
+    for run in runs:
+        a, b = _weights(solo / "runs" / run), _weights(killed / "runs" / run)
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+    assert _histories(solo) == _histories(killed)

@@ -70,12 +70,14 @@ def _cmd_demo(args) -> int:
     if args.limited_labels:
         from .fewlabels import run_limited_labels
 
-        run_limited_labels(args.out, args.quick, args.seeds, args.device, args.force)
+        run_limited_labels(args.out, args.quick, args.seeds, args.device, args.force,
+                           not args.no_lockstep)
         print((Path(args.out) / "limited-labels" / "report.md").read_text())
         return 0
     from .demo import run_demo
 
-    run_demo(args.out, args.quick, args.seeds, args.device, args.force, args.all_methods)
+    run_demo(args.out, args.quick, args.seeds, args.device, args.force, args.all_methods,
+             not args.no_lockstep)
     print((Path(args.out) / "report.md").read_text())
     return 0
 
@@ -97,7 +99,7 @@ def _cmd_compare(args) -> int:
         print("\n".join(lines))
         return 0
     if not args.report:
-        run(out, cfg, spec, args.force)
+        run(out, cfg, spec, args.force, lockstep=not args.no_lockstep)
     got = write_report(out, cfg, spec, command, cfg.train.device)
     print((out / "report.md").read_text())
     if args.export_best:
@@ -110,7 +112,8 @@ def _cmd_compare(args) -> int:
 def _cmd_study(args) -> int:
     from .study import run_study
 
-    run_study(args.out, args.device, args.seeds, args.regimes, args.force)
+    run_study(args.out, args.device, args.seeds, args.regimes, args.force,
+              not args.no_lockstep)
     print((Path(args.out) / "study.md").read_text())
     return 0
 
@@ -233,12 +236,19 @@ def _args_run(t) -> None:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
 
 
+def _lockstep_flag(p) -> None:
+    p.add_argument("--no-lockstep", action="store_true",
+                   help="train the runs of a seed one after another instead of side by side "
+                        "(same results, bit for bit; slower: each run pays its own teacher)")
+
+
 def _args_demo(d) -> None:
     d.add_argument("--out", default="demo_out")
     d.add_argument("--quick", action="store_true", help="2 seeds, short schedules (~4 min on CPU)")
     d.add_argument("--seeds", type=int, help="paired seeds; default: 5 (2 with --quick)")
     d.add_argument("--device", default="auto")
     d.add_argument("--force", action="store_true", help="recompute every stage")
+    _lockstep_flag(d)
     d.add_argument("--all-methods", action="store_true",
                    help="also logit KD T = 4, FitNet, CWD, adaptation or affinity alone, the "
                         "paper-literal reductions and the two negative controls (default: CE "
@@ -272,6 +282,7 @@ def _args_compare(c) -> None:
                    help="write the best arm's student to OUT/best/")
     c.add_argument("--format", choices=["onnx"], help="with --export-best: also as ONNX")
     c.add_argument("--force", action="store_true", help="recompute every run")
+    _lockstep_flag(c)
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
 
 
@@ -281,6 +292,7 @@ def _args_study(st) -> None:
     st.add_argument("--seeds", type=int, default=5, help="paired seeds per regime (default 5)")
     st.add_argument("--regimes", nargs="*", help="a subset of the regimes, by name (default: all)")
     st.add_argument("--force", action="store_true", help="recompute every stage")
+    _lockstep_flag(st)
 
 
 def _args_inference(x) -> None:

@@ -33,7 +33,7 @@ from .files import atomic_write_text
 from .config import Config, to_dict
 from .experiment import check_config
 from .errors import KasegError
-from .stages import distill, teacher_training_config, train_autoencoder
+from .stages import distill, distill_lockstep, teacher_training_config, train_autoencoder
 from .supervised import train_segmenter
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,31 @@ class Stage:
         return fn[self.command](self.cfg, self.folder(out), force)
 
 
+def lockstep_groups(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive distillation runs of one seed form a group (trained in lockstep where their
+    batches agree); every other stage is a group of its own."""
+    groups: list[list[Stage]] = []
+    for s in stages:
+        last = groups[-1] if groups else None
+        if (last and s.command == "distill" and last[0].command == "distill"
+                and last[0].seed == s.seed):
+            last.append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def _run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar) -> None:
+    bar.set_postfix_str(group[0].name if len(group) == 1 else
+                        f"{len(group)} runs of seed {group[0].seed} in lockstep")
+    if lockstep and len(group) > 1:
+        distill_lockstep([s.cfg for s in group], [s.folder(out) for s in group], force)
+    else:
+        for s in group:
+            s.run(out, force)
+    bar.update(len(group))
+
+
 def scaled(cfg: Config, scale: float) -> Config:
     """``cfg`` with the method's two weights scaled (the tuning knob)."""
     d = cfg.distill
@@ -158,7 +183,7 @@ def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
     ka = get_arm(TUNE_ARM)
     return [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
                   arm_config(scaled(cfg, k), ka, seed), TUNE_ARM, seed, phase="tuning")
-            for k in spec.weight_scales for seed in spec.tune_seeds]
+            for seed in spec.tune_seeds for k in spec.weight_scales]  # seed-major: lockstep
 
 
 def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage]) -> tuple[float | None, dict]:
@@ -215,22 +240,20 @@ def all_stages(out: Path, cfg: Config, spec: CompareSpec):
     return shared + tuning, arms, scale, scores, armed
 
 
-def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: str = "compare"):
-    """Every stage in order (finished ones are skipped); -> (arm stages, scale, tuning scores,
-    the arms' config)."""
+def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: str = "compare",
+        lockstep: bool = True):
+    """Every stage in order (finished ones are skipped); the runs of one seed in lockstep
+    (``lockstep=False``: one after another; the results are the same, bit for bit); -> (arm
+    stages, scale, tuning scores, the arms' config)."""
     first, _, _, _, _ = all_stages(out, cfg, spec)
     total = len(first) + len(spec.arms) * len(spec.seeds)
     bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
     try:
-        for stage in first:
-            bar.set_postfix_str(stage.name)
-            stage.run(out, force)
-            bar.update(1)
+        for group in lockstep_groups(first):
+            _run_group(out, group, force, lockstep, bar)
         _, arms, scale, scores, armed = all_stages(out, cfg, spec)
-        for stage in arms:
-            bar.set_postfix_str(stage.name)
-            stage.run(out, force)
-            bar.update(1)
+        for group in lockstep_groups(arms):
+            _run_group(out, group, force, lockstep, bar)
     finally:
         bar.close()
     return arms, scale, scores, armed

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,14 +20,14 @@ from .config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
 from .errors import KasegError
 from .evaluate import evaluate
 from .kd_losses import resolve_losses
-from .tasks import AutoencoderTask, DistillTask
+from .tasks import AutoencoderTask, DistillTask, share_frozen, unshare_frozen
 from .method import FeatureAutoencoder, ae_strides
 from .models import SegModel, build_model
 from .data import build_unlabeled
 from .runs import build_data, dataset_meta, prepare_run, write_result
 from .supervised import build_network, train_segmenter
 from .runtime import autocast, resolve_device, seed_everything, seeded
-from .train import fit
+from .train import Job, fit, fit_lockstep, rng_state
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +188,34 @@ def fit_autoencoder(teacher: SegModel, student_stride: int, train_set, val_set, 
     return result
 
 
+@dataclass
+class DistillRun:
+    """A distillation run built and checked, not yet trained: what :func:`fit_distillation`
+    needs, and the global RNG state the run starts from."""
+
+    task: DistillTask
+    train_set: object
+    val_set: object
+    run: Path
+    cfg: Config
+    unlabeled_set: object = None
+    rng: dict | None = None
+
+
 def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     """Stage 2 (``kaseg distill``): train the student with CE + adaptation + affinity."""
-    run = Path(run)
+    job = prepare_distill(cfg, run)
+    return fit_distillation(job.task, job.train_set, job.val_set, job.run, train=cfg.train,
+                            seed=cfg.seed, record=to_dict(cfg), num_workers=cfg.data.num_workers,
+                            force=force, unlabeled_set=job.unlabeled_set,
+                            unlabeled_batch_size=cfg.distill.unlabeled_batch_size,
+                            name=cfg.model.name)
+
+
+def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
+    """Data, teacher, student, autoencoder and task of a ``kaseg distill`` run, each drawn from
+    the global RNG exactly as a run alone draws them; the RNG is left at the state training
+    starts from (recorded in ``rng``)."""
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = build_data(cfg)
     unlabeled_set = build_unlabeled(cfg.data, train_set)
@@ -202,12 +227,85 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     student = build_student(cfg, train_set.num_classes)
     ae, ae_meta = load_autoencoder(cfg.ae.weights) if cfg.ae.weights else (None, None)
     task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "")
+    if unlabeled_set is not None and not task.uses_teacher:
+        log.warning("distill: no term uses the unlabelled images (CE only, no pseudo-labels); "
+                    "training without them")
+        unlabeled_set = None
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
-    return fit_distillation(task, train_set, val_set, run, train=cfg.train, seed=cfg.seed,
-                            record=to_dict(cfg), num_workers=cfg.data.num_workers, force=force,
-                            unlabeled_set=unlabeled_set,
-                            unlabeled_batch_size=dcfg.unlabeled_batch_size,
-                            name=cfg.model.name)
+    return DistillRun(task, train_set, val_set, Path(run), cfg, unlabeled_set, rng_state())
+
+
+def _stream(job: DistillRun) -> str:
+    """What decides a run's batches: runs with the same stream can train in lockstep."""
+    c = job.cfg
+    unl = (c.distill.unlabeled_batch_size or c.train.batch_size) if job.unlabeled_set else None
+    return json.dumps([c.seed, to_dict(c.data), to_dict(c.train), unl], sort_keys=True)
+
+
+def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
+                     force: bool = False) -> list[dict]:
+    """Several ``kaseg distill`` runs in one process: those with the same batch stream (seed,
+    data, training schedule) train in lockstep, their equal frozen networks (the teacher, a
+    shared trained encoder) run once per batch. Each run ends bit-identical to the same run
+    alone (its own RNG stream, optimizer, checkpoints and folder); -> each run's result, in
+    order."""
+    jobs = [prepare_distill(c, r) for c, r in zip(cfgs, runs)]
+    for job in jobs:  # every input is checked before any folder is touched
+        prepare_run(job.run, to_dict(job.cfg), force)
+    groups: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(_stream(job), []).append(i)
+    results: dict[int, dict] = {}
+    for members in groups.values():
+        group = [jobs[i] for i in members]
+        tasks = [j.task for j in group]
+        distinct = share_frozen(tasks)
+        log.info("lockstep: %d run(s) on one batch stream, %d frozen network(s) for %d task(s)",
+                 len(group), distinct, len(group))
+        runs_ = []
+        for j in group:
+            _describe(j.task, j.train_set, j.unlabeled_set)
+            io = _student_io(j.task.student, j.train_set, j.val_set, j.run, j.cfg.train,
+                             j.cfg.data.num_workers)
+            runs_.append(Job(j.task, j.run, *io, desc=f"distill {j.run.name}", rng=j.rng))
+        try:
+            summaries = fit_lockstep(
+                runs_,
+                group[0].train_set, group[0].cfg.train, seed=group[0].cfg.seed,
+                num_workers=group[0].cfg.data.num_workers,
+                desc=f"lockstep x{len(group)} (seed {group[0].cfg.seed})",
+                unlabeled_set=group[0].unlabeled_set,
+                unlabeled_batch_size=group[0].cfg.distill.unlabeled_batch_size)
+        finally:
+            unshare_frozen(tasks)
+        for i, job, summary in zip(members, group, summaries):
+            results[i] = write_result(job.run, summary, job.cfg.model.name)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _student_io(student: SegModel, train_set, val_set, run: Path, train: TrainConfig,
+                num_workers: int):
+    """(validate, export) of a distillation run: the student alone is evaluated and saved."""
+    device = resolve_device(train.device)
+    meta = dataset_meta(train_set, student.num_classes)
+
+    def validate() -> dict:
+        return evaluate(student, val_set, train.val_batch_size, device, train.amp, num_workers)
+
+    def export(which: str) -> None:
+        save_model(student, run / which, meta)  # adapters and teacher stay out
+
+    return validate, export
+
+
+def _describe(task: DistillTask, train_set, unlabeled_set) -> None:
+    log.info("distill: CE + %g * adapt + %g * affinity%s",
+             task.adapt_weight if task.adapter is not None else 0,
+             task.affinity_weight if task.affinity_adapter is not None else 0,
+             "".join(f" + {w:g} * {k} {o or ''}" for k, (w, o) in task.extra.items()))
+    if unlabeled_set is not None:
+        log.info("distill: %d labelled + %d unlabelled training images%s", len(train_set),
+                 len(unlabeled_set), ", pseudo-labels" if task.pseudo_labels else "")
 
 
 def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
@@ -217,29 +315,14 @@ def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
     """Stage 2 on objects: train ``task`` (its student is saved alone, as ``best``/``last``).
     ``record``: what the run was asked to do (a resumed run must be asked the same)."""
     run = Path(run)
-    student = task.student
-    name = name or student.spec.name
-    device = resolve_device(train.device)
+    name = name or task.student.spec.name
     prepare_run(run, record, force)
-    meta = dataset_meta(train_set, student.num_classes)
-    log.info("distill: CE + %g * adapt + %g * affinity%s",
-             task.adapt_weight if task.adapter is not None else 0,
-             task.affinity_weight if task.affinity_adapter is not None else 0,
-             "".join(f" + {w:g} * {k} {o or ''}" for k, (w, o) in task.extra.items()))
     if unlabeled_set is not None and not task.uses_teacher:
         log.warning("distill: no term uses the unlabelled images (CE only, no pseudo-labels); "
                     "training without them")
         unlabeled_set = None
-    if unlabeled_set is not None:
-        log.info("distill: %d labelled + %d unlabelled training images%s", len(train_set),
-                 len(unlabeled_set), ", pseudo-labels" if task.pseudo_labels else "")
-
-    def validate() -> dict:
-        return evaluate(student, val_set, train.val_batch_size, device, train.amp, num_workers)
-
-    def export(which: str) -> None:
-        save_model(student, run / which, meta)  # the student alone: adapters and teacher stay out
-
+    _describe(task, train_set, unlabeled_set)
+    validate, export = _student_io(task.student, train_set, val_set, run, train, num_workers)
     summary = fit(task, train_set, train, run, seed=seed, validate=validate, export=export,
                   num_workers=num_workers, desc=f"distill {name}", unlabeled_set=unlabeled_set,
                   unlabeled_batch_size=unlabeled_batch_size)

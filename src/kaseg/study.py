@@ -101,14 +101,15 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
 
 
 def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
-               tuned: tuple[float, dict] | None = None) -> dict:
+               tuned: tuple[float, dict] | None = None, lockstep: bool = True) -> dict:
     cfg = base_config(regime.size, device)
     if regime.teacher_iters:
         cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
     rdir = out / regime.name
     scales = list(WEIGHT_SCALES) if regime.tune or tuned is None else [tuned[0]]
     spec = regime_spec(out, regime, seeds, scales)
-    stages, scale, tuning, cfg = run(rdir, cfg, spec, force, desc=f"study {regime.name}")
+    stages, scale, tuning, cfg = run(rdir, cfg, spec, force, desc=f"study {regime.name}",
+                                      lockstep=lockstep)
     runs = {s.name: (s.arm, s.seed) for s in stages}
     shared = spec.shared_dir
     refs = {f"{shared.name}/teacher": ("teacher", 0)}
@@ -159,7 +160,8 @@ def known_results(out: Path, fresh: list[dict]) -> list[dict]:
 
 
 def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 5,
-              regimes: list[str] | None = None, force: bool = False) -> list[dict]:
+              regimes: list[str] | None = None, force: bool = False,
+              lockstep: bool = True) -> list[dict]:
     out = Path(out)
     chosen = [r for r in REGIMES if not regimes or r.name in regimes]
     unknown = set(regimes or []) - {r.name for r in REGIMES}
@@ -174,7 +176,8 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
         tuned = reference_scale(out, results)
-        results.append(run_regime(out, regime, seed_list, device, force, tuned))
+        results.append(run_regime(out, regime, seed_list, device, force, tuned,
+                                  lockstep))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
                       f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
                       f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "

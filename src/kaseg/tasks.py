@@ -37,6 +37,7 @@ class Frozen(nn.Module):
         super().__init__()
         module.eval().requires_grad_(False)
         self.__dict__["inner"] = module  # not registered as a submodule, on purpose
+        self.__dict__["memo"] = None  # a ForwardMemo when arms share this network (lockstep)
 
     def _apply(self, fn, recurse=True):
         self.inner._apply(fn)
@@ -50,7 +51,74 @@ class Frozen(nn.Module):
     @torch.no_grad()
     def forward(self, *args, **kwargs):
         self.inner.eval()
+        if self.memo is not None and len(args) == 1 and not kwargs:
+            return self.memo(self.inner, args[0])
         return self.inner(*args, **kwargs)
+
+
+class ForwardMemo:
+    """The last input and output of one frozen network, shared by the arms of a lockstep run.
+
+    Why: arms that step on the same batch would run the same teacher (and the same trained
+    encoder) on it once each; the teacher is most of a distillation step's cost. A call whose
+    input equals the last one (same values, shape, dtype, layout and autocast state) returns
+    the same output, which is what running the network again would give: it is frozen, in eval
+    mode and without autograd. The input is kept as a copy, so a caller that later writes into
+    its tensor cannot make a stale output look current.
+    """
+
+    def __init__(self):
+        self.key, self.input, self.output = None, None, None
+        self.calls = self.hits = 0
+
+    def __call__(self, module: nn.Module, x: torch.Tensor):
+        kind = x.device.type
+        key = (tuple(x.shape), x.dtype, x.device, x.stride(), torch.is_autocast_enabled(kind),
+               torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None)
+        self.calls += 1
+        if key == self.key and torch.equal(x, self.input):
+            self.hits += 1
+            return self.output
+        self.key, self.input, self.output = None, None, None  # free the old pair first
+        output = module(x)
+        self.key, self.input, self.output = key, x.clone(memory_format=torch.preserve_format), output
+        return output
+
+
+def same_network(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two networks compute the same function: one class, equal weights and buffers."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k])
+        for k in sa)
+
+
+def share_frozen(tasks: list[nn.Module]) -> int:
+    """Point the frozen networks of ``tasks`` that are equal (same class and weights) at one
+    instance with one :class:`ForwardMemo`, so a batch runs through each only once. -> the
+    number of distinct frozen networks left."""
+    kept: list[Frozen] = []
+    for task in tasks:
+        for frozen in (m for m in task.children() if isinstance(m, Frozen)):
+            for other in kept:
+                if same_network(other.inner, frozen.inner):
+                    frozen.__dict__["inner"], frozen.__dict__["memo"] = other.inner, other.memo
+                    break
+            else:
+                frozen.__dict__["memo"] = ForwardMemo()
+                kept.append(frozen)
+    return len(kept)
+
+
+def unshare_frozen(tasks: list[nn.Module]) -> None:
+    """Drop the memos (and the batch and outputs they hold)."""
+    for task in tasks:
+        for frozen in (m for m in task.children() if isinstance(m, Frozen)):
+            frozen.__dict__["memo"] = None
 
 
 class SegmentationTask(nn.Module):

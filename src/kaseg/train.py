@@ -90,7 +90,7 @@ def poly_lr(iters: int, power: float) -> Callable[[int], float]:
     return lambda it: max(0.0, 1.0 - it / max(1, iters)) ** power
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
@@ -99,7 +99,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -155,6 +155,23 @@ class Trainer:
     start: int = 0  # first batch adds nothing
 
 
+@dataclass
+class Job:
+    """One run of :func:`fit_lockstep`: its own task, folder, optimizer, RNG stream and saved
+    progress; only the batches are shared."""
+
+    task: nn.Module
+    run: Path
+    validate: Callable[[], dict]
+    export: Callable[[str], None]
+    desc: str = "train"
+    score_key: str = "miou"
+    rng: dict | None = None  # the global RNG state this run starts from (None: the current one)
+    t: Trainer | None = None
+    progress: Progress | None = None
+    t0: float = 0.0
+
+
 def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
         validate: Callable[[], dict], export: Callable[[str], None], score_key: str = "miou",
         num_workers: int = 0, desc: str = "train", unlabeled_set=None,
@@ -167,46 +184,98 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     labelled batch size) of its samples, its own seeded stream, and calls
     ``task(images, targets, unlabeled_images, unlabeled_valid)``.
     """
-    t = _trainer(task, cfg, run, desc)
-    progress = _resume(t)
-    if progress.iter >= cfg.iters or progress.stopped:
-        return progress.summary()
-    batches = iter(_loader(train_set, cfg, seed, progress.iter, num_workers, t.device))
-    if unlabeled_set is not None:
-        ucfg = replace(cfg, batch_size=unlabeled_batch_size or cfg.batch_size)
-        if ucfg.batch_size % world_size():
-            raise KasegError(f"distill.unlabeled_batch_size={ucfg.batch_size} (global) must be "
-                             f"divisible by the {world_size()} processes")
-        # its own stream: another sampler and augmentation seed than the labelled one
-        unlabeled = iter(_loader(unlabeled_set, ucfg, seed + UNLABELED_SEED, progress.iter,
-                                 num_workers, t.device))
-        batches = ((*b, *u) for b, u in zip(batches, unlabeled))
-    t.task.train()
-    bar = tqdm(total=cfg.iters, initial=progress.iter, desc=desc, dynamic_ncols=True,
-               mininterval=1.0, disable=not is_main())
-    t0, t.start = time.perf_counter(), progress.iter
-    try:
-        for it in range(progress.iter + 1, cfg.iters + 1):
-            losses = _step(t, next(batches), it, progress)
-            progress.iter = it
-            bar.update(1)
-            if is_main() and (it % cfg.log_every == 0 or it == cfg.iters):
-                record = _log(t, losses, it, progress)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if it % cfg.val_every == 0 or it == cfg.iters:
-                _validate_and_save(t, progress, validate, export, score_key, bar)
-                if progress.stopped:
-                    log.info("%s: no improvement in %d validations; stopping at iteration %d",
-                             desc, cfg.patience, it)
+    job = Job(task, run, validate, export, desc, score_key)
+    return fit_lockstep([job], train_set, cfg, seed=seed, num_workers=num_workers, desc=desc,
+                        unlabeled_set=unlabeled_set,
+                        unlabeled_batch_size=unlabeled_batch_size)[0]
+
+
+def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
+                 num_workers: int = 0, desc: str = "train", unlabeled_set=None,
+                 unlabeled_batch_size: int | None = None) -> list[dict]:
+    """Train several runs on one batch stream, side by side: each batch is loaded once and each
+    job takes its step on it in turn (``fit`` is the one-job case).
+
+    Why: the arms of a paired comparison train on the same batches by design; in one process
+    their frozen networks can share a forward pass (:func:`kaseg.tasks.share_frozen`). Each job
+    keeps its own global RNG state (swapped in around its steps, validations and checkpoints),
+    optimizer and run folder, so it ends bit-identical to the same run trained alone, and a
+    killed group resumes like any run (a job saved further than the others waits for them).
+    """
+    swap = len(jobs) > 1
+    for job in jobs:
+        if swap and job.rng is not None:
+            set_rng_state(job.rng)
+        job.t = _trainer(job.task, cfg, job.run, job.desc)
+        job.progress = _resume(job.t)
+        job.rng = rng_state() if swap else None
+    active = [j for j in jobs if j.progress.iter < cfg.iters and not j.progress.stopped]
+    if active:
+        start = min(j.progress.iter for j in active)
+        batches = _batches(train_set, cfg, seed, start, num_workers, active[0].t.device,
+                           unlabeled_set, unlabeled_batch_size)
+        bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True,
+                   mininterval=1.0, disable=not is_main())
+        for job in active:
+            job.t.task.train()
+            job.t0, job.t.start = time.perf_counter(), job.progress.iter
+        try:
+            for it in range(start + 1, cfg.iters + 1):
+                batch = next(batches)
+                for job in active:
+                    if job.progress.iter < it:  # a job saved further than this waits
+                        _advance(job, batch, it, bar, swap)
+                active = [j for j in active if not j.progress.stopped]
+                bar.update(1)
+                if not active:
                     break
-    finally:  # the bar ends its line even on an error, so the error gets a line of its own
-        bar.close()
-        if t.writer is not None:
-            t.writer.close()
-    log.info("%s: %d iterations in %.1fs%s", desc, progress.iter - t.start,
-             time.perf_counter() - t0,
-             f" ({progress.skipped} skipped: non-finite loss)" if progress.skipped else "")
-    return progress.summary()
+        finally:  # the bar ends its line even on an error, so the error gets a line of its own
+            bar.close()
+            for job in jobs:
+                if job.t.writer is not None:
+                    job.t.writer.close()
+        if swap:  # leave the global RNG where the last job left it, as a run alone would
+            set_rng_state(jobs[-1].rng)
+    return [j.progress.summary() for j in jobs]
+
+
+def _batches(train_set, cfg: TrainConfig, seed: int, start: int, num_workers: int,
+             device: torch.device, unlabeled_set=None, unlabeled_batch_size: int | None = None):
+    """The endless batch stream from iteration ``start`` on (labelled, then unlabelled parts)."""
+    batches = iter(_loader(train_set, cfg, seed, start, num_workers, device))
+    if unlabeled_set is None:
+        return batches
+    ucfg = replace(cfg, batch_size=unlabeled_batch_size or cfg.batch_size)
+    if ucfg.batch_size % world_size():
+        raise KasegError(f"distill.unlabeled_batch_size={ucfg.batch_size} (global) must be "
+                         f"divisible by the {world_size()} processes")
+    # its own stream: another sampler and augmentation seed than the labelled one
+    unlabeled = iter(_loader(unlabeled_set, ucfg, seed + UNLABELED_SEED, start, num_workers,
+                             device))
+    return ((*b, *u) for b, u in zip(batches, unlabeled))
+
+
+def _advance(job: Job, batch, it: int, bar, swap: bool) -> None:
+    """One iteration of one job: its step, log, validation and checkpoint, under its RNG."""
+    t, progress, cfg = job.t, job.progress, job.t.cfg
+    if swap:
+        set_rng_state(job.rng)
+    losses = _step(t, batch, it, progress)
+    progress.iter = it
+    if is_main() and (it % cfg.log_every == 0 or it == cfg.iters):
+        record = _log(t, losses, it, progress)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+    if it % cfg.val_every == 0 or it == cfg.iters:
+        _validate_and_save(t, progress, job.validate, job.export, job.score_key, bar)
+        if progress.stopped:
+            log.info("%s: no improvement in %d validations; stopping at iteration %d",
+                     job.desc, cfg.patience, it)
+    if progress.stopped or it == cfg.iters:
+        log.info("%s: %d iterations in %.1fs%s", job.desc, progress.iter - t.start,
+                 time.perf_counter() - job.t0,
+                 f" ({progress.skipped} skipped: non-finite loss)" if progress.skipped else "")
+    if swap:
+        job.rng = rng_state()
 
 
 def _trainer(task: nn.Module, cfg: TrainConfig, run: Path, desc: str) -> Trainer:
@@ -251,7 +320,7 @@ def _resume(t: Trainer) -> Progress:
     progress = Progress(ckpt["iter"], ckpt["best"], ckpt["best_iter"],
                         json.loads(ckpt["best_metrics"]), int(ckpt.get("skipped", 0)),
                         bool(ckpt.get("stopped", False)))
-    _set_rng_state(ckpt["rng"])
+    set_rng_state(ckpt["rng"])
     if is_main():
         _trim_history(t.run, progress.iter)
     log.info("resuming %s from iteration %d", t.run, progress.iter)
@@ -363,7 +432,7 @@ def _validate_and_save(t: Trainer, progress: Progress, validate: Callable[[], di
             "task": t.task.state_dict(), "optimizer": t.opt.state_dict(),
             "scheduler": t.sched.state_dict(), "scaler": t.scaler.state_dict(),
             "iter": it, "best": progress.best, "best_iter": progress.best_iter,
-            "best_metrics": json.dumps(progress.best_metrics), "rng": _rng_state(),
+            "best_metrics": json.dumps(progress.best_metrics), "rng": rng_state(),
             "skipped": progress.skipped, "stopped": progress.stopped})
         bar.write(f"[{t.desc}] iter {it}/{t.cfg.iters}: val {score_key} {score:.4f} "
                   f"(best {progress.best:.4f} @ {progress.best_iter})")
