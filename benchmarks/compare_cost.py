@@ -1,0 +1,129 @@
+"""What lockstep saves: the per-iteration time of k distilling arms (the method, KD T = 2, the
+method + KD) trained side by side on one batch (one teacher and encoder forward, shared through
+:func:`kaseg.tasks.share_frozen`), against the same arms one after another (each runs the teacher),
+and against the floor: one teacher + encoder forward and k CE-only student steps.
+
+    python benchmarks/compare_cost.py [--pairs tiny paper] [--device auto] [--runs 5]
+
+Defaults: the tiny pair at 96 px (batch 8, the demo) and the paper pair at 128 px (batch 2).
+Each row is measured in one process; every batch is new (a memo hit across iterations would
+flatter lockstep). Goal: lockstep / floor <= 1.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from kaseg.cost import median_seconds
+from kaseg.kd_losses import resolve_losses
+from kaseg.method import FeatureAutoencoder, ae_strides
+from kaseg.models import build_model
+from kaseg.runtime import resolve_device
+from kaseg.tasks import DistillTask, SegmentationTask, share_frozen, unshare_frozen
+from kaseg.train import rng_state, set_rng_state
+
+PAIRS = {"tiny": ("tiny-teacher", "tiny-student", 96, 8),
+         "paper": ("paper-teacher", "paper-student", 128, 2)}
+KD = {"extra": resolve_losses(["kd"], None, {"kd": {"temperature": 2.0}})}
+ARMS = {"ka": {}, "kd_t2": {"adapt_weight": 0.0, "affinity_weight": 0.0, **KD},
+        "ka_kd": KD}
+
+
+def arms(teacher, ae, student_name: str, k: int) -> list:
+    """k distillation tasks, each with its own student (the same initial weights) and its own
+    copy of the teacher and encoder (as arms trained alone load them)."""
+    tasks = []
+    for name in list(ARMS)[:k]:
+        torch.manual_seed(0)
+        student = build_model(student_name, 8)
+        t = build_model(teacher.spec.name, 8)
+        t.load_state_dict(teacher.state_dict())
+        enc = FeatureAutoencoder(ae.in_channels, ae.latent_channels, ae.strides)
+        enc.load_state_dict(ae.state_dict())
+        tasks.append(DistillTask(student=student, teacher=t, encoder=enc.encoder,
+                                 latent_channels=ae.latent_channels, **ARMS[name]))
+    return tasks
+
+
+def iteration(tasks, opts, batches, device, swap: bool):
+    """One iteration: a new batch, then each task's step (with its RNG swapped in, as
+    :func:`kaseg.train.fit_lockstep` does)."""
+    states = [rng_state() for _ in tasks]
+
+    def run():
+        x, y = next(batches)
+        for i, (task, opt) in enumerate(zip(tasks, opts)):
+            if swap:
+                set_rng_state(states[i])
+            loss = task(x, y)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if swap:
+                states[i] = rng_state()
+
+    return median_seconds(run, device, RUNS)
+
+
+def main() -> None:
+    global RUNS
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--arms", type=int, default=3, choices=[1, 2, 3])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    RUNS, device, k = args.runs, resolve_device(args.device), args.arms
+    print(f"{k} distilling arms (ka, kd_t2, ka_kd) per iteration, {device}, "
+          f"{torch.get_num_threads()} torch threads; median of {RUNS} iterations")
+    print(f"{'pair':<6} {'size':>5} {'batch':>5} {'one after another ms':>21} "
+          f"{'lockstep ms':>12} {'floor ms':>9} {'lockstep / alone':>17} "
+          f"{'lockstep / floor':>17} {'goal':>5}")
+    for name in args.pairs:
+        t_name, s_name, size, batch = PAIRS[name]
+        torch.manual_seed(0)
+        teacher = build_model(t_name, 8).to(device).eval()
+        ti = teacher.feature_info["pre_logits"]
+        si = build_model(s_name, 8).feature_info["pre_logits"]
+        ae = FeatureAutoencoder(ti.channels, max(1, ti.channels // 2),
+                                ae_strides(si.stride // ti.stride))
+        data = [(torch.randn(batch, 3, size, size, device=device),
+                 torch.randint(0, 8, (batch, size, size), device=device)) for _ in range(7)]
+        batches = itertools.cycle(data)  # 7 batches: never the one the memo holds
+
+        def timed(shared: bool) -> float:
+            tasks = [t.to(device).train() for t in arms(teacher, ae, s_name, k)]
+            if shared:
+                share_frozen(tasks)
+            opts = [torch.optim.SGD([p for p in t.parameters() if p.requires_grad], lr=1e-4,
+                                    momentum=0.9) for t in tasks]
+            ms = 1e3 * iteration(tasks, opts, batches, device, swap=True)
+            unshare_frozen(tasks)
+            return ms
+
+        alone, lockstep = timed(False), timed(True)
+        # the floor: one teacher + encoder forward, and k CE-only student steps
+        enc = ae.encoder.to(device).eval()
+
+        @torch.no_grad()
+        def frozen_forward():
+            x, _ = next(batches)
+            enc(teacher(x)["features"]["pre_logits"])
+
+        fwd = 1e3 * median_seconds(frozen_forward, device, RUNS)
+        torch.manual_seed(0)
+        ce = [SegmentationTask(build_model(s_name, 8)).to(device).train() for _ in range(k)]
+        ce_opts = [torch.optim.SGD(t.parameters(), lr=1e-4, momentum=0.9) for t in ce]
+        floor = fwd + 1e3 * iteration(ce, ce_opts, batches, device, swap=False)
+        ratio = lockstep / floor
+        print(f"{name:<6} {size:>5} {batch:>5} {alone:>21.1f} {lockstep:>12.1f} {floor:>9.1f} "
+              f"{lockstep / alone:>17.3f} {ratio:>17.3f} {'ok' if ratio <= 1.15 else 'MISSED':>5}")
+
+
+RUNS = 5
+
+if __name__ == "__main__":
+    main()
