@@ -78,3 +78,47 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert [r["name"] for r in merged] == ["a", "b", "few"]
     assert [r["rows"] for r in merged] == [r["rows"] for r in results]
     assert main(["study", "--out", str(out), "--regimes", "nope"]) == 2
+
+
+def _row(arm, values, diff=None):
+    row = {"arm": arm, "values": values, "summary": {"mean": sum(values) / len(values)}}
+    if diff:
+        row["diff"] = dict(zip(("mean", "low", "high", "n"), diff))
+    return row
+
+
+def test_the_schedule_ladders_table_and_which_scale_a_rung_reuses(tmp_path, monkeypatch):
+    results = [
+        {"name": "p150", "iters": 150, "ladder": "pretrained",
+         "rows": [_row("baseline", [35.0, 36.0]), _row("ka", [35.5, 36.1], (0.3, -0.1, 0.7, 2))]},
+        {"name": "p600", "iters": 600, "ladder": "pretrained",
+         "rows": [_row("baseline", [38.0, 38.0]), _row("ka", [38.5, 38.9], (0.7, 0.2, 1.2, 2)),
+                  _row("kd_t2", [40.0, 40.0], (2.0, 1.5, 2.5, 2))]},
+        {"name": "few150", "iters": 150, "ladder": "few labels", "rows": []},  # one rung: none
+        {"name": "other", "iters": 2400, "ladder": None, "rows": []},
+    ]
+    ladders = study.schedule_ladders(results)
+    assert list(ladders) == ["pretrained"] and list(ladders["pretrained"]) == [150, 600]
+    table = study.schedule_table(ladders)
+    assert "| arm | 150 it | 600 it |" in table
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in table if ln.startswith("| ")}
+    assert rows[study.LABELS_STUDY["baseline"]].endswith("| 35.50 | 38.00 |")
+    assert rows[study.LABELS_STUDY["ka"]].endswith("| +0.30 [-0.10, +0.70] (n=2) | "
+                                                   "+0.70 [+0.20, +1.20] (n=2) |")
+    assert rows[study.LABELS_STUDY["kd_t2"]].endswith("|  | +2.00 [+1.50, +2.50] (n=2) |")
+    study.schedule_plot(tmp_path / "s.png", ladders, study.LABELS_STUDY)
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+    # a rung reuses the scale of the regime it names (tuned_in), else the first regime's
+    monkeypatch.setattr(study, "REGIMES", [study.Regime("first"), study.Regime("few"),
+                                           study.Regime("few-600", tuned_in="few"),
+                                           study.Regime("long", optional=True)])
+    for name, scale in (("first", 0.3), ("few", 3.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "regime.json").write_text(json.dumps(
+            {"name": name, "weight_scale": scale}))
+    assert study.reference_scale(tmp_path, [], study.REGIMES[2]) == (3.0, {})
+    assert study.reference_scale(tmp_path, [], study.REGIMES[3]) == (0.3, {})
+    # an optional regime runs only when named
+    assert [r.name for r in study.chosen_regimes()] == ["first", "few", "few-600"]
+    assert [r.name for r in study.chosen_regimes(["long", "first"])] == ["first", "long"]

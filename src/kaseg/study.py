@@ -29,7 +29,7 @@ from .compare import code_version, context_table, evaluate_runs, machine, markdo
 from .comparison import run
 from .config import Config
 from .presets import demo_config, preset_spec
-from .visualize import paired_gain_plot
+from .visualize import paired_gain_plot, schedule_plot
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +55,54 @@ class Regime:
     # few labels: the students keep this many labelled scenes; the rest of the training split
     # is their unlabelled pool (the teacher and the shared start keep every label)
     labeled_count: int | None = None
+    ladder: str | None = None  # the schedule ladder this regime is a rung of (its iters vary)
+    tuned_in: str | None = None  # reuse this regime's weight scale (None: the first regime's)
+    optional: bool = False  # run only when named in --regimes (too long for a default study)
 
 
-# The ladder. On 2 CPU cores the full study takes about 90 minutes, so the costlier regimes run
-# fewer arms (the CE-only student, the method and the most informative comparisons).
+# The arms of the schedule ladders: CE only, logit KD, the method, both, and the control
+LADDER_ARMS = ["baseline", "kd_t2", "ka", "ka_kd", "ctrl_random_ae"]
+FEW_LABELS = "96px-few-labels"
+_PRE = "CE-pretrained start"
+_FEW = ("64 labelled scenes, the other 960 of the training split unlabelled (every arm uses "
+        "them wherever a term can, unless marked 'labelled images only'); CE-pretrained start")
+
+
+def _rung(iters: int, optional: bool = False) -> Regime:
+    return Regime(f"96px-pretrained-{iters}", 96, True, iters, list(LADDER_ARMS), tune=False,
+                  ladder="pretrained", optional=optional,
+                  note=f"{_PRE}, {iters} iterations; weights from the first regime")
+
+
+def _few_rung(iters: int) -> Regime:
+    return Regime(f"{FEW_LABELS}-{iters}", 96, True, iters, list(LADDER_ARMS), tune=False,
+                  labeled_count=64, ladder="few labels", tuned_in=FEW_LABELS,
+                  note=f"{_FEW}, {iters} iterations; weights from {FEW_LABELS}")
+
+
+# The ladder of regimes. On 2 CPU cores the default study takes hours (the 2400-iteration rungs
+# most of it; every regime is resumable), so the costlier regimes run fewer arms. The schedule
+# ladders (``ladder``) vary only the fine-tuning length: 150, 600, 2400 (and, named explicitly,
+# 9600) iterations from the same start.
 REGIMES: list[Regime] = [
-    Regime("96px-pretrained-short", 96, True, 150, CORE_ARMS + RECIPES,
+    Regime("96px-pretrained-short", 96, True, 150, CORE_ARMS + RECIPES, ladder="pretrained",
            note="the demo's regime: CE-pretrained start, 150 iterations"),
     Regime("96px-scratch-short", 96, False, 150,
            ["baseline", "kd_t2", "adapt", "ka", "ctrl_random_ae", "ctrl_constant"],
            note="from scratch, 150 iterations"),
-    Regime("96px-pretrained-long", 96, True, 600,
-           ["baseline", "kd_t2", "ka", "ctrl_random_ae", "ctrl_constant"], tune=False,
+    Regime("96px-pretrained-long", 96, True, 600, LADDER_ARMS + ["ctrl_constant"], tune=False,
+           ladder="pretrained",
            note="CE-pretrained start, 600 iterations (4x); weights from the first regime"),
     Regime("192px-pretrained-short", 192, True, 150, ["baseline", "ka", "ctrl_random_ae"],
            tune=False, teacher_iters=300, init_iters=600,
            note="192 px (12 x 12 OS-16 maps; teacher 300 and start 600 iterations at this "
                 "size), CE-pretrained start, 150 iterations; weights from the first regime"),
-    Regime("96px-few-labels", 96, True, 150, FEW_LABEL_ARMS, labeled_count=64,
-           note="64 labelled scenes, the other 960 of the training split unlabelled (every "
-                "arm uses them wherever a term can, unless marked 'labelled images only'); "
-                "CE-pretrained start, 150 iterations; weights tuned here"),
+    Regime(FEW_LABELS, 96, True, 150, FEW_LABEL_ARMS, labeled_count=64, ladder="few labels",
+           note=f"{_FEW}, 150 iterations; weights tuned here"),
+    _rung(2400),
+    _few_rung(600),
+    _few_rung(2400),
+    _rung(9600, optional=True),
 ]
 TUNING_SEEDS = [100, 101]  # choose the method's weights here; never reported
 WEIGHT_SCALES = [0.3, 1.0, 3.0]  # x the default adaptation and affinity weights
@@ -101,8 +128,11 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
 
 
 def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
-               tuned: tuple[float, dict] | None = None, lockstep: bool = True) -> dict:
-    cfg = base_config(regime.size, device)
+               tuned: tuple[float, dict] | None = None, lockstep: bool = True,
+               cfg: Config | None = None) -> dict:
+    """One regime's comparison and its record (``regime.json``); ``cfg``: the base recipe
+    (default: the demo's at the regime's input size)."""
+    cfg = cfg or base_config(regime.size, device)
     if regime.teacher_iters:
         cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
     rdir = out / regime.name
@@ -126,6 +156,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
                                                "iters": m["iters"]}
     d = cfg.distill
     result = {"name": regime.name, "note": regime.note, "size": regime.size,
+              "ladder": regime.ladder,
               "pretrained": regime.pretrained, "iters": regime.iters, "seeds": seeds,
               "labeled_count": regime.labeled_count, "code": code_version(),
               "date": time.strftime("%Y-%m-%d"), "machine": machine(device),
@@ -139,12 +170,15 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
     return result
 
 
-def reference_scale(out: Path, results: list[dict]) -> tuple[float, dict] | None:
-    """The weight scale the untuned regimes reuse: the first regime's of the ladder (from this
-    invocation or the ``regime.json`` it left), else this invocation's first; None: none yet."""
-    first = known_results(out, results)
-    if first and first[0]["name"] == REGIMES[0].name:
-        return first[0]["weight_scale"], {}
+def reference_scale(out: Path, results: list[dict],
+                    regime: Regime | None = None) -> tuple[float, dict] | None:
+    """The weight scale an untuned regime reuses: that of ``regime.tuned_in`` (else the first
+    regime of the ladder), from this invocation or the ``regime.json`` it left, else this
+    invocation's first; None: none yet."""
+    source = (regime.tuned_in if regime and regime.tuned_in else REGIMES[0].name)
+    known = {r["name"]: r for r in known_results(out, results)}
+    if source in known:
+        return known[source]["weight_scale"], {}
     return (results[0]["weight_scale"], {}) if results else None
 
 
@@ -163,19 +197,14 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
               regimes: list[str] | None = None, force: bool = False,
               lockstep: bool = True) -> list[dict]:
     out = Path(out)
-    chosen = [r for r in REGIMES if not regimes or r.name in regimes]
-    unknown = set(regimes or []) - {r.name for r in REGIMES}
-    if unknown:
-        from .errors import KasegError
-        raise KasegError(f"unknown regime(s) {sorted(unknown)}; choose from "
-                         f"{[r.name for r in REGIMES]}")
+    chosen = chosen_regimes(regimes)
     seed_list = list(range(seeds))
     results, t0 = [], time.perf_counter()
     flags = (f" --seeds {seeds}" if seeds != 5 else "") + (
         f" --regimes {' '.join(regimes)}" if regimes else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
-        tuned = reference_scale(out, results)
+        tuned = reference_scale(out, results, regime)
         results.append(run_regime(out, regime, seed_list, device, force, tuned,
                                   lockstep))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
@@ -184,6 +213,16 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
                       "(finished runs are skipped).")
         write_study(out, known_results(out, results), provenance)
     return results
+
+
+def chosen_regimes(names: list[str] | None = None) -> list[Regime]:
+    """The named regimes in ladder order; by default every regime that is not optional."""
+    unknown = set(names or []) - {r.name for r in REGIMES}
+    if unknown:
+        from .errors import KasegError
+        raise KasegError(f"unknown regime(s) {sorted(unknown)}; choose from "
+                         f"{[r.name for r in REGIMES]}")
+    return [r for r in REGIMES if (r.name in names if names else not r.optional)]
 
 
 def write_study(out: Path, results: list[dict], provenance: str) -> None:
@@ -219,7 +258,55 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                   *context_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
                                   for x in r["context_rows"]], "Context classes only (IoU %):"),
                   ""]
+    ladders = schedule_ladders(results)
+    if ladders:
+        lines += schedule_table(ladders)
     lines += ["Files: `study.json` (every run's record), `study.png` (the paired gain of "
-              "each arm with its CI, one panel per regime)."]
+              "each arm with its CI, one panel per regime)" + (
+                  ", `study_schedule.png` (each arm's paired gain against the fine-tuning "
+                  "iterations, one panel per ladder)." if ladders else ".")]
     atomic_write_text(out / "study.md", "\n".join(lines) + "\n")
     paired_gain_plot(out / "study.png", {r["name"]: r["rows"] for r in results}, LABELS_STUDY)
+    if ladders:
+        schedule_plot(out / "study_schedule.png", ladders, LABELS_STUDY)
+
+
+def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    """``{ladder: {iterations: paired rows}}`` of the ladders with at least two rungs measured
+    (a regime's ladder as recorded, else as :data:`REGIMES` names it)."""
+    tags = {r.name: r.ladder for r in REGIMES}
+    ladders: dict[str, dict[int, list[dict]]] = {}
+    for r in results:
+        tag = r.get("ladder", tags.get(r["name"]))
+        if tag:
+            ladders.setdefault(tag, {})[int(r["iters"])] = r["rows"]
+    return {k: dict(sorted(v.items())) for k, v in ladders.items() if len(v) > 1}
+
+
+def schedule_table(ladders: dict[str, dict[int, list[dict]]]) -> list[str]:
+    """One table per ladder: each arm's paired Δ [95% CI] at each fine-tuning length."""
+    lines = ["## The schedule ladders: paired gain against fine-tuning length", "",
+             "Δ mIoU vs CE only, mean [95% CI] over the paired seeds; CE only's own mIoU in "
+             "its row. Only the fine-tuning length changes along a ladder.", ""]
+    for name, rungs in ladders.items():
+        iters = list(rungs)
+        arms = [a for a in LADDER_ARMS if any(x["arm"] == a for rows in rungs.values()
+                                              for x in rows)]
+        lines += [f"### {name}", "", "| arm | " + " | ".join(f"{i} it" for i in iters) + " |",
+                  "| --- |" + " ---: |" * len(iters)]
+        for arm in arms:
+            cells = []
+            for i in iters:
+                row = next((x for x in rungs[i] if x["arm"] == arm), None)
+                if row is None:
+                    cells.append("")
+                elif "diff" not in row:
+                    cells.append(f"{row['summary']['mean']:.2f}")
+                else:
+                    d = row["diff"]
+                    ci = (f" [{d['low']:+.2f}, {d['high']:+.2f}]" if d["low"] == d["low"]
+                          else "")
+                    cells.append(f"{d['mean']:+.2f}{ci} (n={d['n']})")
+            lines.append(f"| {LABELS_STUDY.get(arm, arm)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines

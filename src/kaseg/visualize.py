@@ -141,3 +141,36 @@ def paired_gain_plot(path: str | Path, regimes: dict[str, list[dict]], labels: d
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def schedule_plot(path: str | Path, ladders: dict[str, dict[int, list[dict]]],
+                  labels: dict[str, str], dpi: int = 100) -> None:
+    """One panel per schedule ladder: each arm's paired difference to the CE-only student (mean
+    and 95% CI, mIoU points) against the fine-tuning iterations (log scale), so whether a gain
+    grows with training, and which arm grows faster, is read at a glance."""
+    fig, axes = plt.subplots(1, len(ladders), figsize=(6.0 * len(ladders), 4.2), squeeze=False)
+    for ax, (name, rungs) in zip(axes[0], ladders.items()):
+        iters = sorted(rungs)
+        arms = list(dict.fromkeys(r["arm"] for i in iters for r in rungs[i] if "diff" in r))
+        for k, arm in enumerate(arms):
+            pts = [(i, r["diff"]) for i in iters for r in rungs[i]
+                   if r["arm"] == arm and "diff" in r]
+            # arms side by side at each rung (a small shift on the log axis), not on top
+            xs = [i * 1.06 ** (k - (len(arms) - 1) / 2) for i, _ in pts]
+            means = [d["mean"] for _, d in pts]
+            err = [[d["mean"] - d["low"] if d["low"] == d["low"] else 0 for _, d in pts],
+                   [d["high"] - d["mean"] if d["high"] == d["high"] else 0 for _, d in pts]]
+            ax.errorbar(xs, means, yerr=err, fmt="o-", capsize=3, color=f"C{k}",
+                        label=labels.get(arm, arm))
+        ax.axhline(0.0, color="0.4", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks(iters)
+        ax.set_xticklabels([str(i) for i in iters])
+        ax.minorticks_off()
+        ax.set_xlabel("fine-tuning iterations (log scale)")
+        ax.set_ylabel("paired Δ mIoU vs CE only (points, 95% CI)")
+        ax.set_title(f"ladder: {name}", fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
