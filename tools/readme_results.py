@@ -2,10 +2,12 @@
 number the docs quote from the demo or the study is what the code wrote (with its command and
 commit, which each report states in its first lines).
 
-    python tools/readme_results.py [--demo demo_out] [--study study_out] [--into docs/evidence.md]
+    python tools/readme_results.py [--demo demo_out] [--study study_out] [--ladder DIR]
+                                   [--into docs/evidence.md]
 
 Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
-``kaseg demo --limited-labels``), ``study`` (STUDY/study.md) and ``compare`` (COMPARE/report.md,
+``kaseg demo --limited-labels``), ``study`` (STUDY/study.md), ``ladder`` (LADDER/study.md, a
+``kaseg study --regimes ...`` of the schedule ladders' rungs) and ``compare`` (COMPARE/report.md,
 from ``kaseg compare --config configs/compare_folder.yaml``).
 
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
@@ -51,6 +53,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--demo", default="demo_out")
     ap.add_argument("--study", default="study_out")
+    ap.add_argument("--ladder", default="study_ladder",
+                    help="a `kaseg study` folder of the schedule ladders' rungs")
     ap.add_argument("--compare", default="cmp_folder",
                     help="a `kaseg compare` folder (configs/compare_folder.yaml's)")
     ap.add_argument("--into", "--readme", dest="readme", default="docs/evidence.md",
@@ -61,6 +65,7 @@ def main() -> None:
     for name, report in (("demo", Path(args.demo) / "report.md"),
                          ("limited", Path(args.demo) / "limited-labels" / "report.md"),
                          ("study", Path(args.study) / "study.md"),
+                         ("ladder", Path(args.ladder) / "study.md"),
                          ("compare", Path(args.compare) / "report.md")):
         if report.is_file():
             body = relative_paths(demote(report.read_text()), Path(__file__).resolve().parents[1])

@@ -272,14 +272,15 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
 
 
 def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
-    """``{ladder: {iterations: paired rows}}`` of the ladders with at least two rungs measured
-    (a regime's ladder as recorded, else as :data:`REGIMES` names it)."""
+    """``{ladder: {iterations: paired rows of the ladder's arms}}`` of the ladders with at least
+    two rungs measured (a regime's ladder as recorded, else as :data:`REGIMES` names it)."""
     tags = {r.name: r.ladder for r in REGIMES}
     ladders: dict[str, dict[int, list[dict]]] = {}
     for r in results:
         tag = r.get("ladder", tags.get(r["name"]))
         if tag:
-            ladders.setdefault(tag, {})[int(r["iters"])] = r["rows"]
+            ladders.setdefault(tag, {})[int(r["iters"])] = [x for x in r["rows"]
+                                                            if x["arm"] in LADDER_ARMS]
     return {k: dict(sorted(v.items())) for k, v in ladders.items() if len(v) > 1}
 
 
