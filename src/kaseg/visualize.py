@@ -162,6 +162,12 @@ def schedule_plot(path: str | Path, ladders: dict[str, dict[int, list[dict]]],
                    [d["high"] - d["mean"] if d["high"] == d["high"] else 0 for _, d in pts]]
             ax.errorbar(xs, means, yerr=err, fmt="o-", capsize=3, color=f"C{k}",
                         label=labels.get(arm, arm))
+            alone = [(x, m) for x, m, (_, d) in zip(xs, means, pts) if d["n"] < 2]
+            if alone:  # a single seed: no interval, drawn hollow
+                ax.plot(*zip(*alone), "o", color="white", markeredgecolor=f"C{k}", zorder=3)
+        if any(d["n"] < 2 for i in iters for r in rungs[i] if "diff" in r for d in [r["diff"]]):
+            ax.text(0.99, 0.01, "hollow: one seed, no interval yet", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7, color="0.3")
         ax.axhline(0.0, color="0.4", lw=1)
         ax.set_xscale("log")
         ax.set_xticks(iters)
