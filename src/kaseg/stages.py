@@ -227,12 +227,18 @@ def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
     student = build_student(cfg, train_set.num_classes)
     ae, ae_meta = load_autoencoder(cfg.ae.weights) if cfg.ae.weights else (None, None)
     task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "")
+    seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
+    return DistillRun(task, train_set, val_set, Path(run), cfg, _used(task, unlabeled_set),
+                      rng_state())
+
+
+def _used(task: DistillTask, unlabeled_set):
+    """The unlabelled set, or None when no term of ``task`` can learn from it."""
     if unlabeled_set is not None and not task.uses_teacher:
         log.warning("distill: no term uses the unlabelled images (CE only, no pseudo-labels); "
                     "training without them")
-        unlabeled_set = None
-    seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
-    return DistillRun(task, train_set, val_set, Path(run), cfg, unlabeled_set, rng_state())
+        return None
+    return unlabeled_set
 
 
 def _stream(job: DistillRun) -> str:
@@ -249,7 +255,10 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
     shared trained encoder) run once per batch. Each run ends bit-identical to the same run
     alone (its own RNG stream, optimizer, checkpoints and folder); -> each run's result, in
     order."""
-    jobs = [prepare_distill(c, r) for c, r in zip(cfgs, runs)]
+    jobs = []
+    for c, r in zip(cfgs, runs):
+        jobs.append(prepare_distill(c, r))
+        share_frozen([jobs[0].task, jobs[-1].task])  # one teacher in memory, not one per run
     for job in jobs:  # every input is checked before any folder is touched
         prepare_run(job.run, to_dict(job.cfg), force)
     groups: dict[str, list[int]] = {}
@@ -317,10 +326,7 @@ def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
     run = Path(run)
     name = name or task.student.spec.name
     prepare_run(run, record, force)
-    if unlabeled_set is not None and not task.uses_teacher:
-        log.warning("distill: no term uses the unlabelled images (CE only, no pseudo-labels); "
-                    "training without them")
-        unlabeled_set = None
+    unlabeled_set = _used(task, unlabeled_set)
     _describe(task, train_set, unlabeled_set)
     validate, export = _student_io(task.student, train_set, val_set, run, train, num_workers)
     summary = fit(task, train_set, train, run, seed=seed, validate=validate, export=export,
