@@ -17,13 +17,13 @@ import itertools
 
 import torch
 
+from kaseg.bench import lockstep_iteration
 from kaseg.cost import median_seconds
 from kaseg.kd_losses import resolve_losses
 from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 from kaseg.runtime import resolve_device
 from kaseg.tasks import DistillTask, SegmentationTask, share_frozen, unshare_frozen
-from kaseg.train import rng_state, set_rng_state
 
 PAIRS = {"tiny": ("tiny-teacher", "tiny-student", 96, 8),
          "paper": ("paper-teacher", "paper-student", 128, 2)}
@@ -48,37 +48,16 @@ def arms(teacher, ae, student_name: str, k: int) -> list:
     return tasks
 
 
-def iteration(tasks, opts, batches, device, swap: bool):
-    """One iteration: a new batch, then each task's step (with its RNG swapped in, as
-    :func:`kaseg.train.fit_lockstep` does)."""
-    states = [rng_state() for _ in tasks]
-
-    def run():
-        x, y = next(batches)
-        for i, (task, opt) in enumerate(zip(tasks, opts)):
-            if swap:
-                set_rng_state(states[i])
-            loss = task(x, y)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if swap:
-                states[i] = rng_state()
-
-    return median_seconds(run, device, RUNS)
-
-
 def main() -> None:
-    global RUNS
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--arms", type=int, default=3, choices=[1, 2, 3])
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    RUNS, device, k = args.runs, resolve_device(args.device), args.arms
+    runs, device, k = args.runs, resolve_device(args.device), args.arms
     print(f"{k} distilling arms (ka, kd_t2, ka_kd) per iteration, {device}, "
-          f"{torch.get_num_threads()} torch threads; median of {RUNS} iterations")
+          f"{torch.get_num_threads()} torch threads; median of {runs} iterations")
     print(f"{'pair':<6} {'size':>5} {'batch':>5} {'one after another ms':>21} "
           f"{'lockstep ms':>12} {'floor ms':>9} {'lockstep / alone':>17} "
           f"{'lockstep / floor':>17} {'goal':>5}")
@@ -95,12 +74,11 @@ def main() -> None:
         batches = itertools.cycle(data)  # 7 batches: never the one the memo holds
 
         def timed(shared: bool) -> float:
-            tasks = [t.to(device).train() for t in arms(teacher, ae, s_name, k)]
+            tasks = arms(teacher, ae, s_name, k)
             if shared:
                 share_frozen(tasks)
-            opts = [torch.optim.SGD([p for p in t.parameters() if p.requires_grad], lr=1e-4,
-                                    momentum=0.9) for t in tasks]
-            ms = 1e3 * iteration(tasks, opts, batches, device, swap=True)
+            ms = 1e3 * median_seconds(lockstep_iteration(tasks, batches, device, swap_rng=True),
+                                      device, runs)
             unshare_frozen(tasks)
             return ms
 
@@ -113,17 +91,14 @@ def main() -> None:
             x, _ = next(batches)
             enc(teacher(x)["features"]["pre_logits"])
 
-        fwd = 1e3 * median_seconds(frozen_forward, device, RUNS)
+        fwd = 1e3 * median_seconds(frozen_forward, device, runs)
         torch.manual_seed(0)
-        ce = [SegmentationTask(build_model(s_name, 8)).to(device).train() for _ in range(k)]
-        ce_opts = [torch.optim.SGD(t.parameters(), lr=1e-4, momentum=0.9) for t in ce]
-        floor = fwd + 1e3 * iteration(ce, ce_opts, batches, device, swap=False)
+        ce = [SegmentationTask(build_model(s_name, 8)) for _ in range(k)]
+        floor = fwd + 1e3 * median_seconds(lockstep_iteration(ce, batches, device), device, runs)
         ratio = lockstep / floor
         print(f"{name:<6} {size:>5} {batch:>5} {alone:>21.1f} {lockstep:>12.1f} {floor:>9.1f} "
               f"{lockstep / alone:>17.3f} {ratio:>17.3f} {'ok' if ratio <= 1.15 else 'MISSED':>5}")
 
-
-RUNS = 5
 
 if __name__ == "__main__":
     main()

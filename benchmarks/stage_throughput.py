@@ -18,6 +18,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from kaseg.bench import lockstep_iteration
 from kaseg.cost import median_seconds
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import TrainTransform
@@ -82,22 +83,10 @@ def stages(size: int) -> dict:
 
 def step_cost(tasks, shared: bool, batches, runs: int, channels_last: bool):
     """(median s per iteration, FLOPs per iteration) of the tasks' steps on one new batch."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    tasks = [t.to(memory_format=fmt).train() for t in tasks]
     if shared:
         share_frozen(tasks)
-    opts = [torch.optim.SGD([p for p in t.parameters() if p.requires_grad], lr=1e-4,
-                            momentum=0.9) for t in tasks]
-
-    def run():
-        x, y = next(batches)
-        x = x.contiguous(memory_format=fmt)
-        for task, opt in zip(tasks, opts):
-            loss = task(x, y)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    run = lockstep_iteration(tasks, batches, torch.device("cpu"), memory_format=fmt)
     seconds = median_seconds(run, "cpu", runs)
     counter = FlopCounterMode(display=False)
     with counter:

@@ -4,6 +4,7 @@ step with and without distillation, and how fast the data loader feeds it."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -17,24 +18,43 @@ from .tasks import DistillTask
 from .method import FeatureAutoencoder, ae_strides
 from .models import build_model
 from .tasks import SegmentationTask
-from .train import InfiniteSampler, SeededSamples
+from .train import InfiniteSampler, SeededSamples, rng_state, set_rng_state
+
+
+def lockstep_iteration(tasks, batches, device, amp: bool = False,
+                       memory_format=torch.contiguous_format, swap_rng: bool = False):
+    """A function that runs one training iteration (forward, backward, SGD update) of every
+    task in ``tasks`` on the same next batch of ``batches`` (an iterator of (images, targets)):
+    one step alone, or an iteration of arms in lockstep. ``swap_rng``: each task's global RNG
+    state swapped in around its step, as :func:`kaseg.train.fit_lockstep` does."""
+    tasks = [t.to(device).to(memory_format=memory_format).train() for t in tasks]
+    opts = [torch.optim.SGD([p for p in t.parameters() if p.requires_grad], lr=1e-4,
+                            momentum=0.9) for t in tasks]
+    states = [rng_state() for _ in tasks]
+
+    def run():
+        x, y = next(batches)
+        x = x.contiguous(memory_format=memory_format)
+        for i, (task, opt) in enumerate(zip(tasks, opts)):
+            if swap_rng:
+                set_rng_state(states[i])
+            with autocast(device, amp):
+                loss = task(x, y)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if swap_rng:
+                states[i] = rng_state()
+
+    return run
 
 
 def step_time(task, size, device, batch: int, runs: int = 10, amp: bool = False) -> float:
     """Median seconds of one training step (forward, backward, SGD update) of ``task``."""
-    task.to(device).train()
-    opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     x = torch.randn(batch, 3, *size, device=device)
     y = torch.randint(0, 8, (batch, *size), device=device)
-
-    def step():
-        with autocast(device, amp):
-            loss = task(x, y)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return median_seconds(step, device, runs)
+    return median_seconds(lockstep_iteration([task], itertools.repeat((x, y)), device, amp),
+                          device, runs)
 
 
 @torch.inference_mode()
