@@ -1,6 +1,7 @@
 """``kaseg study`` end to end on a tiny ladder: tables, JSON and figure from the runs, resumable."""
 
 import json
+import re
 
 import pytest
 
@@ -122,3 +123,39 @@ def test_the_schedule_ladders_table_and_which_scale_a_rung_reuses(tmp_path, monk
     # an optional regime runs only when named
     assert [r.name for r in study.chosen_regimes()] == ["first", "few", "few-600"]
     assert [r.name for r in study.chosen_regimes(["long", "first"])] == ["first", "long"]
+
+
+def test_reuse_seeds_the_regimes_this_run_does_not_run_and_refuses_bad_files(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(study, "REGIMES", [study.Regime("first"), study.Regime("long"),
+                                           study.Regime("longer", tune=False)])
+    rec = {"weight_scale": 0.3, "rows": [_row("baseline", [38.0])], "records": []}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps([dict(rec, name="first"), dict(rec, name="long"),
+                                   dict(rec, name="longer", weight_scale=9.0)]))
+    out = tmp_path / "out"
+    (out / "long").mkdir(parents=True)
+    (out / "long" / "regime.json").write_text(json.dumps(dict(rec, name="long", weight_scale=1)))
+    chosen = study.chosen_regimes(["longer"])
+    assert study.reuse_records(out, earlier, chosen) == ["first"]  # long: present; longer: runs
+    assert json.loads((out / "first" / "regime.json").read_text())["weight_scale"] == 0.3
+    assert json.loads((out / "long" / "regime.json").read_text())["weight_scale"] == 1  # kept
+    assert not (out / "longer").exists()
+    # the rung that runs takes its scale from the reused first regime
+    assert study.reference_scale(out, [], chosen[0]) == (0.3, {})
+    assert study.reuse_records(out, earlier, chosen) == []  # a second time: nothing new
+    for text, why in (("{", "not a readable study.json"), ('{"name": "first"}', "not a study.json"),
+                      (json.dumps([dict(rec, name="nope")]), "unknown regime(s) ['nope']")):
+        earlier.write_text(text)
+        with pytest.raises(study.KasegError, match=r"--reuse .*earlier\.json: " + re.escape(why)):
+            study.reuse_records(out, earlier, chosen)
+    with pytest.raises(study.KasegError, match="not a readable"):
+        study.reuse_records(out, tmp_path / "missing.json", chosen)
+
+
+def test_long_rungs_checkpoint_midway_and_short_ones_only_at_the_end(tmp_path):
+    """A killed 2400-iteration run resumes from its last checkpoint, not from iteration 0; the
+    150/600 rungs keep the schedule their published numbers were measured with."""
+    every = {r.iters: study.regime_spec(tmp_path, r, [0], [0.3]).arms_train["val_every"]
+             for r in study.REGIMES if r.ladder == "pretrained"}
+    assert every == {150: 150, 600: 600, 2400: 600, 9600: 600}

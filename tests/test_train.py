@@ -100,6 +100,21 @@ def test_train_segmenter_writes_a_complete_run(tmp_path):
     assert train_segmenter(tiny_config(), run)["best_miou"] == result["best_miou"]
 
 
+def test_validating_midway_changes_no_weight(tmp_path):
+    """Checkpoints (and validations) may be added to a long run without moving its numbers: the
+    study's long rungs rely on it."""
+    from safetensors.torch import load_file
+
+    end, midway = tmp_path / "end", tmp_path / "midway"
+    train_segmenter(tiny_config(**{"train.val_every": 6}), end)
+    train_segmenter(tiny_config(**{"train.val_every": 2}), midway)
+    a, b = load_file(end / "last.safetensors"), load_file(midway / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    vals = [json.loads(l)["iter"] for l in (midway / "history.jsonl").read_text().splitlines()
+            if '"val"' in l]
+    assert vals == [2, 4, 6]
+
+
 def test_nonfinite_loss_names_term_and_iteration(tmp_path):
     class NaNTask(SegmentationTask):
         def forward(self, images, targets):

@@ -113,7 +113,7 @@ def _cmd_study(args) -> int:
     from .study import run_study
 
     run_study(args.out, args.device, args.seeds, args.regimes, args.force,
-              not args.no_lockstep)
+              not args.no_lockstep, args.reuse)
     print((Path(args.out) / "study.md").read_text())
     return 0
 
@@ -292,6 +292,9 @@ def _args_study(st) -> None:
     st.add_argument("--seeds", type=int, default=5, help="paired seeds per regime (default 5)")
     st.add_argument("--regimes", nargs="*", help="a subset of the regimes, by name (default: all)")
     st.add_argument("--force", action="store_true", help="recompute every stage")
+    st.add_argument("--reuse", metavar="STUDY_JSON",
+                    help="an earlier study's study.json: its regimes that this run does not run "
+                         "join the report (and lend their weight scale)")
     _lockstep_flag(st)
 
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import KasegError
 from .files import atomic_write_text
 from .arms import AE_VARIANTS, ARMS
 from .compare import code_version, context_table, evaluate_runs, machine, markdown_table, paired_rows
@@ -104,6 +105,9 @@ REGIMES: list[Regime] = [
     _few_rung(2400),
     _rung(9600, optional=True),
 ]
+# a rung longer than this validates and checkpoints every this many iterations, so a run killed
+# midway resumes from its last checkpoint (validation draws no random number: nothing else moves)
+CHECKPOINT_EVERY = 600
 TUNING_SEEDS = [100, 101]  # choose the method's weights here; never reported
 WEIGHT_SCALES = [0.3, 1.0, 3.0]  # x the default adaptation and affinity weights
 
@@ -122,7 +126,8 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
     spec = preset_spec(regime.arms, seeds, scales=scales, init=regime.pretrained,
                        init_iters=regime.init_iters, shared_dir=out / f"shared-{regime.size}px",
                        arms_data=arms_data,
-                       arms_train={"iters": regime.iters, "val_every": regime.iters})
+                       arms_train={"iters": regime.iters,
+                                   "val_every": min(regime.iters, CHECKPOINT_EVERY)})
     spec.tune_seeds = list(TUNING_SEEDS)
     return spec
 
@@ -193,15 +198,52 @@ def known_results(out: Path, fresh: list[dict]) -> list[dict]:
     return [by_name[r.name] for r in REGIMES if r.name in by_name]
 
 
+def reuse_records(out: Path, path: str | Path, chosen: list[Regime]) -> list[str]:
+    """Seed ``out`` with the regime records of an earlier study (its ``study.json``) so that a
+    study can go on elsewhere: every record of a known regime that this invocation does not run
+    and ``out`` lacks becomes ``out/NAME/regime.json`` (its own code, date and machine stated in
+    the report); an untuned regime then reuses its weight scale. Returns the names reused."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KasegError(f"--reuse {path}: not a readable study.json ({e})") from None
+    known = {r.name for r in REGIMES}
+    if not isinstance(records, list) or not all(
+            isinstance(r, dict) and {"name", "weight_scale", "rows", "records"} <= r.keys()
+            for r in records):
+        raise KasegError(f"--reuse {path}: not a study.json (a list of regime records with "
+                         "name, weight_scale, rows and records)")
+    unknown = sorted({r["name"] for r in records} - known)
+    if unknown:
+        raise KasegError(f"--reuse {path}: unknown regime(s) {unknown}")
+    running = {r.name for r in chosen}
+    reused = []
+    for r in records:
+        target = out / r["name"] / "regime.json"
+        if r["name"] in running or target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, json.dumps(r, indent=2))
+        reused.append(r["name"])
+    return reused
+
+
 def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 5,
               regimes: list[str] | None = None, force: bool = False,
-              lockstep: bool = True) -> list[dict]:
+              lockstep: bool = True, reuse: str | Path | None = None) -> list[dict]:
+    """``reuse``: an earlier study's ``study.json`` whose regimes (those not run here) join this
+    one's report (:func:`reuse_records`)."""
     out = Path(out)
     chosen = chosen_regimes(regimes)
+    if reuse is not None:
+        names = reuse_records(out, reuse, chosen)
+        log.info("reused from %s: %s", reuse, ", ".join(names) or "nothing (all present or run)")
     seed_list = list(range(seeds))
     results, t0 = [], time.perf_counter()
     flags = (f" --seeds {seeds}" if seeds != 5 else "") + (
         f" --regimes {' '.join(regimes)}" if regimes else "") + (
+        f" --reuse {reuse}" if reuse is not None else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
         tuned = reference_scale(out, results, regime)
@@ -219,7 +261,6 @@ def chosen_regimes(names: list[str] | None = None) -> list[Regime]:
     """The named regimes in ladder order; by default every regime that is not optional."""
     unknown = set(names or []) - {r.name for r in REGIMES}
     if unknown:
-        from .errors import KasegError
         raise KasegError(f"unknown regime(s) {sorted(unknown)}; choose from "
                          f"{[r.name for r in REGIMES]}")
     return [r for r in REGIMES if (r.name in names if names else not r.optional)]
