@@ -146,3 +146,21 @@ def test_few_label_arms_change_the_data_and_start_from_the_same_student(shared, 
     ref = tasks["baseline"].student.state_dict()
     for arm, task in tasks.items():
         assert all(torch.equal(ref[k], v) for k, v in task.student.state_dict().items()), arm
+
+
+def test_reports_name_the_cpu_kind(tmp_path, monkeypatch):
+    """The same seed gives other numbers on another CPU kind: a report says which it ran on."""
+    import kaseg.compare as compare
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD  EPYC 7B13\n"
+                    "processor\t: 1\nmodel name\t: AMD  EPYC 7B13\n")
+    assert compare.cpu_name(info) == "AMD EPYC 7B13"
+    monkeypatch.setattr(compare.platform, "processor", lambda: "x86_64")
+    assert compare.cpu_name(tmp_path / "missing") == "x86_64"
+    monkeypatch.setattr(compare, "cpu_name", lambda: "Some CPU")
+    monkeypatch.setattr(compare.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(compare.torch, "get_num_threads", lambda: 2)
+    assert compare.machine("cpu") == "CPU (Some CPU, 2 cores, 2 torch threads)"
+    monkeypatch.setattr(compare, "cpu_name", lambda: "")
+    assert compare.machine("cpu") == "CPU (2 cores, 2 torch threads)"

@@ -107,6 +107,19 @@ def test_the_schedule_ladders_table_and_which_scale_a_rung_reuses(tmp_path, monk
     assert rows[study.LABELS_STUDY["ka"]].endswith("| +0.30 [-0.10, +0.70] (n=2) | "
                                                    "+0.70 [+0.20, +1.20] (n=2) |")
     assert rows[study.LABELS_STUDY["kd_t2"]].endswith("|  | +2.00 [+1.50, +2.50] (n=2) |")
+    assert not any("differ" in ln for ln in table)  # no provenance given: no claim
+    # rungs measured on other machines (or from other starts) say so under their table
+    same = {"machine": "CPU (A)", "code": "commit x", "teacher": 64.4, "init": 37.5}
+    prov = {"pretrained": {150: same, 600: dict(same)}}
+    assert not any("differ" in ln for ln in study.schedule_table(ladders, prov))
+    prov["pretrained"][600] = dict(same, machine="CPU (B)", init=35.5)
+    warn = [ln for ln in study.schedule_table(ladders, prov) if "differ" in ln]
+    assert len(warn) == 1 and "(machine, init)" in warn[0]
+    assert "600 it: CPU (B), commit x, teacher 64.4, start 35.5" in warn[0]
+    recs = [dict(results[0], machine="CPU (A)", code="commit x",
+                 records=[{"arm": "teacher", "miou": 0.644}, {"arm": "init", "miou": 0.375},
+                          {"arm": "ka", "miou": 0.1}])]
+    assert study.rung_provenance(recs) == {"pretrained": {150: same}}
     study.schedule_plot(tmp_path / "s.png", ladders, study.LABELS_STUDY)
     assert (tmp_path / "s.png").stat().st_size > 1000
 

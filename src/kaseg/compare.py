@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -52,12 +53,29 @@ def code_version() -> str:
         return f"kaseg {__version__}"
 
 
+def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The processor's model as the OS names it ("AMD EPYC", "Intel(R) Xeon(R) ..."), else "".
+
+    Reports name it because the same seed gives other numbers on another CPU kind (other
+    kernels, another floating-point order)."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine(device: str = "auto") -> str:
     """The device a report was measured on, in words."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    name = cpu_name()
+    return (f"CPU ({name + ', ' if name else ''}{os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads)")
 
 
 def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple[str, int]]) -> list[dict]:

@@ -301,7 +301,7 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                   ""]
     ladders = schedule_ladders(results)
     if ladders:
-        lines += schedule_table(ladders)
+        lines += schedule_table(ladders, rung_provenance(results))
     lines += ["Files: `study.json` (every run's record), `study.png` (the paired gain of "
               "each arm with its CI, one panel per regime)" + (
                   ", `study_schedule.png` (each arm's paired gain against the fine-tuning "
@@ -325,8 +325,28 @@ def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
     return {k: dict(sorted(v.items())) for k, v in ladders.items() if len(v) > 1}
 
 
-def schedule_table(ladders: dict[str, dict[int, list[dict]]]) -> list[str]:
-    """One table per ladder: each arm's paired Δ [95% CI] at each fine-tuning length."""
+def rung_provenance(results: list[dict]) -> dict[str, dict[int, dict]]:
+    """``{ladder: {iterations: {machine, code, teacher, init}}}``: what a rung was measured on
+    and the mIoU (%) of its teacher and shared start, so a ladder can say when its rungs do not
+    share them."""
+    tags = {r.name: r.ladder for r in REGIMES}
+    out: dict[str, dict[int, dict]] = {}
+    for r in results:
+        tag = r.get("ladder", tags.get(r["name"]))
+        if tag:
+            refs = {x["arm"]: round(100 * x["miou"], 2) for x in r.get("records", [])
+                    if x["arm"] in ("teacher", "init")}
+            out.setdefault(tag, {})[int(r["iters"])] = {
+                "machine": r.get("machine", "?"), "code": r.get("code", "?"),
+                "teacher": refs.get("teacher"), "init": refs.get("init")}
+    return out
+
+
+def schedule_table(ladders: dict[str, dict[int, list[dict]]],
+                   provenance: dict[str, dict[int, dict]] | None = None) -> list[str]:
+    """One table per ladder: each arm's paired Δ [95% CI] at each fine-tuning length; under it,
+    a warning where the rungs were measured on other machines or from other starts (each rung's
+    Δ is still paired within the rung, but the rungs then differ in more than their length)."""
     lines = ["## The schedule ladders: paired gain against fine-tuning length", "",
              "Δ mIoU vs CE only, mean [95% CI] over the paired seeds; CE only's own mIoU in "
              "its row. Only the fine-tuning length changes along a ladder.", ""]
@@ -351,4 +371,21 @@ def schedule_table(ladders: dict[str, dict[int, list[dict]]]) -> list[str]:
                     cells.append(f"{d['mean']:+.2f}{ci} (n={d['n']})")
             lines.append(f"| {LABELS_STUDY.get(arm, arm)} | " + " | ".join(cells) + " |")
         lines.append("")
+        rungs_at = {i: (provenance or {}).get(name, {}).get(i) for i in iters}
+        if all(rungs_at.values()):
+            lines += _rungs_differ(rungs_at)
     return lines
+
+
+def _rungs_differ(rungs: dict[int, dict]) -> list[str]:
+    """A warning paragraph when a ladder's rungs differ in machine, teacher or start."""
+    differ = [k for k in ("machine", "teacher", "init")
+              if len({str(p[k]) for p in rungs.values()}) > 1]
+    if not differ:
+        return []
+    def cell(p: dict) -> str:
+        return f"{p['machine']}, {p['code']}, teacher {p['teacher']}, start {p['init']}"
+    return ["**The rungs differ in more than their length** (" + ", ".join(differ) + "): " +
+            "; ".join(f"{i} it: {cell(p)}" for i, p in rungs.items()) + ". Each Δ is paired "
+            "within its rung; across rungs, the change of machine or start moves the gains too.",
+            ""]
