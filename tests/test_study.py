@@ -172,3 +172,23 @@ def test_long_rungs_checkpoint_midway_and_short_ones_only_at_the_end(tmp_path):
     every = {r.iters: study.regime_spec(tmp_path, r, [0], [0.3]).arms_train["val_every"]
              for r in study.REGIMES if r.ladder == "pretrained"}
     assert every == {150: 150, 600: 600, 2400: 600, 9600: 600}
+
+
+def test_retune_makes_a_reusing_rung_choose_its_own_scale(tmp_path, monkeypatch):
+    """--retune: the rung tunes over every scale (here it runs nothing: the spec is captured)."""
+    seen = {}
+
+    def fake_run(rdir, cfg, spec, force, desc, lockstep):
+        seen["scales"] = list(spec.weight_scales)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(study, "run", fake_run)
+    rung = study._rung(2400)
+    for retune, scales in ((False, [0.3]), (True, list(study.WEIGHT_SCALES))):
+        with pytest.raises(RuntimeError, match="stop"):
+            study.run_regime(tmp_path, rung, [0], "cpu", False, (0.3, {}), retune=retune,
+                             cfg=study.base_config(96, "cpu"))
+        assert seen["scales"] == scales
+    with pytest.raises(study.KasegError, match=r"--retune 96px-pretrained-600: not among"):
+        study.run_study(tmp_path, "cpu", regimes=["96px-pretrained-2400"],
+                        retune=["96px-pretrained-600"])

@@ -113,7 +113,7 @@ def _cmd_study(args) -> int:
     from .study import run_study
 
     run_study(args.out, args.device, args.seeds, args.regimes, args.force,
-              not args.no_lockstep, args.reuse)
+              not args.no_lockstep, args.reuse, args.retune)
     print((Path(args.out) / "study.md").read_text())
     return 0
 
@@ -295,6 +295,9 @@ def _args_study(st) -> None:
     st.add_argument("--reuse", metavar="STUDY_JSON",
                     help="an earlier study's study.json: its regimes that this run does not run "
                          "join the report (and lend their weight scale)")
+    st.add_argument("--retune", nargs="+", metavar="REGIME",
+                    help="regimes that choose their own weight scale on the tuning seeds instead "
+                         "of reusing another's (is the reused one still best there?)")
     _lockstep_flag(st)
 
 

@@ -134,9 +134,15 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
 
 def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
                tuned: tuple[float, dict] | None = None, lockstep: bool = True,
-               cfg: Config | None = None) -> dict:
+               cfg: Config | None = None, retune: bool = False) -> dict:
     """One regime's comparison and its record (``regime.json``); ``cfg``: the base recipe
-    (default: the demo's at the regime's input size)."""
+    (default: the demo's at the regime's input size). ``retune``: choose the weight scale on the
+    tuning seeds here even in a regime that reuses another's (does the reused scale still win at
+    this schedule? If it does, the arms' runs are the same and are reused)."""
+    if retune and not regime.tune:
+        head, reused, source = regime.note.partition("; weights from ")
+        regime = replace(regime, tune=True, note=f"{head}; weights re-tuned here" + (
+            f" (the ladder reuses those of {source})" if reused else ""))
     cfg = cfg or base_config(regime.size, device)
     if regime.teacher_iters:
         cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
@@ -231,11 +237,18 @@ def reuse_records(out: Path, path: str | Path, chosen: list[Regime]) -> list[str
 
 def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 5,
               regimes: list[str] | None = None, force: bool = False,
-              lockstep: bool = True, reuse: str | Path | None = None) -> list[dict]:
+              lockstep: bool = True, reuse: str | Path | None = None,
+              retune: list[str] | None = None) -> list[dict]:
     """``reuse``: an earlier study's ``study.json`` whose regimes (those not run here) join this
-    one's report (:func:`reuse_records`)."""
+    one's report (:func:`reuse_records`); ``retune``: regimes that choose their own weight scale
+    (:func:`run_regime`)."""
     out = Path(out)
     chosen = chosen_regimes(regimes)
+    retune = list(retune or [])
+    stray = sorted(set(retune) - {r.name for r in chosen})
+    if stray:
+        raise KasegError(f"--retune {' '.join(stray)}: not among the regimes this study runs "
+                         f"({', '.join(r.name for r in chosen)})")
     if reuse is not None:
         names = reuse_records(out, reuse, chosen)
         log.info("reused from %s: %s", reuse, ", ".join(names) or "nothing (all present or run)")
@@ -244,11 +257,12 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
     flags = (f" --seeds {seeds}" if seeds != 5 else "") + (
         f" --regimes {' '.join(regimes)}" if regimes else "") + (
         f" --reuse {reuse}" if reuse is not None else "") + (
+        f" --retune {' '.join(retune)}" if retune else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
         tuned = reference_scale(out, results, regime)
         results.append(run_regime(out, regime, seed_list, device, force, tuned,
-                                  lockstep))
+                                  lockstep, retune=regime.name in retune))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
                       f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
                       f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "
