@@ -118,8 +118,8 @@ def test_paired_rows_and_table():
     assert d["low"] == pytest.approx(2 - 4.302653 / 3**0.5)
     assert rows[1]["verdict"] == "no resolved difference"  # the CI spans 0
     table = markdown_table(rows)
-    assert table[3] == ("| + both (the method) | `ka` | 22.00 ± 10.54 | +2.00 | [-0.48, +4.48] "
-                        "| no resolved difference |")
+    assert table[3] == ("| + both (the method) | `ka` | 3 | 22.00 ± 10.54 | +2.00 | "
+                        "[-0.48, +4.48] | no resolved difference |")
     assert "20.00 ± 10.00" in table[2]
     assert set(ARMS) >= {"baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae",
                          "ctrl_constant"}
@@ -127,6 +127,36 @@ def test_paired_rows_and_table():
     zeros = paired_rows([dict(r, miou=0.0) for r in records], ["baseline", "ka"])
     assert context_table(zeros, "T:") == [
         "T: 0.00 in every arm and seed (no student separates the twins yet)."]
+
+
+def test_a_partial_table_puts_every_row_over_the_same_seeds():
+    """CE only has seeds 0-3, the method 0-2, KD 0, 1 and 3: every row is over seeds 0 and 1
+    (the mean and the Δ of the same students), n is shown, seeds 2 and 3 are listed as left
+    out with the arms that lack them."""
+    vals = {"baseline": {0: 10, 1: 20, 2: 30, 3: 40}, "ka": {0: 12, 1: 21, 2: 33},
+            "kd_t2": {0: 15, 1: 26, 3: 41}}
+    records = [{"arm": a, "seed": s, "miou": v / 100} for a, by in vals.items()
+               for s, v in by.items()]
+    rows = {r["arm"]: r for r in paired_rows(records, ["baseline", "ka", "kd_t2"])}
+    for r in rows.values():
+        assert r["seeds"] == [0, 1] and r["n"] == 2
+        assert r["left_out"] == {2: ["kd_t2"], 3: ["ka"]}
+    assert rows["baseline"]["summary"]["mean"] == pytest.approx(15.0)  # not 25 over 4 seeds
+    assert rows["ka"]["summary"]["mean"] == pytest.approx(16.5)  # not 22 over 3 seeds
+    assert rows["ka"]["diff"]["mean"] == pytest.approx(1.5) and rows["ka"]["diff"]["n"] == 2
+    assert rows["kd_t2"]["diff"]["mean"] == pytest.approx(5.5)
+    table = markdown_table(list(rows.values()))
+    assert table[0].startswith("| arm | | n |")
+    assert all(ln.split(" | ")[2] == "2" for ln in table[2:])
+    from kaseg.compare_report import _left_out_lines
+
+    lines = _left_out_lines({"failed": {"runs/ka-x1-s3": {"message": "loss term 'adapt' is nan"}},
+                             "missing": ["runs/ka-x1-s3", "runs/kd_t2-s2"]},
+                            list(rows.values()))
+    text = "\n".join(lines)
+    assert "**Diverged (1)**" in text and "`runs/ka-x1-s3`: loss term 'adapt' is nan" in text
+    assert "Unfinished (1): `runs/kd_t2-s2`." in text
+    assert "seed 2: no finished run of `kd_t2`; seed 3: no finished run of `ka`" in text
 
 
 def test_few_label_arms_change_the_data_and_start_from_the_same_student(shared, tmp_path,

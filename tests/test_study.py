@@ -178,7 +178,7 @@ def test_retune_makes_a_reusing_rung_choose_its_own_scale(tmp_path, monkeypatch)
     """--retune: the rung tunes over every scale (here it runs nothing: the spec is captured)."""
     seen = {}
 
-    def fake_run(rdir, cfg, spec, force, desc, lockstep):
+    def fake_run(rdir, cfg, spec, force, desc, lockstep, retry_failed=False):
         seen["scales"] = list(spec.weight_scales)
         raise RuntimeError("stop")
 

@@ -24,7 +24,8 @@ from .train import InfiniteSampler, SeededSamples, rng_state, set_rng_state
 def lockstep_iteration(tasks, batches, device, amp: bool = False,
                        memory_format=torch.contiguous_format, swap_rng: bool = False):
     """A function that runs one training iteration (forward, backward, SGD update) of every
-    task in ``tasks`` on the same next batch of ``batches`` (an iterator of (images, targets)):
+    task in ``tasks`` on the same next batch of ``batches`` (an iterator of (images, targets),
+    optionally followed by unlabelled images and their validity mask):
     one step alone, or an iteration of arms in lockstep. ``swap_rng``: each task's global RNG
     state swapped in around its step, as :func:`kaseg.train.fit_lockstep` does."""
     tasks = [t.to(device).to(memory_format=memory_format).train() for t in tasks]
@@ -33,13 +34,13 @@ def lockstep_iteration(tasks, batches, device, amp: bool = False,
     states = [rng_state() for _ in tasks]
 
     def run():
-        x, y = next(batches)
+        x, y, *unlabeled = next(batches)
         x = x.contiguous(memory_format=memory_format)
         for i, (task, opt) in enumerate(zip(tasks, opts)):
             if swap_rng:
                 set_rng_state(states[i])
             with autocast(device, amp):
-                loss = task(x, y)["loss"]
+                loss = task(x, y, *unlabeled)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

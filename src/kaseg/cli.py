@@ -71,13 +71,13 @@ def _cmd_demo(args) -> int:
         from .fewlabels import run_limited_labels
 
         run_limited_labels(args.out, args.quick, args.seeds, args.device, args.force,
-                           not args.no_lockstep)
+                           not args.no_lockstep, args.retry_failed)
         print((Path(args.out) / "limited-labels" / "report.md").read_text())
         return 0
     from .demo import run_demo
 
     run_demo(args.out, args.quick, args.seeds, args.device, args.force, args.all_methods,
-             not args.no_lockstep)
+             not args.no_lockstep, args.retry_failed)
     print((Path(args.out) / "report.md").read_text())
     return 0
 
@@ -99,7 +99,8 @@ def _cmd_compare(args) -> int:
         print("\n".join(lines))
         return 0
     if not args.report:
-        run(out, cfg, spec, args.force, lockstep=not args.no_lockstep)
+        run(out, cfg, spec, args.force, lockstep=not args.no_lockstep,
+            retry_failed=args.retry_failed)
     got = write_report(out, cfg, spec, command, cfg.train.device)
     print((out / "report.md").read_text())
     if args.export_best:
@@ -113,7 +114,7 @@ def _cmd_study(args) -> int:
     from .study import run_study
 
     run_study(args.out, args.device, args.seeds, args.regimes, args.force,
-              not args.no_lockstep, args.reuse, args.retune)
+              not args.no_lockstep, args.reuse, args.retune, args.retry_failed)
     print((Path(args.out) / "study.md").read_text())
     return 0
 
@@ -237,9 +238,13 @@ def _args_run(t) -> None:
 
 
 def _lockstep_flag(p) -> None:
+    """The flags every comparison command shares: lockstep, and what a re-run retries."""
     p.add_argument("--no-lockstep", action="store_true",
                    help="train the runs of a seed one after another instead of side by side "
                         "(same results, bit for bit; slower: each run pays its own teacher)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retry the runs that diverged (their failed.json); by default a re-run "
+                        "leaves them as they are and the report lists them")
 
 
 def _args_demo(d) -> None:
@@ -247,7 +252,9 @@ def _args_demo(d) -> None:
     d.add_argument("--quick", action="store_true", help="2 seeds, short schedules (~4 min on CPU)")
     d.add_argument("--seeds", type=int, help="paired seeds; default: 5 (2 with --quick)")
     d.add_argument("--device", default="auto")
-    d.add_argument("--force", action="store_true", help="recompute every stage")
+    d.add_argument("--force", action="store_true",
+                   help="restart every tuning and arm run (the shared teacher, autoencoder and "
+                        "start are kept: delete a folder to retrain it)")
     _lockstep_flag(d)
     d.add_argument("--all-methods", action="store_true",
                    help="also logit KD T = 4, FitNet, CWD, adaptation or affinity alone, the "
@@ -281,7 +288,9 @@ def _args_compare(c) -> None:
     c.add_argument("--export-best", action="store_true",
                    help="write the best arm's student to OUT/best/")
     c.add_argument("--format", choices=["onnx"], help="with --export-best: also as ONNX")
-    c.add_argument("--force", action="store_true", help="recompute every run")
+    c.add_argument("--force", action="store_true",
+                   help="restart every tuning and arm run (the shared teacher, autoencoder and "
+                        "start are kept: delete a folder to retrain it)")
     _lockstep_flag(c)
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
 
@@ -291,7 +300,9 @@ def _args_study(st) -> None:
     st.add_argument("--device", default="auto")
     st.add_argument("--seeds", type=int, default=5, help="paired seeds per regime (default 5)")
     st.add_argument("--regimes", nargs="*", help="a subset of the regimes, by name (default: all)")
-    st.add_argument("--force", action="store_true", help="recompute every stage")
+    st.add_argument("--force", action="store_true",
+                    help="restart every tuning and arm run (the shared teacher, autoencoder and "
+                         "start are kept: delete a folder to retrain it)")
     st.add_argument("--reuse", metavar="STUDY_JSON",
                     help="an earlier study's study.json: its regimes that this run does not run "
                          "join the report (and lend their weight scale)")

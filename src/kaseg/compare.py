@@ -11,6 +11,7 @@ CE-only arm with a 95% confidence interval, and the verdict follows the interval
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -99,21 +100,32 @@ def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple[str, int]]) -> l
 
 
 def paired_rows(records: list[dict], arms: list[str], key: str = "miou") -> list[dict]:
-    """Per arm: mean ± sd over seeds and the paired difference to the CE-only arm (95% CI)."""
-    by = {}
+    """Per arm: mean ± sd over seeds and the paired difference to the CE-only arm (95% CI).
+
+    Every row is over the same seeds: those every arm in the table has finished (a partial
+    comparison or a diverged run leaves a seed out of every row, never out of one row only, so
+    the means and the differences describe the same students). ``left_out`` (in each row):
+    ``{seed: [arms without a finished run]}``."""
+    by: dict[str, dict[int, float]] = {}
     for r in records:
         if r.get(key) is not None:
             by.setdefault(r["arm"], {})[r["seed"]] = 100 * r[key]
-    base = by.get(BASELINE, {})
+    present = [a for a in arms if a in by]
+    if not present:
+        return []
+    seen = sorted(set().union(*(by[a] for a in present)))
+    common = [s for s in seen if all(s in by[a] for a in present)]
+    left_out = {s: [a for a in present if s not in by[a]] for s in seen if s not in common}
+    base = {s: by[BASELINE][s] for s in common} if BASELINE in by else {}
     rows = []
-    for arm in arms:
-        if arm not in by:
-            continue
-        row = {"arm": arm, "label": label(arm), "seeds": sorted(by[arm]),
-               "values": [by[arm][s] for s in sorted(by[arm])],
-               "summary": summarize(list(by[arm].values())).to_dict()}
-        if arm != BASELINE and base and set(by[arm]) & set(base):
-            d = paired(by[arm], base)
+    for arm in present:
+        values = [by[arm][s] for s in common]
+        summary = (summarize(values).to_dict() if values else
+                   {"n": 0, "mean": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan})
+        row = {"arm": arm, "label": label(arm), "seeds": common, "values": values,
+               "n": len(common), "summary": summary, "left_out": left_out}
+        if arm != BASELINE and base:
+            d = paired({s: by[arm][s] for s in common}, base)
             row["diff"] = d.to_dict()
             row["verdict"] = verdict(d)
         rows.append(row)
@@ -125,8 +137,10 @@ def _fmt(mean: float, sd: float) -> str:
 
 
 def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
-    lines = [f"| arm | | {key_label} (mean ± sd) | paired Δ vs CE only | 95% CI of Δ | verdict |",
-             "| --- | --- | ---: | ---: | --- | --- |"]
+    """The paired table; ``n``: the seeds every row is over (the same in every row)."""
+    lines = [f"| arm | | n | {key_label} (mean ± sd) | paired Δ vs CE only | 95% CI of Δ | "
+             "verdict |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for r in rows:
         s = r["summary"]
         if "diff" in r:
@@ -135,8 +149,9 @@ def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
             delta, verdict_ = f"{d['mean']:+.2f}", r["verdict"]
         else:
             delta, ci, verdict_ = "", "", ""
-        lines.append(f"| {r['label']} | `{r['arm']}` | {_fmt(s['mean'], s['sd'])} | {delta} | "
-                     f"{ci} | {verdict_} |")
+        n = r.get("n", len(r["values"]))
+        lines.append(f"| {r['label']} | `{r['arm']}` | {n} | {_fmt(s['mean'], s['sd'])} | "
+                     f"{delta} | {ci} | {verdict_} |")
     return lines
 
 

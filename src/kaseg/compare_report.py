@@ -24,18 +24,20 @@ from .config import Config
 from .cost import measure_latency, model_cost
 from .data import build_dataset
 from .evaluate import evaluate
-from .runtime import resolve_device
+from .runtime import inputs_for, on_device, resolve_device
 from .stages import load_teacher
-from .visualize import paired_gain_plot, prediction_grid
+from .visualize import paired_gain_plot, prediction_grid, spread_indices
 
 log = logging.getLogger(__name__)
 AE_WARN = 0.9  # relative reconstruction error at which the autoencoder barely knows the map
 
 
 def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
-    """Evaluate every finished run -> ``{"records", "missing", "scale", "tuning", "cfg"}``."""
+    """Evaluate every finished run -> ``{"records", "missing", "failed", "scale", "tuning",
+    "cfg", "val", "teacher"}`` (``failed``: each diverged run's ``failed.json``)."""
     first, arms, scale, scores, armed = all_stages(out, cfg, spec)
     missing = [s.name for s in first + (arms or []) if not s.done(out)]
+    failed = {s.name: s.failure(out) for s in first + (arms or []) if s.failure(out)}
     val = build_dataset(armed.data, armed.data.val_split, train=False)
     device = resolve_device(armed.train.device)
     records, teacher = [], None
@@ -49,8 +51,8 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
         records += evaluate_runs(out, armed, {"init": ("init", 0)})
     done = {s.name: (s.arm, s.seed) for s in arms or [] if s.done(out)}
     records += evaluate_runs(out, armed, done)
-    return {"records": records, "missing": missing, "scale": scale, "tuning": scores,
-            "cfg": armed, "val": val, "teacher": teacher}
+    return {"records": records, "missing": missing, "failed": failed, "scale": scale,
+            "tuning": scores, "cfg": armed, "val": val, "teacher": teacher}
 
 
 def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
@@ -70,15 +72,16 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
     rows = paired_rows(records, names)
     ctx_rows = paired_rows(records, names, key="context_iou")
     costs = _costs(out, armed, records, got["teacher"])
+    got["pictured"] = _predictions(out, got, spec)
     atomic_write_text(out / "results.json", json.dumps(
         {"command": command, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
          "machine": machine(device), "weight_scale": got["scale"], "tuning": got["tuning"],
-         "missing": got["missing"], "costs": costs, "rows": rows, "records": records},
+         "missing": got["missing"], "failed": got["failed"], "costs": costs, "rows": rows,
+         "records": records, "pictured_val_images": got["pictured"]},
         indent=2))
     if rows:
         paired_gain_plot(out / "gain.png", {"paired gain vs CE only": rows},
                          {a.name: a.label for a in spec.arms})
-    _predictions(out, got, spec)
     lines = _report_lines(out, got, spec, rows, ctx_rows, costs, command, device)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     got["rows"] = rows
@@ -127,12 +130,33 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
     else:
         lines.append("**Verdict: no arm is resolved better than CE only on this data** (no "
                      "95% interval lies above 0).")
-    if got["missing"]:
-        lines += ["", f"Unfinished ({len(got['missing'])}): " + ", ".join(
-            f"`{m}`" for m in got["missing"]) + ". The table holds the finished runs only."]
+    lines += _left_out_lines(got, rows)
+    pictured = got.get("pictured") or []
     lines += ["", "Files: `results.json` (every record), `gain.png` (each arm's paired gain "
-              "with its CI), `predictions.png` (validation images: ground truth, teacher, each "
-              "arm at the first seed); every run's folder under `runs/`."]
+              "with its CI), `predictions.png` (validation images " +
+              ", ".join(f"#{i}" for i in pictured) + f", spread evenly over the "
+              f"{len(got['val'])}: ground truth, teacher, each arm at the first seed); every "
+              "run's folder under `runs/`."]
+    return lines
+
+
+def _left_out_lines(got: dict, rows: list[dict]) -> list[str]:
+    """The runs that diverged (with why), those unfinished, and the seeds the table leaves out
+    so that every row is over the same seeds."""
+    lines = []
+    failed, missing = got["failed"], [m for m in got["missing"] if m not in got["failed"]]
+    if failed:
+        lines += ["", f"**Diverged ({len(failed)})**, stopped alone while the other runs "
+                  "trained on; not retried on a re-run unless `--retry-failed`:"]
+        lines += [f"- `{name}`: {rec.get('message', '?')}" for name, rec in failed.items()]
+    if missing:
+        lines += ["", f"Unfinished ({len(missing)}): " + ", ".join(f"`{m}`" for m in missing) +
+                  "."]
+    left = rows[0].get("left_out", {}) if rows else {}
+    if left:
+        lines += ["", "Seeds left out of the table (every row is over the same paired seeds): " +
+                  "; ".join(f"seed {s}: no finished run of " + ", ".join(f"`{a}`" for a in arms)
+                            for s, arms in left.items()) + "."]
     return lines
 
 
@@ -168,8 +192,10 @@ def _tuning_lines(got: dict, spec: CompareSpec, cfg: Config) -> list[str]:
     table = ["| scale | " + " | ".join(f"seed {s}" for s in spec.tune_seeds) + " | mean |",
              "| --- |" + " ---: |" * (len(spec.tune_seeds) + 1)]
     for k, vs in got["tuning"].items():
-        table.append(f"| x{k} | " + " | ".join(f"{100 * v:.2f}" for v in vs) +
-                     f" | {100 * sum(vs) / len(vs):.2f} |")
+        diverged = None in vs
+        table.append(f"| x{k} | " + " | ".join("diverged" if v is None else f"{100 * v:.2f}"
+                                               for v in vs) +
+                     (" | not chosen |" if diverged else f" | {100 * sum(vs) / len(vs):.2f} |"))
     return [head + f", the best mean mIoU of the method on the tuning seeds {spec.tune_seeds} "
             "(never reported):", "", *table, ""]
 
@@ -195,26 +221,34 @@ def _costs(out: Path, cfg: Config, records: list[dict], teacher) -> dict:
 
 
 @torch.no_grad()
-def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> None:
-    """Ground truth, teacher and each arm (first seed) on the first validation images."""
+def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> list[int]:
+    """Ground truth, teacher and each arm (first seed) on validation images spread evenly over
+    the set (:func:`kaseg.visualize.spread_indices`); -> their indices."""
     val = got["val"]
     done = {r["arm"]: r["run"] for r in got["records"] if r.get("run") and r["seed"] ==
             spec.seeds[0]}
     if not done:
-        return
-    count = min(count, len(val))
-    images, truth = zip(*(val.raw(i) for i in range(count)))
+        return []
+    picked = spread_indices(len(val), count)
+    images, truth = zip(*(val.raw(i) for i in picked))
     columns = {"ground truth": list(truth)}
-    inputs = [val[i][0] for i in range(count)]
+    inputs = [val[i][0] for i in picked]
+    device = resolve_device(got["cfg"].train.device)
     models = [("teacher", got["teacher"])] if got["teacher"] is not None else []
     for arm in spec.arms:
         if arm.name in done:
             title = textwrap.fill(arm.label, 24)  # long labels wrap instead of overlapping
             models.append((title, load_model(out / done[arm.name], which="last")[0]))
     for name, model in models:
+        model = on_device(model, device).eval()
         # one image at a time: validation images may differ in size
-        columns[name] = [model.eval()(x[None])["logits"].argmax(1)[0].numpy() for x in inputs]
-    prediction_grid(out / "predictions.png", list(images), columns, val.class_names, val.palette)
+        columns[name] = [model(inputs_for(model, x[None]))["logits"].argmax(1)[0].cpu().numpy()
+                         for x in inputs]
+    name = getattr(val, "name", None)
+    labels = [f"val #{i}" + (f"\n{name(i)}" if callable(name) else "") for i in picked]
+    prediction_grid(out / "predictions.png", list(images), columns, val.class_names, val.palette,
+                    row_labels=labels)
+    return picked
 
 
 def export_best(out: Path, got: dict, spec: CompareSpec, fmt: str | None = None) -> dict | None:

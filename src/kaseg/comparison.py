@@ -10,7 +10,14 @@ A comparison is a list of stages, each a resumable run folder under OUT:
 2. tuning: the method's two weights scaled by each of ``weight_scales`` on ``tune_seeds``, seeds
    that are never reported; the scale with the best mean mIoU is used by every arm;
 3. arms x seeds, seed-major (partial results stay paired): a seed fixes the student's initial
-   weights, data order and augmentation in every arm.
+   weights, data order and augmentation in every arm. The folder of an arm whose config depends
+   on the weight scale names the scale (``runs/ka-x0.3-s0``), so a re-tune that picks another
+   scale trains only those arms; the others (``runs/baseline-s0``) are reused.
+
+Faults: a run that diverges stops alone (its ``failed.json`` says why) while the other runs of
+its seed train on; a re-run does not retry it unless asked (``retry_failed``). ``force``
+restarts the tuning and arm runs, never a shared stage: every run is built on those, so a
+shared stage whose config changed is an error naming its folder.
 
 Each stage is exactly a ``kaseg train`` / ``train-ae`` / ``distill`` of a config written under
 ``OUT/configs``, so :func:`plan` can hand the remaining ones to any scheduler, and
@@ -33,8 +40,10 @@ from .files import atomic_write_text
 from .config import Config, to_dict
 from .experiment import check_config
 from .errors import KasegError
+from .runs import config_changes
 from .stages import distill, distill_lockstep, teacher_training_config, train_autoencoder
 from .supervised import train_segmenter
+from .train import Diverged, failure
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +108,10 @@ class Stage:
     def done(self, out: Path) -> bool:
         return (self.folder(out) / "metrics.json").exists()
 
+    def failure(self, out: Path) -> dict | None:
+        """Why the run diverged (its ``failed.json``), or None."""
+        return None if self.done(out) else failure(self.folder(out))
+
     def run(self, out: Path, force: bool = False) -> dict:
         fn = {"train": train_segmenter, "train-ae": train_autoencoder, "distill": distill}
         return fn[self.command](self.cfg, self.folder(out), force)
@@ -118,15 +131,45 @@ def lockstep_groups(stages: list[Stage]) -> list[list[Stage]]:
     return groups
 
 
-def _run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar) -> None:
+def _run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar,
+               retry_failed: bool = False) -> None:
+    shared = group[0].phase == "shared"
+    if shared:
+        _check_shared(out, group[0])
+    todo = []
+    for s in group:
+        why = s.failure(out)
+        if why and not (retry_failed or force):
+            log.warning("%s diverged earlier (%s); not retried (--retry-failed retries it)",
+                        s.folder(out), why.get("message", "?"))
+        else:
+            todo.append(s)
     bar.set_postfix_str(group[0].name if len(group) == 1 else
                         f"{len(group)} runs of seed {group[0].seed} in lockstep")
-    if lockstep and len(group) > 1:
-        distill_lockstep([s.cfg for s in group], [s.folder(out) for s in group], force)
+    if lockstep and len(todo) > 1:
+        distill_lockstep([s.cfg for s in todo], [s.folder(out) for s in todo], force)
     else:
-        for s in group:
-            s.run(out, force)
+        for s in todo:
+            try:
+                s.run(out, force and not shared)
+            except Diverged as e:
+                if shared:  # every run is built on a shared stage: nothing can go on
+                    raise
+                log.error("%s", e)  # its failed.json is written; the seed's other runs go on
     bar.update(len(group))
+
+
+def _check_shared(out: Path, stage: Stage) -> None:
+    """A shared stage is never restarted by ``--force``: a changed config is an error naming
+    the folder to delete."""
+    folder = stage.folder(out)
+    changed = config_changes(folder, to_dict(stage.cfg))
+    if changed:
+        raise KasegError(
+            f"{folder}: this shared stage was trained with a different config "
+            f"({', '.join(changed[:5])}); --force restarts tuning and arm runs, never a shared "
+            f"stage (every run of the comparison is built on it): delete {folder} to retrain "
+            "it, or choose another --out")
 
 
 def scaled(cfg: Config, scale: float) -> Config:
@@ -187,15 +230,21 @@ def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
 
 
 def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage]) -> tuple[float | None, dict]:
-    """The tuned scale (None while a tuning run is unfinished) and every scale's tuning mIoU."""
+    """The tuned scale (None while a tuning run is unfinished) and every scale's tuning mIoU
+    (None for a run that diverged: its scale is not chosen)."""
     if not spec.tuning:
         return spec.weight_scales[0], {}
-    if not all(s.done(out) for s in tuning):
+    if not all(s.done(out) or s.failure(out) for s in tuning):
         return None, {}
-    scores = {f"{k:g}": [_last_miou(s.folder(out)) for s in tuning
+    scores = {f"{k:g}": [_last_miou(s.folder(out)) if s.done(out) else None for s in tuning
                          if s.name.startswith(f"tuning/{TUNE_ARM}-x{k:g}-s")]
               for k in spec.weight_scales}
-    best = max(spec.weight_scales, key=lambda k: sum(scores[f"{k:g}"]) / len(scores[f"{k:g}"]))
+    healthy = [k for k in spec.weight_scales if None not in scores[f"{k:g}"]]
+    if not healthy:
+        raise KasegError(f"{out}: the method diverged at every weight scale "
+                         f"{spec.weight_scales} on the tuning seeds (see tuning/*/failed.json): "
+                         "lower the weights or train.lr")
+    best = max(healthy, key=lambda k: sum(scores[f"{k:g}"]) / len(scores[f"{k:g}"]))
     return best, scores
 
 
@@ -211,15 +260,39 @@ def _last_miou(run: Path) -> float:
     return last
 
 
+def scale_dependent(cfg: Config, arm: Arm) -> bool:
+    """Whether the arm's config changes with the method's weight scale (its runs at another
+    scale are other runs)."""
+    return to_dict(arm_config(scaled(cfg, 1.0), arm, 0)) != to_dict(
+        arm_config(scaled(cfg, 2.0), arm, 0))
+
+
 def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
                scale: float) -> list[Stage]:
     stages = []
     for seed in spec.seeds:  # seed-major: partial results are paired
         for arm in spec.arms:
             base = variants[arm.ae] if arm.ae else cfg
-            stages.append(Stage(f"runs/{arm.name}-s{seed}", "distill",
+            tag = f"-x{scale:g}" if scale_dependent(base, arm) else ""
+            stages.append(Stage(f"runs/{arm.name}{tag}-s{seed}", "distill",
                                 arm_config(scaled(base, scale), arm, seed), arm.name, seed))
     return stages
+
+
+def adopt_unscaled_folders(out: Path, stages: list[Stage]) -> list[str]:
+    """Rename the runs an earlier kaseg named without their scale (``runs/ka-s0``) to their
+    scaled name (``runs/ka-x0.3-s0``) when they were started with exactly this stage's config,
+    so a comparison made before the scale was in the names resumes and is not retrained."""
+    adopted = []
+    for s in stages:
+        if s.arm is None or "-x" not in s.name:
+            continue
+        new, old = s.folder(out), (s.root or out) / "runs" / f"{s.arm}-s{s.seed}"
+        if not new.exists() and (old / "config.yaml").exists() and not config_changes(
+                old, to_dict(s.cfg)):
+            old.rename(new)
+            adopted.append(s.name)
+    return adopted
 
 
 def check_arms(cfg: Config, spec: CompareSpec) -> None:
@@ -237,23 +310,26 @@ def all_stages(out: Path, cfg: Config, spec: CompareSpec):
     tuning = tuning_stages(armed, spec)
     scale, scores = chosen_scale(out, spec, tuning)
     arms = None if scale is None else arm_stages(armed, spec, variants, scale)
+    if arms:
+        adopt_unscaled_folders(out, arms)
     return shared + tuning, arms, scale, scores, armed
 
 
 def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: str = "compare",
-        lockstep: bool = True):
-    """Every stage in order (finished ones are skipped); the runs of one seed in lockstep
-    (``lockstep=False``: one after another; the results are the same, bit for bit); -> (arm
-    stages, scale, tuning scores, the arms' config)."""
+        lockstep: bool = True, retry_failed: bool = False):
+    """Every stage in order (finished ones are skipped, diverged ones too unless
+    ``retry_failed``); the runs of one seed in lockstep (``lockstep=False``: one after another;
+    the results are the same, bit for bit); -> (arm stages, scale, tuning scores, the arms'
+    config)."""
     first, _, _, _, _ = all_stages(out, cfg, spec)
     total = len(first) + len(spec.arms) * len(spec.seeds)
     bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
     try:
         for group in lockstep_groups(first):
-            _run_group(out, group, force, lockstep, bar)
+            _run_group(out, group, force, lockstep, bar, retry_failed)
         _, arms, scale, scores, armed = all_stages(out, cfg, spec)
         for group in lockstep_groups(arms):
-            _run_group(out, group, force, lockstep, bar)
+            _run_group(out, group, force, lockstep, bar, retry_failed)
     finally:
         bar.close()
     return arms, scale, scores, armed
@@ -273,7 +349,8 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
               ("arms", "arms x seeds (independent of each other)")]
     stages = first + (arms or [])
     for phase, title in phases:
-        todo = [s for s in stages if s.phase == phase and not s.done(out)]
+        todo = [s for s in stages if s.phase == phase and not s.done(out)
+                and not s.failure(out)]  # a diverged run is retried only when asked
         if not todo:
             continue
         lines.append(f"# {title}")

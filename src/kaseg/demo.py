@@ -36,16 +36,17 @@ log = logging.getLogger(__name__)
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | None = None,
              device: str = "auto", force: bool = False, all_methods: bool = False,
-             lockstep: bool = True) -> list[dict]:
+             lockstep: bool = True, retry_failed: bool = False) -> list[dict]:
     out = Path(out)
     spec = demo_spec(quick, seeds, all_methods)
     cfg = demo_config(quick, device)
     chosen = [a.name for a in spec.arms]
     t0 = time.perf_counter()
-    stages, scale, _, cfg = run(out, cfg, spec, force, desc="demo", lockstep=lockstep)
+    stages, scale, _, cfg = run(out, cfg, spec, force, desc="demo", lockstep=lockstep,
+                                 retry_failed=retry_failed)
     cfg = scaled(cfg, scale)  # the weights the arms trained with, for the report
     log.info("demo: trained in %.0fs; evaluating", time.perf_counter() - t0)
-    runs = {s.name: (s.arm, s.seed) for s in stages}
+    runs = {s.name: (s.arm, s.seed) for s in stages if s.done(out)}  # not those that diverged
     records = evaluate_runs(out, cfg, {"teacher": ("teacher", 0), "init": ("init", 0), **runs})
     add_costs(out, cfg, records)
     atomic_write_text(out / "results.json", json.dumps(records, indent=2))

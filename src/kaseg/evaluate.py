@@ -12,7 +12,7 @@ from .distributed import is_distributed, shard
 from .inference import predict
 from .metrics import ConfusionMatrix
 from .models import SegModel
-from .runtime import autocast
+from .runtime import autocast, eval_generator, inputs_for, on_device
 
 
 @torch.no_grad()
@@ -20,8 +20,11 @@ def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.
              amp: bool = False, num_workers: int = 0, progress: bool = False,
              scales: tuple[float, ...] = (1.0,), flip: bool = False, window=None,
              stride=None) -> dict:
-    """Confusion-matrix metrics over ``dataset`` (reduced across processes when distributed)."""
+    """Confusion-matrix metrics over ``dataset`` (reduced across processes when distributed).
+    The model is moved to ``device`` and the images to the model (:func:`kaseg.runtime.on_device`);
+    the global RNG is not touched."""
     device = torch.device(device)
+    on_device(model, device)
     flip_pairs = getattr(dataset, "flip_pairs", ())
     was_training = model.training
     model.eval()
@@ -30,10 +33,10 @@ def evaluate(model: SegModel, dataset, batch_size: int = 1, device: str | torch.
     else:
         dataset_part = dataset
     loader = DataLoader(dataset_part, batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
+                        num_workers=num_workers, generator=eval_generator())
     cm = ConfusionMatrix(model.num_classes, device=device)
     for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        images, targets = images.to(device), targets.to(device)
+        images, targets = inputs_for(model, images, targets)
         with autocast(device, amp):
             scores = predict(model, images, scales, flip, window, stride, flip_pairs)
         cm.update(scores.float().argmax(1), targets)

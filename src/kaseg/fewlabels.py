@@ -30,16 +30,17 @@ LABELS_FEW = {**{a: ARMS[a].label for a in LIMITED_ARMS},
 
 def run_limited_labels(out: str | Path = "demo_out", quick: bool = False,
                        seeds: int | None = None, device: str = "auto",
-                       force: bool = False, lockstep: bool = True) -> list[dict]:
+                       force: bool = False, lockstep: bool = True,
+                       retry_failed: bool = False) -> list[dict]:
     out = Path(out)
     spec = limited_spec(out, quick, seeds)
     cfg = demo_config(quick, device)
     folder = out / "limited-labels"
     t0 = time.perf_counter()
     stages, scale, _, cfg = run(folder, cfg, spec, force, desc="limited labels",
-                                 lockstep=lockstep)
+                                 lockstep=lockstep, retry_failed=retry_failed)
     cfg = scaled(cfg, scale)  # the weights the arms trained with, for the report
-    runs = {s.name: (s.arm, s.seed) for s in stages}
+    runs = {s.name: (s.arm, s.seed) for s in stages if s.done(folder)}  # not diverged ones
     records = (evaluate_runs(out, cfg, {"teacher": ("teacher", 0), "init": ("init", 0)})
                + evaluate_runs(folder, cfg, runs))
     atomic_write_text(folder / "results.json", json.dumps(records, indent=2))

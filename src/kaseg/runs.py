@@ -55,7 +55,7 @@ def write_result(run: Path, summary: dict, model_name: str) -> dict:
 RUNTIME_KEYS = {"data.num_workers", "train.device", "train.log_every"}
 
 RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safetensors", "last.json",
-                 "history.jsonl", "metrics.json", "tb")
+                 "history.jsonl", "metrics.json", "failed.json", "tb")
 
 
 # keys whose default changed when they were added: a run written before them ran like this
@@ -74,6 +74,18 @@ def with_defaults(old: dict, defaults: dict) -> dict:
     return out
 
 
+def config_changes(run: Path, config: dict) -> list[str]:
+    """The keys (runtime settings aside) in which ``config`` differs from the one ``run`` was
+    started with; [] when they agree or the folder records none."""
+    cfg_path = Path(run) / "config.yaml"
+    if not cfg_path.exists():
+        return []
+    old = upgrade_legacy(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
+    if "api" not in config:  # keys added since the run started mean what they meant then
+        old = with_defaults(with_defaults(old, LEGACY), to_dict(Config()))
+    return [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
+
+
 def prepare_run(run: Path, config: dict, force: bool = False) -> None:
     """Make ``run`` ready for this config: new, resumable (same config), or restarted (``force``).
 
@@ -86,10 +98,7 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
     if run.is_dir() and any(run.iterdir()) and not cfg_path.exists() and not force:
         raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
     if cfg_path.exists() and not force:
-        old = upgrade_legacy(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
-        if "api" not in config:  # keys added since the run started mean what they meant then
-            old = with_defaults(with_defaults(old, LEGACY), to_dict(Config()))
-        changed = [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
+        changed = config_changes(run, config)
         if changed:
             raise KasegError(
                 f"{run}: was started with a different config ({', '.join(changed[:5])}); "

@@ -31,6 +31,37 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights live (CPU for a model without any)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def on_device(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """The one rule of where a model and its inputs live: the model is moved to the run's
+    device (``resolve_device(train.device)``) where it is used, and every input is moved to
+    :func:`model_device` of the model it is fed to (:func:`inputs_for`). Loaders may return a
+    model anywhere; evaluation, costs and pictures all place it with this."""
+    return model.to(torch.device(device))
+
+
+def inputs_for(model: torch.nn.Module, *tensors: torch.Tensor):
+    """``tensors`` moved to where ``model``'s weights are (one tensor: that tensor)."""
+    device = model_device(model)
+    moved = tuple(t.to(device) for t in tensors)
+    return moved[0] if len(moved) == 1 else moved
+
+
+def eval_generator() -> torch.Generator:
+    """The generator of every evaluation loader. Why: a DataLoader without one draws its base
+    seed from the global RNG each time it is iterated, so validating would move a training run's
+    dropout stream and its weights would depend on ``train.val_every``."""
+    return torch.Generator().manual_seed(0)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 on CPU, fp16 on CUDA: the dtype each device runs fastest without a scaler on CPU."""
     dtype = torch.bfloat16 if device.type == "cpu" else torch.float16

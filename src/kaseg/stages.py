@@ -26,7 +26,8 @@ from .models import SegModel, build_model
 from .data import build_unlabeled
 from .runs import build_data, dataset_meta, prepare_run, write_result
 from .supervised import build_network, train_segmenter
-from .runtime import autocast, resolve_device, seed_everything, seeded
+from .runtime import (autocast, eval_generator, inputs_for, on_device, resolve_device,
+                      seed_everything, seeded)
 from .train import Job, fit, fit_lockstep, rng_state
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,10 @@ def reconstruction_error(teacher: SegModel, ae: FeatureAutoencoder, tap: str, da
     teacher.eval()
     sse = count = 0.0
     s1 = s2 = None
-    for images, _ in DataLoader(dataset, batch_size=batch_size):
-        images = images.to(device)
+    on_device(teacher, device)
+    on_device(ae, device)
+    for images, _ in DataLoader(dataset, batch_size=batch_size, generator=eval_generator()):
+        images = inputs_for(teacher, images)
         with autocast(device, amp):
             f = teacher(images)["features"][tap].float()
             _, r = ae(f)
@@ -254,7 +257,8 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
     data, training schedule) train in lockstep, their equal frozen networks (the teacher, a
     shared trained encoder) run once per batch. Each run ends bit-identical to the same run
     alone (its own RNG stream, optimizer, checkpoints and folder); -> each run's result, in
-    order."""
+    order (``{"failed": record}`` for a run that diverged: it stopped alone, the others went
+    on)."""
     jobs = []
     for c, r in zip(cfgs, runs):
         jobs.append(prepare_distill(c, r))
@@ -288,7 +292,8 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
         finally:
             unshare_frozen(tasks)
         for i, job, summary in zip(members, group, summaries):
-            results[i] = write_result(job.run, summary, job.cfg.model.name)
+            results[i] = ({"failed": summary["failed"]} if "failed" in summary else
+                          write_result(job.run, summary, job.cfg.model.name))
     return [results[i] for i in range(len(jobs))]
 
 

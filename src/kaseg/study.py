@@ -106,7 +106,8 @@ REGIMES: list[Regime] = [
     _rung(9600, optional=True),
 ]
 # a rung longer than this validates and checkpoints every this many iterations, so a run killed
-# midway resumes from its last checkpoint (validation draws no random number: nothing else moves)
+# midway resumes from its last checkpoint (validation draws no number from the global RNG: its
+# loader has its own generator, so a dropout student trains the same whatever val_every is)
 CHECKPOINT_EVERY = 600
 TUNING_SEEDS = [100, 101]  # choose the method's weights here; never reported
 WEIGHT_SCALES = [0.3, 1.0, 3.0]  # x the default adaptation and affinity weights
@@ -134,7 +135,8 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
 
 def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
                tuned: tuple[float, dict] | None = None, lockstep: bool = True,
-               cfg: Config | None = None, retune: bool = False) -> dict:
+               cfg: Config | None = None, retune: bool = False,
+               retry_failed: bool = False) -> dict:
     """One regime's comparison and its record (``regime.json``); ``cfg``: the base recipe
     (default: the demo's at the regime's input size). ``retune``: choose the weight scale on the
     tuning seeds here even in a regime that reuses another's (does the reused scale still win at
@@ -150,8 +152,8 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
     scales = list(WEIGHT_SCALES) if regime.tune or tuned is None else [tuned[0]]
     spec = regime_spec(out, regime, seeds, scales)
     stages, scale, tuning, cfg = run(rdir, cfg, spec, force, desc=f"study {regime.name}",
-                                      lockstep=lockstep)
-    runs = {s.name: (s.arm, s.seed) for s in stages}
+                                      lockstep=lockstep, retry_failed=retry_failed)
+    runs = {s.name: (s.arm, s.seed) for s in stages if s.done(rdir)}  # not diverged ones
     shared = spec.shared_dir
     refs = {f"{shared.name}/teacher": ("teacher", 0)}
     if regime.pretrained:
@@ -174,6 +176,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
               "weight_scale": scale, "tuning": tuning, "ae": ae_errors,
               "adapt_weight": scale * d.adapt_weight,
               "affinity_weight": scale * d.affinity_weight,
+              "failed": {s.name: s.failure(rdir) for s in stages if s.failure(rdir)},
               "rows": paired_rows(records, regime.arms),
               "context_rows": paired_rows(records, regime.arms, key="context_iou"),
               "records": records}
@@ -184,13 +187,21 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
 def reference_scale(out: Path, results: list[dict],
                     regime: Regime | None = None) -> tuple[float, dict] | None:
     """The weight scale an untuned regime reuses: that of ``regime.tuned_in`` (else the first
-    regime of the ladder), from this invocation or the ``regime.json`` it left, else this
-    invocation's first; None: none yet."""
+    regime of the ladder), from this invocation or the ``regime.json`` it left. A regime that
+    must reuse one whose results are not there is an error naming the regime to run first (a
+    silent stand-in would put another regime's scale under this one's name); None: no regime
+    given and none known."""
     source = (regime.tuned_in if regime and regime.tuned_in else REGIMES[0].name)
     known = {r["name"]: r for r in known_results(out, results)}
     if source in known:
         return known[source]["weight_scale"], {}
-    return (results[0]["weight_scale"], {}) if results else None
+    if regime is not None and not regime.tune:
+        raise KasegError(
+            f"regime {regime.name} reuses the weight scale tuned in {source}, which has no "
+            f"results in {out}: run it first (--regimes {source} {regime.name}), give an "
+            f"earlier study's with --reuse STUDY_JSON, or tune this one with --retune "
+            f"{regime.name}")
+    return None
 
 
 def known_results(out: Path, fresh: list[dict]) -> list[dict]:
@@ -238,7 +249,7 @@ def reuse_records(out: Path, path: str | Path, chosen: list[Regime]) -> list[str
 def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 5,
               regimes: list[str] | None = None, force: bool = False,
               lockstep: bool = True, reuse: str | Path | None = None,
-              retune: list[str] | None = None) -> list[dict]:
+              retune: list[str] | None = None, retry_failed: bool = False) -> list[dict]:
     """``reuse``: an earlier study's ``study.json`` whose regimes (those not run here) join this
     one's report (:func:`reuse_records`); ``retune``: regimes that choose their own weight scale
     (:func:`run_regime`)."""
@@ -260,9 +271,11 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         f" --retune {' '.join(retune)}" if retune else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
-        tuned = reference_scale(out, results, regime)
+        own = regime.tune or regime.name in retune  # chooses its own scale: reuses none
+        tuned = None if own else reference_scale(out, results, regime)
         results.append(run_regime(out, regime, seed_list, device, force, tuned,
-                                  lockstep, retune=regime.name in retune))
+                                  lockstep, retune=regime.name in retune,
+                                  retry_failed=retry_failed))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
                       f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
                       f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "
@@ -302,12 +315,15 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                       if "init" in refs else "."),
                   (f"Weight scale chosen on the tuning seeds: x{r['weight_scale']:g} (adaptation "
                    f"{r['adapt_weight']:g}, affinity {r['affinity_weight']:g}); tuning mIoU per "
-                   "scale: " + "; ".join(f"x{k}: " + ", ".join(f"{100 * v:.2f}" for v in vs)
+                   "scale: " + "; ".join(f"x{k}: " + ", ".join(
+                       "diverged" if v is None else f"{100 * v:.2f}" for v in vs)
                                          for k, vs in r["tuning"].items()) + "."
                    if r["tuning"] else f"Weight scale x{r['weight_scale']:g} from the first "
                    f"regime (adaptation {r['adapt_weight']:g}, affinity "
                    f"{r['affinity_weight']:g}; not re-tuned here)."),
-                  f"Autoencoder relative reconstruction error (val): {ae}." if ae else "", "",
+                  f"Autoencoder relative reconstruction error (val): {ae}." if ae else "",
+                  *[f"Diverged (stopped alone, not in the table): `{k}`: {v.get('message', '?')}"
+                    for k, v in r.get("failed", {}).items()], "",
                   *markdown_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
                                    for x in r["rows"]]), "",
                   *context_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))

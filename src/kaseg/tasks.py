@@ -57,31 +57,42 @@ class Frozen(nn.Module):
 
 
 class ForwardMemo:
-    """The last input and output of one frozen network, shared by the arms of a lockstep run.
+    """The last inputs and outputs of one frozen network, shared by the arms of a lockstep run.
 
     Why: arms that step on the same batch would run the same teacher (and the same trained
     encoder) on it once each; the teacher is most of a distillation step's cost. A call whose
-    input equals the last one (same values, shape, dtype, layout and autocast state) returns
+    input equals a remembered one (same values, shape, dtype, layout and autocast state) returns
     the same output, which is what running the network again would give: it is frozen, in eval
-    mode and without autograd. The input is kept as a copy, so a caller that later writes into
-    its tensor cannot make a stale output look current.
+    mode and without autograd. It keeps ``size`` pairs (default 2) because one step may call a
+    network on two inputs in turn: the encoder sees the labelled and then the unlabelled half
+    of the teacher's map, and with one pair each arm would evict what the next arm needs. Inputs
+    are kept as copies, so a caller that later writes into its tensor cannot make a stale
+    output look current.
     """
 
-    def __init__(self):
-        self.key, self.input, self.output = None, None, None
+    def __init__(self, size: int = 2):
+        self.size = size
+        self.entries: list[tuple] = []  # (key, input, output), most recent last
         self.calls = self.hits = 0
 
-    def __call__(self, module: nn.Module, x: torch.Tensor):
+    @staticmethod
+    def _key(x: torch.Tensor) -> tuple:
         kind = x.device.type
-        key = (tuple(x.shape), x.dtype, x.device, x.stride(), torch.is_autocast_enabled(kind),
-               torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None)
+        return (tuple(x.shape), x.dtype, x.device, x.stride(), torch.is_autocast_enabled(kind),
+                torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None)
+
+    def __call__(self, module: nn.Module, x: torch.Tensor):
+        key = self._key(x)
         self.calls += 1
-        if key == self.key and torch.equal(x, self.input):
-            self.hits += 1
-            return self.output
-        self.key, self.input, self.output = None, None, None  # free the old pair first
+        for i, (k, kept, output) in enumerate(self.entries):
+            if k == key and torch.equal(x, kept):
+                self.hits += 1
+                self.entries.append(self.entries.pop(i))
+                return output
+        if len(self.entries) >= self.size:  # free the oldest pair before computing
+            self.entries.pop(0)
         output = module(x)
-        self.key, self.input, self.output = key, x.clone(memory_format=torch.preserve_format), output
+        self.entries.append((key, x.clone(memory_format=torch.preserve_format), output))
         return output
 
 
@@ -100,16 +111,19 @@ def same_network(a: nn.Module, b: nn.Module) -> bool:
 def share_frozen(tasks: list[nn.Module]) -> int:
     """Point the frozen networks of ``tasks`` that are equal (same class and weights) at one
     instance with one :class:`ForwardMemo`, so a batch runs through each only once. -> the
-    number of distinct frozen networks left."""
+    number of distinct frozen networks left. The encoder's memo holds two inputs (a step calls
+    it on the labelled and the unlabelled half of the teacher's map), the teacher's one."""
     kept: list[Frozen] = []
     for task in tasks:
-        for frozen in (m for m in task.children() if isinstance(m, Frozen)):
+        for name, frozen in task.named_children():
+            if not isinstance(frozen, Frozen):
+                continue
             for other in kept:
                 if same_network(other.inner, frozen.inner):
                     frozen.__dict__["inner"], frozen.__dict__["memo"] = other.inner, other.memo
                     break
             else:
-                frozen.__dict__["memo"] = ForwardMemo()
+                frozen.__dict__["memo"] = ForwardMemo(2 if name == "encoder" else 1)
                 kept.append(frozen)
     return len(kept)
 
@@ -244,6 +258,18 @@ class DistillTask(nn.Module):
         """Whether any term needs the teacher (and so can learn from unlabelled images)."""
         return (self.adapter is not None or self.affinity_adapter is not None
                 or bool(self.extra) or self.pseudo_labels)
+
+    def term_weights(self) -> dict[str, tuple[float, str]]:
+        """``{term: (weight, the config key that sets it)}`` of every weighted term: what an
+        error about a term that overflowed names."""
+        weights = {}
+        if self.adapter is not None:
+            weights["adapt"] = (self.adapt_weight, "distill.adapt_weight")
+        if self.affinity_adapter is not None:
+            weights["affinity"] = (self.affinity_weight, "distill.affinity_weight")
+        for name, (weight, _) in self.extra.items():
+            weights[name] = (weight, f"distill.loss_weights.{name}")
+        return weights
 
     def distill_scale(self) -> float:
         """The warm-up factor of every distillation weight at this step: ``min(1, step / N)``,

@@ -33,6 +33,19 @@ from .runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 UNLABELED_SEED = 104_729  # offset of the unlabelled stream's seed from the run's
+FAILED = "failed.json"  # in a run folder: the run diverged, and why (term, iteration, values)
+# entries of a task's loss dict that are diagnostics, never a term that is optimised
+DIAGNOSTIC_SUFFIXES = ("_ratio",)
+DIAGNOSTICS = {"loss", "distill_scale"}
+
+
+class Diverged(KasegError):
+    """A run's loss became non-finite. In lockstep the run stops alone (its folder's
+    ``failed.json`` records why) and the others train on; a run alone raises it."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
 
 
 class InfiniteSampler(Sampler):
@@ -166,10 +179,11 @@ class Job:
     export: Callable[[str], None]
     desc: str = "train"
     score_key: str = "miou"
-    rng: dict | None = None  # the global RNG state this run starts from (None: the current one)
+    rng: dict | None = None  # the global RNG state this run starts from (None: the caller's)
     t: Trainer | None = None
     progress: Progress | None = None
     t0: float = 0.0
+    failed: Diverged | None = None  # set when the run diverged (it stopped alone)
 
 
 def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
@@ -185,9 +199,12 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     ``task(images, targets, unlabeled_images, unlabeled_valid)``.
     """
     job = Job(task, run, validate, export, desc, score_key)
-    return fit_lockstep([job], train_set, cfg, seed=seed, num_workers=num_workers, desc=desc,
-                        unlabeled_set=unlabeled_set,
-                        unlabeled_batch_size=unlabeled_batch_size)[0]
+    summary = fit_lockstep([job], train_set, cfg, seed=seed, num_workers=num_workers, desc=desc,
+                           unlabeled_set=unlabeled_set,
+                           unlabeled_batch_size=unlabeled_batch_size)[0]
+    if job.failed is not None:  # a run alone fails loudly (its failed.json is written too)
+        raise job.failed
+    return summary
 
 
 def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
@@ -201,11 +218,16 @@ def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
     keeps its own global RNG state (swapped in around its steps, validations and checkpoints),
     optimizer and run folder, so it ends bit-identical to the same run trained alone, and a
     killed group resumes like any run (a job saved further than the others waits for them).
+
+    A job whose loss becomes non-finite stops alone: its folder gets ``failed.json`` (the term,
+    the iteration, the values), its summary a ``"failed"`` record, and the others train on, so
+    the arms of a seed finish whichever of them diverges (:class:`Diverged`).
     """
     swap = len(jobs) > 1
-    for job in jobs:
-        if swap and job.rng is not None:
-            set_rng_state(job.rng)
+    caller = rng_state() if swap else None  # a job without its own state starts from this one,
+    for job in jobs:  # not from the state the job before it resumed to
+        if swap:
+            set_rng_state(job.rng if job.rng is not None else caller)
         job.t = _trainer(job.task, cfg, job.run, job.desc)
         job.progress = _resume(job.t)
         job.rng = rng_state() if swap else None
@@ -224,8 +246,11 @@ def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
                 batch = next(batches)
                 for job in active:
                     if job.progress.iter < it:  # a job saved further than this waits
-                        _advance(job, batch, it, bar, swap)
-                active = [j for j in active if not j.progress.stopped]
+                        try:
+                            _advance(job, batch, it, bar, swap)
+                        except Diverged as e:  # this job stops; the others train on
+                            _fail(job, e, bar)
+                active = [j for j in active if not j.progress.stopped and j.failed is None]
                 bar.update(1)
                 if not active:
                     break
@@ -236,7 +261,30 @@ def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
                     job.t.writer.close()
         if swap:  # leave the global RNG where the last job left it, as a run alone would
             set_rng_state(jobs[-1].rng)
-    return [j.progress.summary() for j in jobs]
+    return [dict(j.progress.summary(), **({"failed": j.failed.record} if j.failed else {}))
+            for j in jobs]
+
+
+def _fail(job: Job, error: Diverged, bar) -> None:
+    """Stop a diverged job: ``failed.json`` in its folder (rank 0), its TensorBoard closed; its
+    last checkpoint stays, so ``--retry-failed`` (or a plain re-run) resumes from there."""
+    job.failed = error
+    if is_main():
+        atomic_write_text(job.run / FAILED, json.dumps(
+            {**error.record, "message": str(error)}, indent=2))
+        bar.write(f"[{job.desc}] stopped: {error}")
+    log.error("%s", error)
+
+
+def failure(run: Path) -> dict | None:
+    """The record of a run that diverged (its ``failed.json``), else None."""
+    path = Path(run) / FAILED
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {"message": f"{path}: unreadable"}
 
 
 def _batches(train_set, cfg: TrainConfig, seed: int, start: int, num_workers: int,
@@ -310,7 +358,11 @@ def _trainer(task: nn.Module, cfg: TrainConfig, run: Path, desc: str) -> Trainer
 def _resume(t: Trainer) -> Progress:
     """The progress saved in ``run/checkpoint.pt`` (weights, optimizer, RNG restored), or a
     fresh start."""
-    if not (t.run / STATE).exists():
+    if is_main() and (t.run / FAILED).exists():  # a retry: the run may now get further
+        (t.run / FAILED).unlink()
+    if not (t.run / STATE).exists():  # records of an attempt killed before its first
+        if is_main():  # checkpoint are redone: drop them
+            _trim_history(t.run, 0)
         return Progress()
     ckpt = load_state(t.run / STATE)
     t.task.load_state_dict(ckpt["task"])
@@ -362,10 +414,7 @@ def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
             bad = ["loss (on another process)"]
     t.opt.zero_grad(set_to_none=True)
     if bad and not t.cfg.skip_nonfinite:
-        value = losses[bad[0]].item() if bad[0] in losses else float("nan")
-        raise KasegError(f"{t.run}: loss term '{bad[0]}' is {value} at iteration "
-                         f"{it}; lower train.lr, set train.grad_clip, or set "
-                         f"train.skip_nonfinite=true to skip such steps")
+        raise _diverged(t, losses, bad[0], it)
     if bad:  # skip the step: no update, but the schedule moves on as if it had happened
         progress.skipped += 1
         log.warning("%s: iteration %d skipped: loss term '%s' is not finite (%d skipped so far)",
@@ -381,17 +430,53 @@ def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
     return losses
 
 
+def _is_term(name: str) -> bool:
+    return name not in DIAGNOSTICS and not name.endswith(DIAGNOSTIC_SUFFIXES)
+
+
 def _culprit(losses: dict) -> str:
-    """The name of the first non-finite term of a non-finite loss (``loss`` if none is)."""
+    """The first non-finite *term* of a non-finite loss (diagnostics such as ``kd_ratio`` are
+    never blamed); else the first term whose weighted value is not finite (its ratio to CE
+    says so); else ``loss`` (the sum overflowed)."""
     for name, value in losses.items():
-        if name != "loss" and not torch.isfinite(value.detach()).all():
+        if _is_term(name) and not torch.isfinite(value.detach()).all():
             return name
+    for name, value in losses.items():
+        if name.endswith("_ratio") and not torch.isfinite(value.detach()).all():
+            return name[: -len("_ratio")]
     return "loss"
+
+
+def _diverged(t: Trainer, losses: dict, name: str, it: int) -> Diverged:
+    """The error of a non-finite loss: the term to blame, its weight when the weight times a
+    finite term overflowed, every term's value, and the setting to change."""
+    values = {k: float(v.detach().float().mean()) for k, v in losses.items()
+              if v.numel() == 1 or k == "loss"}
+    weights = t.task.term_weights() if hasattr(t.task, "term_weights") else {}
+    base = name[: -len("_unlabeled")] if name.endswith("_unlabeled") else name
+    weight, key = weights.get(base, (None, None))
+    value = values.get(name, float("nan"))
+    record = {"term": name, "iter": it, "value": value, "weight": weight, "values": values}
+    where = f"{t.run}: loss term '{name}'"
+    if weight is not None and math.isfinite(value):
+        msg = (f"{where} is {value:.4g} but its weight {key}={weight:g} times it "
+               f"({weight * value:.4g}) overflows the loss at iteration {it}: lower {key}")
+    elif name == "loss":
+        msg = (f"{where} is {value} at iteration {it} (every term is finite: their weighted "
+               "sum overflowed); lower the loss weights or train.lr")
+    else:
+        msg = (f"{where} is {value} at iteration {it}" + (f" (weight {key}={weight:g})"
+                                                           if weight is not None else "") +
+               "; lower train.lr, set train.grad_clip, or set train.skip_nonfinite=true to "
+               "skip such steps")
+    return Diverged(msg, record)
 
 
 def _writer(t: Trainer) -> SummaryWriter:
     if t.writer is None:
-        t.writer = SummaryWriter(str(t.run / "tb"), purge_step=t.start + 1 if t.start else None)
+        # events past where this attempt starts belong to a killed attempt: purged (from step 1
+        # on when it starts fresh, as the history is)
+        t.writer = SummaryWriter(str(t.run / "tb"), purge_step=t.start + 1)
     return t.writer
 
 

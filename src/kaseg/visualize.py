@@ -21,14 +21,18 @@ def colorize(mask: np.ndarray, palette, ignore_color=(255, 255, 255)) -> np.ndar
 
 
 def prediction_grid(path: str | Path, images: list[np.ndarray], columns: dict[str, list[np.ndarray]],
-                    class_names, palette, dpi: int = 100) -> None:
-    """One row per image: the input, then one colour-coded mask per named column; a legend."""
+                    class_names, palette, dpi: int = 100,
+                    row_labels: list[str] | None = None) -> None:
+    """One row per image: the input, then one colour-coded mask per named column; a legend.
+    ``row_labels``: what each row shows (e.g. which validation image), beside its input."""
     names = ["input", *columns]
     rows = len(images)
     fig, axes = plt.subplots(rows, len(names), figsize=(2.2 * len(names), 2.2 * rows + 0.8),
                              squeeze=False)
     for r, img in enumerate(images):
         axes[r][0].imshow(img)
+        if row_labels:
+            axes[r][0].set_ylabel(row_labels[r], fontsize=8)
         for c, name in enumerate(columns, start=1):
             axes[r][c].imshow(colorize(columns[name][r], palette))
         for c, name in enumerate(names):
@@ -42,6 +46,16 @@ def prediction_grid(path: str | Path, images: list[np.ndarray], columns: dict[st
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def spread_indices(n: int, count: int) -> list[int]:
+    """``count`` indices evenly spaced over ``0 .. n-1``, first and last included. Why: a
+    folder of ordered images (video frames, slices of a scan) shows one region in its first few;
+    images spread over the set show what the set holds."""
+    count = min(count, n)
+    if count <= 1:
+        return list(range(count))
+    return [round(i * (n - 1) / (count - 1)) for i in range(count)]
 
 
 def read_history(run: str | Path) -> tuple[list[dict], list[dict]]:
