@@ -329,3 +329,134 @@ def test_a_batch_without_a_labelled_pixel_is_zero_not_nan():
     out["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() and not g.any() for g in grads)
+
+
+def _dropout_student(seed: int = 0):
+    """tiny-student with its ASPP dropout switched on (0.5): its training draws from the
+    global RNG, so anything else that draws from it changes the weights."""
+    torch.manual_seed(seed)
+    model = build_model("tiny-student", 8)
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops
+    for m in drops:
+        m.p = 0.5
+    return model
+
+
+def _weights_of(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_draws_nothing_from_the_global_rng(tmp_path):
+    """A dropout student ends with the same weights whether it validates every 2 iterations or
+    only at the end: evaluation's loader has its own generator."""
+    from kaseg.evaluate import evaluate
+
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    val = SyntheticScenes("val", count=4, size=32, transform=EvalTransform())
+    weights = []
+    for every in (6, 2):
+        model = _dropout_student()
+        cfg = tiny_config(**{"train.val_every": every}).train
+        fit(SegmentationTask(model), ds, cfg, tmp_path / f"v{every}", seed=0,
+            validate=lambda m=model: evaluate(m, val, 4), export=lambda w: None)
+        weights.append(_weights_of(model))
+    assert _same(*weights)
+
+
+def test_a_fresh_job_after_a_resumed_one_starts_from_the_callers_rng(tmp_path):
+    """Job.rng=None means the caller's RNG state, whatever the job before it resumed to: a
+    fresh dropout job beside a resumed one ends as it does alone."""
+    from kaseg.train import Job, fit_lockstep, rng_state, set_rng_state
+
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    cfg = tiny_config(**{"train.val_every": 3}).train
+    ok = dict(validate=lambda: {"miou": 0.0}, export=lambda w: None)
+    fit(SegmentationTask(_dropout_student(1)), ds, tiny_config(**{"train.iters": 3}).train,
+        tmp_path / "a", seed=0, **ok)  # a checkpoint at iteration 3 to resume from
+    alone, fresh = _dropout_student(2), _dropout_student(2)
+    resumed = SegmentationTask(_dropout_student(1))
+    torch.manual_seed(123)
+    caller = rng_state()
+    fit(SegmentationTask(alone), ds, cfg, tmp_path / "alone", seed=0, **ok)
+    set_rng_state(caller)
+    jobs = [Job(resumed, tmp_path / "a", **ok), Job(SegmentationTask(fresh), tmp_path / "b", **ok)]
+    fit_lockstep(jobs, ds, cfg, seed=0)
+    assert jobs[0].progress.iter == 6
+    assert _same(_weights_of(fresh), _weights_of(alone))
+
+
+class _Overflowing(SegmentationTask):
+    """CE plus a finite term 'kd' whose weight overflows float32 from iteration ``at`` on."""
+
+    def __init__(self, model, at: int, weight: float = 1e300):
+        super().__init__(model)
+        self.at, self.weight, self.steps = at, weight, 0
+
+    def term_weights(self):
+        return {"kd": (self.weight, "distill.loss_weights.kd")}
+
+    def forward(self, images, targets):
+        out = super().forward(images, targets)
+        self.steps += 1
+        w = self.weight if self.steps >= self.at else 0.0
+        kd = out["ce"] * 0 + 0.5
+        return {"loss": out["loss"] + w * kd, "ce": out["ce"], "kd": kd,
+                "kd_ratio": (w * kd / out["ce"]).detach()}
+
+
+def test_a_weight_that_overflows_is_named_with_its_term_not_a_diagnostic(tmp_path):
+    ds = SyntheticScenes("train", count=4, size=32, transform=EvalTransform())
+    with pytest.raises(KasegError, match=r"loss term 'kd' is 0.5 but its weight "
+                       r"distill.loss_weights.kd=1e\+300 times it .* overflows the loss at "
+                       r"iteration 2: lower distill.loss_weights.kd") as e:
+        fit(_Overflowing(build_model("tiny-student", 8), at=2), ds, tiny_config().train,
+            tmp_path, seed=0, validate=lambda: {"miou": 0}, export=lambda w: None)
+    assert "kd_ratio" not in str(e.value) and "train.lr" not in str(e.value)
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert failed["term"] == "kd" and failed["iter"] == 2 and failed["weight"] == 1e300
+    assert failed["values"]["kd"] == 0.5 and failed["values"]["loss"] == float("inf")
+
+
+def test_a_diverging_job_stops_alone_and_the_others_finish_as_they_would_alone(tmp_path):
+    from kaseg.train import Job, fit_lockstep
+
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    cfg = tiny_config(**{"train.val_every": 3}).train
+    ok = dict(validate=lambda: {"miou": 0.0}, export=lambda w: None)
+    torch.manual_seed(0)
+    alone = build_model("tiny-student", 8)
+    fit(SegmentationTask(alone), ds, cfg, tmp_path / "alone", seed=0, **ok)
+    torch.manual_seed(0)
+    healthy = build_model("tiny-student", 8)
+    torch.manual_seed(0)
+    bad = _Overflowing(build_model("tiny-student", 8), at=5)
+    jobs = [Job(bad, tmp_path / "bad", **ok), Job(SegmentationTask(healthy), tmp_path / "ok",
+                                                  **ok)]
+    summaries = fit_lockstep(jobs, ds, cfg, seed=0)
+    assert summaries[0]["failed"]["iter"] == 5 and summaries[0]["iters"] == 4
+    assert "failed" not in summaries[1] and summaries[1]["iters"] == 6
+    assert _same(_weights_of(healthy), _weights_of(alone))
+    assert json.loads((tmp_path / "bad" / "failed.json").read_text())["term"] == "kd"
+    assert not (tmp_path / "ok" / "failed.json").exists()
+
+
+def test_a_kill_before_the_first_checkpoint_leaves_no_duplicate_history(tmp_path):
+    """The records of an attempt killed before its first checkpoint are redone, not kept."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.jsonl").write_text("".join(json.dumps({"iter": i, "loss": 9.0}) + "\n"
+                                               for i in (1, 2)))
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    torch.manual_seed(0)
+    fit(SegmentationTask(build_model("tiny-student", 8)), ds, tiny_config().train, run, seed=0,
+        validate=lambda: {"miou": 0.0}, export=lambda w: None)
+    iters = [json.loads(ln)["iter"] for ln in (run / "history.jsonl").read_text().splitlines()
+             if '"val"' not in ln]
+    assert iters == [1, 2, 3, 4, 5, 6]
+    assert all(json.loads(ln).get("loss") != 9.0
+               for ln in (run / "history.jsonl").read_text().splitlines())
