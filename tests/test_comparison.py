@@ -226,7 +226,8 @@ def test_lockstep_runs_end_bit_identical_to_runs_alone_and_resume_after_a_kill(
     assert main(["compare", "--config", str(config), "--out", str(together), "--seeds", "1",
                  *common[:-1]]) == 0
     runs = sorted(p.name for p in (solo / "runs").iterdir())
-    assert runs == ["baseline-s0", "ctrl_random_ae-s0", "ka-s0", "ka_kd-s0", "kd_t2-s0"]
+    assert runs == ["baseline-s0", "ctrl_random_ae-x0.3-s0", "ka-x0.3-s0", "ka_kd-x0.3-s0",
+                    "kd_t2-s0"]
     for run in runs:
         a, b = _weights(solo / "runs" / run), _weights(together / "runs" / run)
         assert a.keys() == b.keys()
@@ -247,7 +248,7 @@ def test_lockstep_runs_end_bit_identical_to_runs_alone_and_resume_after_a_kill(
     monkeypatch.setattr(train_mod, "_step", dies)
     assert main(["compare", "--config", str(config), "--out", str(killed), "--seeds", "1",
                  *common[:-1]]) == 130  # "interrupted; re-run the same command to resume"
-    assert json.loads((killed / "runs" / "ka-s0" / "history.jsonl").read_text()
+    assert json.loads((killed / "runs" / "ka-x0.3-s0" / "history.jsonl").read_text()
                       .splitlines()[-1])["iter"] == 2
     monkeypatch.setattr(train_mod, "_step", real_step)
     assert main(["compare", "--config", str(config), "--out", str(killed), "--seeds", "1",
@@ -256,3 +257,86 @@ def test_lockstep_runs_end_bit_identical_to_runs_alone_and_resume_after_a_kill(
         a, b = _weights(solo / "runs" / run), _weights(killed / "runs" / run)
         assert all(torch.equal(a[k], b[k]) for k in a), run
     assert _histories(solo) == _histories(killed)
+
+
+BOOM = {"label": "KD, a weight that overflows", "distill": {
+    "adapt_weight": 0, "affinity_weight": 0, "extra_losses": ["kd"],
+    "loss_weights": {"kd": 1e300}}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_diverging_arm_stops_alone_in_both_modes_and_is_retried_only_when_asked(tmp_path,
+                                                                                capsys):
+    """An arm whose weight overflows fails at each seed; CE only and KD finish, with the same
+    weights in lockstep and one after another; the report lists the failed runs with why; a
+    re-run leaves them alone, --retry-failed runs them again."""
+    config = _config(tmp_path, {"baseline": None, "kd_t2": None, "kd_boom": BOOM})
+    outs = {mode: tmp_path / mode for mode in ("lockstep", "alone")}
+    for mode, out in outs.items():
+        flags = ["--no-lockstep"] if mode == "alone" else []
+        assert main(["compare", "--config", str(config), "--out", str(out), *flags]) == 0
+        for seed in (0, 1):
+            boom = out / "runs" / f"kd_boom-s{seed}"
+            failed = json.loads((boom / "failed.json").read_text())
+            assert failed["term"] == "kd" and failed["iter"] == 1 and failed["weight"] == 1e300
+            assert "distill.loss_weights.kd" in failed["message"]
+            assert not (boom / "metrics.json").exists()
+            for arm in ("baseline", "kd_t2"):
+                assert (out / "runs" / f"{arm}-s{seed}" / "metrics.json").exists()
+        results = json.loads((out / "results.json").read_text())
+        assert sorted(results["failed"]) == ["runs/kd_boom-s0", "runs/kd_boom-s1"]
+        assert [(r["arm"], r["n"]) for r in results["rows"]] == [("baseline", 2), ("kd_t2", 2)]
+        report = (out / "report.md").read_text()
+        assert "**Diverged (2)**" in report and "`runs/kd_boom-s1`: " in report
+    for run in ("baseline-s0", "kd_t2-s0", "baseline-s1", "kd_t2-s1"):
+        a, b = (_weights(outs[m] / "runs" / run) for m in outs)
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+    stamp = lambda: (outs["lockstep"] / "runs" / "kd_boom-s0" / "failed.json").stat().st_mtime_ns
+    before = stamp()
+    assert main(["compare", "--config", str(config), "--out", str(outs["lockstep"])]) == 0
+    assert stamp() == before  # not retried
+    assert main(["compare", "--config", str(config), "--out", str(outs["lockstep"]),
+                 "--retry-failed"]) == 0
+    assert stamp() != before  # retried (and diverged again)
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_another_weight_scale_trains_only_the_arms_it_changes_and_force_keeps_shared_stages(
+        tmp_path, capsys):
+    """Runs whose config depends on the method's weight scale are named by it: a comparison at
+    another scale (what a re-tune that picks another one does) trains the method's arms anew and
+    reuses CE only, the teacher and the autoencoder; a folder named before the scale was in the
+    names is adopted; --force restarts the runs, never a shared stage."""
+    config = _config(tmp_path, {"baseline": None, "ka": None})
+    out = tmp_path / "cmp"
+    base = ["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]
+    assert main([*base, "--weight-scales", "0.3"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["baseline-s0", "ka-x0.3-s0"]
+    kept = {p: (out / p).stat().st_mtime_ns for p in
+            ("teacher/checkpoint.pt", "ae/checkpoint.pt", "runs/baseline-s0/checkpoint.pt")}
+    assert main([*base, "--weight-scales", "3"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "baseline-s0", "ka-x0.3-s0", "ka-x3-s0"]
+    assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept  # nothing else retrained
+    cfg3 = yaml.safe_load((out / "runs" / "ka-x3-s0" / "config.yaml").read_text())
+    assert cfg3["distill"]["adapt_weight"] == pytest.approx(150.0)
+    # a run folder an earlier kaseg named without the scale is adopted, not retrained
+    (out / "runs" / "ka-x3-s0").rename(out / "runs" / "ka-s0")
+    stamp = (out / "runs" / "ka-s0" / "checkpoint.pt").stat().st_mtime_ns
+    assert main([*base, "--weight-scales", "3"]) == 0
+    assert (out / "runs" / "ka-x3-s0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert not (out / "runs" / "ka-s0").exists()
+    # --force restarts the runs and keeps the shared stages
+    assert main([*base, "--weight-scales", "3", "--force"]) == 0
+    assert (out / "runs" / "ka-x3-s0" / "checkpoint.pt").stat().st_mtime_ns != stamp
+    assert all((out / p).stat().st_mtime_ns == kept[p] for p in kept if "runs" not in p)
+    # a shared stage asked with another config is an error naming its folder, even with --force
+    capsys.readouterr()
+    assert main([*base, "--weight-scales", "3", "--force", "teacher.iters=5"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'teacher'}: this shared stage was trained with a different config" in err
+    assert "delete" in err
+    assert (out / "teacher" / "checkpoint.pt").stat().st_mtime_ns == kept["teacher/checkpoint.pt"]

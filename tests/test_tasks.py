@@ -60,3 +60,37 @@ def test_only_equal_networks_are_shared():
     unshare_frozen(tasks)
     tasks[0].teacher(x)
     assert a.calls == 2 and tasks[0].teacher.memo is None
+
+
+def test_the_encoder_memo_serves_both_halves_of_a_step_with_unlabelled_images():
+    """A step with unlabelled images calls the encoder on the labelled and then the unlabelled
+    half of the teacher's map; the second arm of a lockstep pair gets both from the memo (one
+    entry would hold only the last half, and every call would miss), with the outputs it would
+    compute itself."""
+    from kaseg.method import FeatureAutoencoder, ae_strides
+    from kaseg.models import build_model
+    from kaseg.tasks import DistillTask
+
+    torch.manual_seed(0)
+    teacher = build_model("tiny-teacher", 3)
+    ti = teacher.feature_info["pre_logits"]
+    si = build_model("tiny-student", 3).feature_info["pre_logits"]
+    ae = FeatureAutoencoder(ti.channels, 8, ae_strides(si.stride // ti.stride))
+
+    def arm():
+        torch.manual_seed(1)
+        return DistillTask(student=build_model("tiny-student", 3), teacher=teacher,
+                           encoder=ae.encoder, latent_channels=8)
+
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    u, valid = torch.randn(3, 3, 32, 32), torch.zeros(3, 32, 32, dtype=torch.long)
+    alone = arm()(x, y, u, valid)
+    tasks = [arm(), arm()]
+    assert share_frozen(tasks) == 2
+    outs = [t(x, y, u, valid) for t in tasks]
+    enc, tea = tasks[0].encoder.memo, tasks[0].teacher.memo
+    assert (enc.calls, enc.hits) == (4, 2)  # labelled + unlabelled half, each computed once
+    assert (tea.calls, tea.hits) == (2, 1)
+    for out in outs:
+        for k in ("adapt", "adapt_unlabeled", "affinity_unlabeled", "loss"):
+            assert torch.equal(out[k], alone[k])
