@@ -194,3 +194,90 @@ def test_reports_name_the_cpu_kind(tmp_path, monkeypatch):
     assert compare.machine("cpu") == "CPU (Some CPU, 2 cores, 2 torch threads)"
     monkeypatch.setattr(compare, "cpu_name", lambda: "")
     assert compare.machine("cpu") == "CPU (2 cores, 2 torch threads)"
+
+
+class _Reached(Exception):
+    """A forward on the meta device was checked (meta computes no values: stop there)."""
+
+
+@pytest.fixture
+def device_guard(monkeypatch):
+    """Every forward of a module with weights: its inputs must be on its weights' device. The
+    run's device is ``meta`` here, a second device a CPU machine has (as a GPU machine has
+    CUDA): a model left on the CPU, or inputs left there, fail; a forward that gets as far as
+    meta on both sides has passed the check and stops with :class:`_Reached`."""
+    def hook(module, args):
+        params = list(module.parameters(recurse=False))
+        if not params:
+            return
+        where = params[0].device
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.device != where:
+                raise AssertionError(f"{type(module).__name__} on {where} fed a tensor on "
+                                     f"{a.device}")
+        if where.type == "meta":
+            raise _Reached
+
+    import contextlib
+
+    import kaseg.evaluate
+
+    real = kaseg.evaluate.autocast  # meta has no autocast: off there, whatever kaseg does
+    monkeypatch.setattr(kaseg.evaluate, "autocast", lambda device, enabled: (
+        contextlib.nullcontext() if torch.device(device).type == "meta" else
+        real(device, enabled)))
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    yield
+    handle.remove()
+
+
+def test_evaluation_costs_and_pictures_put_a_model_and_its_inputs_on_the_runs_device(
+        tmp_path, device_guard):
+    from kaseg.arms import get_arm
+    from kaseg.checkpoint import save_model
+    from kaseg.compare_report import _costs, _predictions
+    from kaseg.comparison import CompareSpec
+    from kaseg.data.synthetic import SyntheticScenes
+    from kaseg.data.transforms import EvalTransform
+    from kaseg.evaluate import evaluate
+
+    val = SyntheticScenes("val", count=4, size=32, transform=EvalTransform())
+    cfg = load_config(None, ["train.device=meta", "data.crop_size=32"])
+    torch.manual_seed(0)
+    teacher, student = build_model("tiny-teacher", 8), build_model("tiny-student", 8)
+    with pytest.raises(_Reached):  # loaded on the CPU, evaluated on the run's device
+        evaluate(build_model("tiny-teacher", 8), val, 2, device="meta")
+    save_model(student, tmp_path / "runs" / "b" / "last")
+    spec = CompareSpec([get_arm("baseline")], seeds=[0])
+    got = {"val": val, "cfg": cfg, "teacher": teacher,
+           "records": [{"arm": "baseline", "run": "runs/b", "seed": 0}]}
+    with pytest.raises(_Reached):  # FLOPs where the model is, latency on the run's device
+        _costs(tmp_path, cfg, [], teacher)
+    with pytest.raises(_Reached):  # the teacher the costs left there, fed images there
+        _predictions(tmp_path, got, spec)
+    with pytest.raises(_Reached):  # a student loaded from its run folder, placed there too
+        _predictions(tmp_path, dict(got, teacher=None), spec)
+
+
+def test_the_pictures_show_images_spread_over_the_validation_set(tmp_path):
+    """An ordered folder (slices of one scan, frames of one video) shows one region in its
+    first images: the report pictures images spread evenly, first and last included, and says
+    which."""
+    from kaseg.arms import get_arm
+    from kaseg.checkpoint import save_model
+    from kaseg.compare_report import _predictions
+    from kaseg.comparison import CompareSpec
+    from kaseg.data.synthetic import SyntheticScenes
+    from kaseg.data.transforms import EvalTransform
+    from kaseg.visualize import spread_indices
+
+    assert spread_indices(10, 4) == [0, 3, 6, 9]
+    assert spread_indices(3, 4) == [0, 1, 2] and spread_indices(1, 4) == [0]
+    assert spread_indices(101, 5) == [0, 25, 50, 75, 100]
+    val = SyntheticScenes("val", count=10, size=32, transform=EvalTransform())
+    save_model(build_model("tiny-student", val.num_classes), tmp_path / "runs" / "b" / "last")
+    got = {"val": val, "cfg": load_config(None, ["train.device=cpu"]), "teacher": None,
+           "records": [{"arm": "baseline", "run": "runs/b", "seed": 0}]}
+    assert _predictions(tmp_path, got, CompareSpec([get_arm("baseline")], seeds=[0])) == [
+        0, 3, 6, 9]
+    assert (tmp_path / "predictions.png").stat().st_size > 1000

@@ -192,3 +192,26 @@ def test_retune_makes_a_reusing_rung_choose_its_own_scale(tmp_path, monkeypatch)
     with pytest.raises(study.KasegError, match=r"--retune 96px-pretrained-600: not among"):
         study.run_study(tmp_path, "cpu", regimes=["96px-pretrained-2400"],
                         retune=["96px-pretrained-600"])
+
+
+def test_a_rung_whose_tuning_regime_has_no_results_is_an_error_naming_it(tmp_path, monkeypatch):
+    """No silent stand-in: a rung that reuses the scale of a regime with no results here says
+    which regime to run first, however many other regimes have results."""
+    monkeypatch.setattr(study, "REGIMES", [study.Regime("first"), study.Regime("few"),
+                                           study.Regime("few-600", tune=False, tuned_in="few"),
+                                           study.Regime("long", tune=False)])
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "regime.json").write_text(json.dumps({"name": "first",
+                                                                "weight_scale": 0.3}))
+    ran = [{"name": "first", "weight_scale": 0.3}]
+    with pytest.raises(study.KasegError, match=r"regime few-600 reuses the weight scale tuned "
+                       r"in few, which has no results in .*: run it first \(--regimes few "
+                       r"few-600\).*--reuse STUDY_JSON.*--retune few-600"):
+        study.reference_scale(tmp_path, ran, study.REGIMES[2])
+    assert study.reference_scale(tmp_path, ran, study.REGIMES[3]) == (0.3, {})
+    (tmp_path / "first" / "regime.json").unlink()
+    with pytest.raises(study.KasegError, match="regime long reuses the weight scale tuned in "
+                       "first"):
+        study.reference_scale(tmp_path, [], study.REGIMES[3])
+    # a regime that tunes, or is re-tuned, reuses nothing: no error
+    assert study.reference_scale(tmp_path, [], study.REGIMES[1]) is None

@@ -64,6 +64,8 @@ def eval_generator() -> torch.Generator:
 
 def autocast(device: torch.device, enabled: bool):
     """bf16 on CPU, fp16 on CUDA: the dtype each device runs fastest without a scaler on CPU."""
+    if not enabled and not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()  # a device without autocast (e.g. meta): nothing to stop
     dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
