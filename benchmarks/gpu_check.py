@@ -1,9 +1,10 @@
 """The parts of ``benchmarks/gpu_check.sh`` that run in Python: AMP distillation steps of a pair
 (fp16 and bf16; dense and Gram affinity: finite losses, peak memory, step time, distillation
-overhead), and the study's demo regime at another input size. Each part writes one JSON file;
-``--summarize`` merges them into ``gpu_check.json`` and ``gpu_check.md``.
+overhead), the study's demo regime at another input size, and a ``kaseg compare`` report (every
+path that loads a model and feeds it: evaluation, costs, pictures). Each part writes one JSON
+file; ``--summarize`` merges them into ``gpu_check.json`` and ``gpu_check.md``.
 
-    python benchmarks/gpu_check.py amp|bench|torchrun|study --out DIR [--dry-run]
+    python benchmarks/gpu_check.py amp|bench|torchrun|study|report --out DIR [--dry-run]
     python benchmarks/gpu_check.py summarize --out DIR
 
 ``--dry-run``: the tiny pair at 64 px, batch 2, on the CPU (bf16 autocast; fp16 where the CPU
@@ -176,6 +177,35 @@ def torchrun_part(out: Path, dry: bool) -> dict:
     return record
 
 
+def report_part(out: Path, dry: bool) -> dict:
+    """``kaseg compare`` of CE only and KD on the built-in scenes, one seed, its report written on
+    the GPU: the teacher and students are loaded from their run folders, evaluated, costed and
+    pictured on CUDA (dry run: the same at 32 px on the CPU)."""
+    from kaseg.cli import main as kaseg
+
+    size = ["data.image_size=32", "data.crop_size=32", "data.train_count=16",
+            "data.val_count=4", "ae.min_iters=0", "ae.epochs=0.05"] if dry else [
+        "data.image_size=128", "data.crop_size=128", "train.amp=true"]
+    folder = out / "compare"
+    args = ["compare", "--config", str(ROOT / "configs" / "synthetic_pipeline.yaml"), "--out",
+            str(folder), f"train.device={'cpu' if dry else 'cuda'}",
+            "train.iters=4" if dry else "train.iters=40",
+            "train.val_every=4" if dry else "train.val_every=40",
+            "teacher.iters=4" if dry else "teacher.iters=60", *size,
+            "--arms", "baseline", "kd_t2", "--seeds", "1", "--weight-scales", "1"]
+    t0 = time.perf_counter()
+    code = kaseg(args)
+    results = folder / "results.json"
+    got = json.loads(results.read_text()) if results.exists() else {}
+    record = {"part": "report", "exit": code, "seconds": time.perf_counter() - t0,
+              "rows": {r["arm"]: r["summary"]["mean"] for r in got.get("rows", [])},
+              "costs": {k: {"latency_ms": v["latency_ms"], "device": v["device"]}
+                        for k, v in got.get("costs", {}).items()},
+              "pictures": (folder / "predictions.png").exists()}
+    (out / "report.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 def summarize(out: Path) -> dict:
     """``gpu_check.json`` (every part's record, and what is missing) and ``gpu_check.md``."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "code":
@@ -183,7 +213,7 @@ def summarize(out: Path) -> dict:
            "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0)
            if torch.cuda.is_available() else "none (CPU)"}
     parts = {}
-    for name in ("amp", "bench", "torchrun", "study"):
+    for name in ("amp", "bench", "torchrun", "study", "report"):
         path = out / f"{name}.json"
         parts[name] = json.loads(path.read_text()) if path.exists() else None
     record = {"env": env, **parts,
@@ -224,6 +254,11 @@ def summarize(out: Path) -> dict:
             lines.append(f"| {arm} | {r['miou']:.2f} | " + (
                 f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else "") + " |")
         lines.append("")
+    if parts["report"]:
+        r = parts["report"]
+        lines += ["## kaseg compare report", "", f"exit {r['exit']}, {r['seconds']:.0f} s; "
+                  f"mIoU {json.dumps(r['rows'])}; costs {json.dumps(r['costs'])}; "
+                  f"predictions.png: {r['pictures']}", ""]
     if record["missing"]:
         lines.append(f"Missing parts (failed or timed out): {', '.join(record['missing'])}.")
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
@@ -232,7 +267,8 @@ def summarize(out: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("part", choices=["amp", "bench", "torchrun", "study", "summarize"])
+    ap.add_argument("part", choices=["amp", "bench", "torchrun", "study", "report",
+                                     "summarize"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
@@ -251,6 +287,8 @@ def main() -> int:
     if args.part == "bench":
         bench_part(out, args.dry_run)
         return 0
+    if args.part == "report":
+        return report_part(out, args.dry_run)["exit"]
     if args.part == "torchrun":
         return torchrun_part(out, args.dry_run)["exit"]
     rec = summarize(out)

@@ -7,7 +7,8 @@
 #    Gram affinity: finite losses, peak memory, step times, distillation overhead;
 # 2. `kaseg bench` of the paper pair on the GPU;
 # 3. `kaseg pipeline` on the built-in scenes under torchrun (one process, NCCL);
-# 4. the study's demo regime at 256 px (the ladder's five arms, three seeds).
+# 4. the study's demo regime at 256 px (the ladder's five arms, three seeds);
+# 5. a `kaseg compare` report on CUDA (models loaded, evaluated, costed and pictured there).
 # Each part has its own time limit; a part that fails or times out is listed as missing and the
 # others still report. Results: DIR/gpu_check.json and DIR/gpu_check.md (default DIR:
 # results/gpu_check-DATE). --dry-run: tiny sizes on the CPU (the test suite runs it).
@@ -26,7 +27,7 @@ OUT="${OUT:-results/gpu_check-$(date +%Y%m%d-%H%M)}"
 PY="${PYTHON:-python}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$OUT"
-for part in "amp 100" "bench 60" "torchrun 120" "study 200"; do
+for part in "amp 100" "bench 60" "torchrun 120" "study 200" "report 90"; do
   set -- $part
   echo "== gpu_check: $1 (limit $2 s)"
   if ! timeout "$2" "$PY" "$HERE/gpu_check.py" "$1" --out "$OUT" $DRY > "$OUT/$1.log" 2>&1; then

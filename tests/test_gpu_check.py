@@ -37,7 +37,11 @@ def test_gpu_check_dry_run_writes_every_part(tmp_path):
     assert record["bench"]["result"]["train"]["distill_overhead"] > 0
     assert set(record["study"]["rows"]) == {"baseline", "kd_t2", "ka"}
     assert "delta" in record["study"]["rows"]["ka"]
+    rep = record["report"]
+    assert rep["exit"] == 0 and set(rep["rows"]) == {"baseline", "kd_t2"} and rep["pictures"]
+    assert set(rep["costs"]) == {"teacher", "student"}
     md = (out / "gpu_check.md").read_text()
+    assert "## kaseg compare report" in md
     assert "## AMP distillation steps" in md and "## torchrun" in md and "## study regime" in md
 
 
