@@ -24,3 +24,18 @@ def folder_dataset(tmp_path):
     (root / "splits" / "val.txt").write_text("\n".join(names[6:]) + "\n")
     (root / "classes.yaml").write_text("names: [background, road, car]\npalette: [[0,0,0],[128,64,128],[0,0,142]]\n")
     return root
+
+
+@pytest.fixture
+def run_folder():
+    """``find(runs, arm, seed)``: the run folder of ``arm`` at ``seed`` in a comparison's
+    ``runs/``, named with its weight scale (``ka-x0.3-s0``) when its config depends on it."""
+    import re
+
+    def find(runs, arm: str, seed: int):
+        hits = [p for p in runs.iterdir()
+                if re.fullmatch(rf"{re.escape(arm)}(-x[0-9.e+-]+)?-s{seed}", p.name)]
+        assert len(hits) == 1, (arm, seed, sorted(p.name for p in runs.iterdir()))
+        return hits[0]
+
+    return find

@@ -21,7 +21,7 @@ def tiny_demo_config(quick=False, device="cpu"):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_quick_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+def test_quick_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch, run_folder):
     monkeypatch.setattr(demo, "demo_config", tiny_demo_config)
     monkeypatch.setattr(presets, "init_schedule", lambda quick: (10, 0.1))
     out = tmp_path / "demo"
@@ -40,7 +40,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     student = next(r for r in records if r["arm"] == "baseline")
     assert teacher["gflops"] > 3 * student["gflops"]
     # every arm fine-tunes the same CE-trained start
-    cfg = (out / "runs" / "ka-s1" / "config.yaml").read_text()
+    cfg = (run_folder(out / "runs", "ka", 1) / "config.yaml").read_text()
     assert f"init_weights: {out / 'init' / 'last.safetensors'}" in cfg
     report = (out / "report.md").read_text()
     assert report.startswith("# kaseg demo") and "Produced by `kaseg demo --out demo --quick`" in report

@@ -21,7 +21,7 @@ def tiny_config(quick=False, device="cpu"):
 
 
 @pytest.mark.slow
-def test_limited_labels_demo_end_to_end(tmp_path, monkeypatch, capsys):
+def test_limited_labels_demo_end_to_end(tmp_path, monkeypatch, capsys, run_folder):
     monkeypatch.setattr(fewlabels, "demo_config", tiny_config)
     monkeypatch.setattr(presets, "init_schedule", lambda quick: (2, 0.1))
     monkeypatch.setattr(presets, "LABELED_COUNT", 4)
@@ -31,12 +31,12 @@ def test_limited_labels_demo_end_to_end(tmp_path, monkeypatch, capsys):
     report = capsys.readouterr().out
     assert "few labels, many pictures" in report and "Mean paired Δ vs CE only" in report
     runs = out / "limited-labels" / "runs"
-    data = {arm: yaml.safe_load((runs / f"{arm}-s0" / "config.yaml").read_text())["data"]
+    data = {arm: yaml.safe_load((run_folder(runs, arm, 0) / "config.yaml").read_text())["data"]
             for arm in presets.LIMITED_ARMS}
     assert data["ka"]["labeled_count"] == 4 and data["ka"]["unlabeled_split"] == "train"
     assert data["ka_labeled"]["unlabeled_split"] is None
     assert data["all_labels"]["labeled_count"] is None
-    history = {arm: (runs / f"{arm}-s0" / "history.jsonl").read_text() for arm in presets.LIMITED_ARMS}
+    history = {arm: (run_folder(runs, arm, 0) / "history.jsonl").read_text() for arm in presets.LIMITED_ARMS}
     assert "kd_unlabeled" in history["kd_t2"] and "kd_unlabeled" not in history["kd_t2_labeled"]
     assert "ce_pseudo_unlabeled" in history["pseudo"]
     records = json.loads((out / "limited-labels" / "results.json").read_text())

@@ -21,7 +21,7 @@ def tiny_config(quick=False, device="cpu"):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
+def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys, run_folder):
     monkeypatch.setattr(study, "demo_config", tiny_config)
     monkeypatch.setattr(presets, "init_schedule", lambda quick: (2, 0.1))
     monkeypatch.setattr(study, "WEIGHT_SCALES", [0.5, 1.0])
@@ -55,11 +55,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     # few labels: the students keep 4 labelled scenes, the rest is unlabelled (where a term can
     # use it); the upper bound keeps all
     import yaml
-    ka = yaml.safe_load((out / "few" / "runs" / "ka-s0" / "config.yaml").read_text())["data"]
-    top = yaml.safe_load((out / "few" / "runs" / "all_labels-s0" / "config.yaml").read_text())
+    ka = yaml.safe_load((run_folder(out / "few" / "runs", "ka", 0) / "config.yaml").read_text())["data"]
+    top = yaml.safe_load((run_folder(out / "few" / "runs", "all_labels", 0) / "config.yaml").read_text())
     assert (ka["labeled_count"], ka["unlabeled_split"]) == (4, "train")
     assert (top["data"]["labeled_count"], top["data"]["unlabeled_split"]) == (None, None)
-    assert "adapt_unlabeled" in (out / "few" / "runs" / "ka-s0" / "history.jsonl").read_text()
+    assert "adapt_unlabeled" in (run_folder(out / "few" / "runs", "ka", 0) / "history.jsonl").read_text()
     assert few["labeled_count"] == 4 and few["code"]
     md = (out / "study.md").read_text()
     assert "## a:" in md and "## b:" in md and "paired Δ vs CE only" in md

@@ -28,8 +28,9 @@ from .config import Config
 from .cost import measure_latency, model_cost
 from .data import build_dataset
 from .presets import TUNED_WEIGHT_SCALE, demo_config, demo_spec
+from .runtime import inputs_for, on_device, resolve_device
 from .stats import summarize
-from .visualize import prediction_grid, training_curves
+from .visualize import prediction_grid, spread_indices, training_curves
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
                   f"{time.strftime('%Y-%m-%d')}, in {time.perf_counter() - t0:.0f} s on "
                   f"{machine(cfg.train.device)}.")
     write_report(out, cfg, records, n, quick, chosen, spec.init_iters, provenance)
-    write_pictures(out, cfg, chosen)
+    first = {s.arm: s.name for s in stages if s.seed == spec.seeds[0] and s.done(out)}
+    write_pictures(out, cfg, chosen, first)
     log.info("demo: done in %.0fs; see %s", time.perf_counter() - t0, out / "report.md")
     return records
 
@@ -124,21 +126,28 @@ def write_report(out: Path, cfg: Config, records: list[dict], seeds: int, quick:
 
 
 @torch.no_grad()
-def write_pictures(out: Path, cfg: Config, chosen: list[str], count: int = 4) -> None:
+def write_pictures(out: Path, cfg: Config, chosen: list[str], folders: dict[str, str],
+                   count: int = 4) -> None:
+    """``predictions.png`` (validation images spread over the set) and ``curves.png`` of the
+    runs ``folders`` names (arm -> run folder at the first seed)."""
     val = build_dataset(cfg.data, cfg.data.val_split, train=False)
-    models = {"teacher": "teacher", label(BASELINE): f"runs/{BASELINE}-s0"}
-    models.update({label(a): f"runs/{a}-s0" for a in chosen if a in ("ka", "kd_t2")})
+    device = resolve_device(cfg.train.device)
+    models = {"teacher": "teacher"}
+    models.update({label(a): folders[a] for a in [BASELINE, *chosen]
+                   if a in folders and (a == BASELINE or a in ("ka", "kd_t2"))})
+    picked = spread_indices(len(val), count)
     preds: dict[str, list[np.ndarray]] = {"ground truth": []}
     images = []
-    for i in range(count):
+    for i in picked:
         img, mask = val.raw(i)
         images.append(img)
         preds["ground truth"].append(mask)
-    batch = torch.stack([val[i][0] for i in range(count)])
+    batch = torch.stack([val[i][0] for i in picked])
     for name, folder in models.items():
-        model, _ = load_model(out / folder, which="last")
-        preds[name] = list(model(batch)["logits"].argmax(1).numpy())
-    prediction_grid(out / "predictions.png", images, preds, val.class_names, val.palette)
+        model = on_device(load_model(out / folder, which="last")[0], device).eval()
+        preds[name] = list(model(inputs_for(model, batch))["logits"].argmax(1).cpu().numpy())
+    prediction_grid(out / "predictions.png", images, preds, val.class_names, val.palette,
+                    row_labels=[f"val #{i}" for i in picked])
     shared = {"teacher": out / "teacher", "autoencoder": out / "ae", "shared start": out / "init"}
-    arms = {label(a): out / f"runs/{a}-s0" for a in chosen}
+    arms = {label(a): out / folders[a] for a in chosen if a in folders}
     training_curves(out / "curves.png", arms, shared=shared)
