@@ -139,7 +139,8 @@ def _run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar,
     todo = []
     for s in group:
         why = s.failure(out)
-        if why and not (retry_failed or force):
+        if why and not (retry_failed or force or shared):  # a shared stage always runs: its
+            # error (again) is better than every later stage failing without it
             log.warning("%s diverged earlier (%s); not retried (--retry-failed retries it)",
                         s.folder(out), why.get("message", "?"))
         else:
@@ -270,10 +271,12 @@ def scale_dependent(cfg: Config, arm: Arm) -> bool:
 def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
                scale: float) -> list[Stage]:
     stages = []
+    tags = {arm.name: f"-x{scale:g}" if scale_dependent(variants[arm.ae] if arm.ae else cfg, arm)
+            else "" for arm in spec.arms}
     for seed in spec.seeds:  # seed-major: partial results are paired
         for arm in spec.arms:
             base = variants[arm.ae] if arm.ae else cfg
-            tag = f"-x{scale:g}" if scale_dependent(base, arm) else ""
+            tag = tags[arm.name]
             stages.append(Stage(f"runs/{arm.name}{tag}-s{seed}", "distill",
                                 arm_config(scaled(base, scale), arm, seed), arm.name, seed))
     return stages
@@ -361,6 +364,10 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
             phase_lines.append(f"{prefix} {s.command} --config {path} --out {s.folder(out)}")
         lines += phase_lines
         atomic_write_text(out / f"plan-{phase}.txt", "\n".join(phase_lines) + "\n")
+    diverged = [s.name for s in stages if s.failure(out)]
+    if diverged:
+        lines.append("# diverged, not listed (kaseg compare ... --retry-failed retries them): " +
+                     " ".join(diverged))
     if arms is None:
         lines.append("# then run the same `kaseg compare ... --plan` again: the arms' lines "
                      "need the weight scale the tuning runs choose")
