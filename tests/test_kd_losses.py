@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from kaseg.experiment import load_config
 from kaseg.kd_losses import (LOSSES, FitNetRegressor, LossSpec, class_prototype_similarity,
-                             cwd_loss, fitnet_loss, ifvd_loss, kd_loss, kl_from_logits,
+                             cwd_loss, dist_loss, fitnet_loss, ifvd_loss, kd_loss, kl_from_logits,
                              resolve_losses, skd_pairwise_loss, valid_mask)
 from kaseg.tasks import DistillTask
 from kaseg.method import FeatureAutoencoder, ae_strides
@@ -404,3 +404,74 @@ def test_a_registered_loss_never_swallows_a_config_key(monkeypatch):
                                                   weight=1.0, options={"max_positions": 3}))
     cfg = load_config(None, ["distill.dense_max_positions=64"])
     assert cfg.distill.dense_max_positions == 64 and not cfg.distill.loss_options
+
+
+# --------------------------------------------------------------------------- DIST vs its authors
+# Transcribed from hunto/DIST_KD, segmentation/losses/dist_kd.py at commit 2418f18 (the class DIST
+# and its helpers, beta = gamma = 1, no temperature), as the reference kaseg's dist_loss must equal.
+def _ref_cosine_similarity(x, y, eps=1e-8):
+    return (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + eps)
+
+
+def _ref_pearson_correlation(x, y, eps=1e-8):
+    return _ref_cosine_similarity(x - x.mean(1).unsqueeze(1), y - y.mean(1).unsqueeze(1), eps)
+
+
+def _ref_inter_class_relation(y_s, y_t):
+    return 1 - _ref_pearson_correlation(y_s, y_t).mean()
+
+
+def _ref_intra_class_relation(y_s, y_t):
+    return _ref_inter_class_relation(y_s.transpose(0, 1), y_t.transpose(0, 1))
+
+
+def _ref_dist(y_s, y_t, beta=1.0, gamma=1.0):
+    if y_s.ndim == 4:
+        num_classes = y_s.shape[1]
+        y_s = y_s.transpose(1, 3).reshape(-1, num_classes)
+        y_t = y_t.transpose(1, 3).reshape(-1, num_classes)
+    y_s = y_s.softmax(dim=1)
+    y_t = y_t.softmax(dim=1)
+    return beta * _ref_inter_class_relation(y_s, y_t) + gamma * _ref_intra_class_relation(y_s, y_t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 5, 4, 6), (1, 19, 8, 8), (3, 2, 3, 7)])
+def test_dist_equals_its_authors_code_in_value_and_gradient(shape, dtype):
+    g = torch.Generator().manual_seed(sum(shape))
+    s = (3 * torch.randn(shape, generator=g, dtype=dtype)).requires_grad_(True)
+    t = 3 * torch.randn(shape, generator=g, dtype=dtype)
+    s_ref = s.detach().clone().requires_grad_(True)
+    ours, ref = dist_loss(s, t), _ref_dist(s_ref, t)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours, ref.to(ours.dtype), **tol)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(s.grad, s_ref.grad, **tol)
+    # the weights of its two relations, as the authors' beta and gamma
+    torch.testing.assert_close(dist_loss(s, t, 1.0, 2.0, 0.5), _ref_dist(s_ref, t, 2.0, 0.5)
+                               .to(ours.dtype), **tol)
+    # ignore pixels [ours]: only the valid pixels are rows, the reference on those rows
+    valid = torch.rand(shape[0], *shape[2:], generator=g) > 0.3
+    rows = lambda x: x.permute(0, 2, 3, 1)[valid]  # (valid pixels, classes)
+    torch.testing.assert_close(dist_loss(s, t, valid=valid),
+                               _ref_dist(rows(s_ref), rows(t)).to(ours.dtype), **tol)
+
+
+def test_dist_by_its_definition_and_at_another_resolution():
+    """Identical maps: both relations are perfect (0, up to the eps of the correlation); a
+    student at half the teacher's size is upsampled to it; T scales the softmax and the loss
+    by T^2; no valid pixel is 0 with a zero gradient."""
+    t = torch.randn(2, 4, 6, 6)
+    assert dist_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(2, 4, 3, 3, requires_grad=True)
+    up = F.interpolate(s.detach(), size=(6, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(dist_loss(s, t), _ref_dist(up, t))
+    torch.testing.assert_close(dist_loss(s, t, 2.0), 4 * _ref_dist(up / 2, t / 2))
+    none = dist_loss(s, t, valid=torch.zeros(2, 6, 6, dtype=torch.bool))
+    none.backward()
+    assert none.item() == 0.0 and not s.grad.any()
+    assert torch.autograd.gradcheck(lambda x: dist_loss(x, t.double()),
+                                    (s.detach().double().requires_grad_(True),))
+    assert LOSSES["dist"].weight == 1.0 and LOSSES["dist"].options == {
+        "temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0}

@@ -100,6 +100,7 @@ for _arm in [
     Arm("skd", "+ SKD pair-wise", {**_OFF, "extra_losses": ["skd"]}),
     Arm("cwd", "+ CWD (logits)", {**_OFF, "extra_losses": ["cwd"]}),
     Arm("ifvd", "+ IFVD", {**_OFF, "extra_losses": ["ifvd"]}),
+    Arm("dist", "+ DIST (class relations)", {**_OFF, "extra_losses": ["dist"]}),
     Arm("adapt", "+ adaptation", {"affinity_weight": 0.0}),
     Arm("affinity", "+ affinity", {"adapt_weight": 0.0}),
     Arm("ka", "+ both (the method)"),

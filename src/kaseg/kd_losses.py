@@ -237,6 +237,47 @@ def cwd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float 
     return temperature**2 * (kl * some).sum() / (some.sum() * kl.shape[1]).clamp(min=1.0)
 
 
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (rows: (N, K) ->
+    (N,)), the form DIST's code uses: centred rows, their dot product over the product of their
+    norms plus ``eps``."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+@_full_precision
+def dist_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0,
+              inter_weight: float = 1.0, intra_weight: float = 1.0,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022): match
+    *relations* of the class probabilities, not their values. With ``P`` the softmax(z / T) of
+    every pixel, a matrix of (pixels x classes):
+
+        inter = 1 - mean over pixels of pearson(P^s_i, P^t_i)        (each pixel's class ranking)
+        intra = 1 - mean over classes of pearson(P^s_:,c, P^t_:,c)   (each class over the pixels)
+        L_dist = T^2 * (inter_weight * inter + intra_weight * intra)
+
+    The pixels are every position of every image of the batch together (the authors' code
+    reshapes (B, C, H, W) to (B*H*W, C)); their segmentation setting is T = 1, both weights 1 and
+    a loss weight of 1 (``--lambda-kd 1``). The student's logits are upsampled to the teacher's
+    size (both are at OS 8 in the authors' code). [ours] ``valid``: only valid pixels are rows.
+    """
+    s = resize(at_least_f32(s_logits), t_logits.shape[-2:]) / temperature
+    t = at_least_f32(t_logits.detach()) / temperature
+    k = s.shape[1]
+    ps = s.softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
+    pt = t.softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
+    if valid is not None:
+        keep = valid.reshape(-1)
+        if not keep.any():
+            return s.sum() * 0.0  # no valid pixel: nothing to match, a zero gradient
+        ps, pt = ps[keep], pt[keep]
+    inter = 1.0 - _pearson_rows(ps, pt).mean()
+    intra = 1.0 - _pearson_rows(ps.t(), pt.t()).mean()
+    return temperature**2 * (inter_weight * inter + intra_weight * intra)
+
+
 def class_prototype_similarity(f: torch.Tensor, labels: torch.Tensor, num_classes: int,
                                valid: torch.Tensor | None = None) -> torch.Tensor:
     """IFVD's intra-class feature variation map: the cosine similarity of each position's feature
@@ -397,6 +438,10 @@ LOSSES.update({
     "cwd": LossSpec(lambda o, temperature: cwd_loss(o.student_logits, o.teacher_logits,
                                                     temperature, o.valid_on(o.teacher_logits)),
                     weight=3.0, options={"temperature": 4.0}),
+    "dist": LossSpec(lambda o, temperature, inter_weight, intra_weight: dist_loss(
+        o.student_logits, o.teacher_logits, temperature, inter_weight, intra_weight,
+        o.valid_on(o.teacher_logits)),
+        weight=1.0, options={"temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0}),
     "ifvd": LossSpec(lambda o: ifvd_loss(o.student_features, o.teacher_features,
                                          o.labels_on(o.teacher_features),
                                          o.teacher_logits.shape[1], o.ignore_index),
