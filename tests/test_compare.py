@@ -281,3 +281,36 @@ def test_the_pictures_show_images_spread_over_the_validation_set(tmp_path):
     assert _predictions(tmp_path, got, CompareSpec([get_arm("baseline")], seeds=[0])) == [
         0, 3, 6, 9]
     assert (tmp_path / "predictions.png").stat().st_size > 1000
+
+
+def test_every_distillation_run_records_what_its_step_costs(shared, tmp_path, monkeypatch):
+    """cost.json: a KD step costs the CE step plus the teacher's forward (and the KD term, a
+    softmax or two: well under 10% of the teacher); the method's adds the encoder and adapters.
+    Recording draws nothing: the run's weights are those of a run that records nothing."""
+    import json as _json
+
+    from safetensors.torch import load_file
+
+    from kaseg.cost import count_flops
+
+    costs = {}
+    for arm in ("baseline", "kd_t2", "ka"):
+        stages.distill(arm_config(shared, arm, 0), tmp_path / arm)
+        costs[arm] = _json.loads((tmp_path / arm / "cost.json").read_text())
+    base, kd, ka = (costs[a]["train_gflops_per_iter"] * 1e9 for a in ("baseline", "kd_t2", "ka"))
+    teacher = build_model("tiny-teacher", 8)
+    batch, size = shared.train.batch_size, (shared.data.crop_size,) * 2
+    t_fwd = batch * count_flops(teacher, size)
+    assert t_fwd <= kd - base <= 1.1 * t_fwd
+    assert ka - base > t_fwd  # the teacher, the encoder, the adapters and their backward
+    student = build_model("tiny-student", 8)
+    s_fwd = batch * count_flops(student, size)
+    assert 2 * s_fwd <= base <= 3.5 * s_fwd  # forward + backward (weights and activations)
+    assert costs["baseline"]["iters"] == shared.train.iters and costs["ka"]["batch"] == batch
+    assert costs["ka"]["seconds_per_iter_alone"] > 0
+    # the same run without recording: the same weights
+    monkeypatch.setattr(stages, "record_cost", lambda job, time_it=True: {})
+    stages.distill(arm_config(shared, "ka", 0), tmp_path / "again")
+    a, b = load_file(tmp_path / "ka" / "last.safetensors"), load_file(
+        tmp_path / "again" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -18,3 +18,61 @@ def test_student_cheaper_than_teacher_and_flops_scale_with_area():
     assert cs["gflops"] < ct["gflops"] and cs["params"] < ct["params"]
     assert model_cost(s, (128, 128))["gflops"] / cs["gflops"] > 3.5
     assert cs["gmacs"] * 2 == cs["gflops"]
+
+
+class _LinearTask(nn.Module):
+    """A task with one linear layer, a BatchNorm and dropout: its loss is the mean output."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.drop = nn.Linear(5, 3), nn.BatchNorm1d(3), nn.Dropout(0.5)
+
+    def forward(self, x):
+        return {"loss": self.drop(self.bn(self.fc(x))).mean()}
+
+
+def test_a_training_steps_flops_by_hand_and_nothing_of_the_task_moves():
+    """Linear(5 -> 3) on a batch of 4: forward 2*4*5*3 = 120 FLOPs, backward the weight's
+    gradient (another 120; the input needs none); BatchNorm and the mean are not matmuls. The
+    task's weights, BatchNorm statistics and the global RNG are as before."""
+    import torch
+
+    from kaseg.cost import train_step_flops, train_step_seconds
+
+    torch.manual_seed(0)
+    task = _LinearTask()
+    before = {k: v.clone() for k, v in task.state_dict().items()}
+    rng = torch.get_rng_state()
+    x = torch.randn(4, 5)
+    rng = torch.get_rng_state()
+    assert train_step_flops(task, (x,)) == 240
+    assert train_step_seconds(task, (x,), runs=2, warmup=1) > 0
+    assert all(torch.equal(before[k], v) for k, v in task.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    task.eval()
+    assert train_step_flops(task, (x,)) == 240 and not task.training  # measured in train mode
+
+
+def test_a_grouped_convolutions_backward_is_counted_once_per_gradient():
+    """Each gradient of a convolution takes the forward's multiply-adds: input and weight
+    gradients are 2x the forward, for a plain, a depthwise and a grouped transposed conv (torch's
+    own formula counts a depthwise conv's input gradient 32x over)."""
+    import torch
+
+    from kaseg.cost import flop_counter
+
+    for conv in (nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1, groups=32),
+                 nn.ConvTranspose2d(32, 16, 3, padding=1, groups=4)):
+        x = torch.randn(2, 32, 16, 16, requires_grad=True)
+        counter = flop_counter()
+        with counter:
+            conv(x).sum().backward()
+        counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+        assert counts["aten.convolution_backward"] == 2 * counts["aten.convolution"]
+    # the forward itself, by hand: depthwise 3x3 of 32 channels on 2 x 16 x 16
+    dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+    counter = flop_counter()
+    x = torch.randn(2, 32, 16, 16, requires_grad=True)
+    with counter:
+        dw(x).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * (2 * 32 * 16 * 16) * 9

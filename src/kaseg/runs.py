@@ -55,7 +55,7 @@ def write_result(run: Path, summary: dict, model_name: str) -> dict:
 RUNTIME_KEYS = {"data.num_workers", "train.device", "train.log_every"}
 
 RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safetensors", "last.json",
-                 "history.jsonl", "metrics.json", "failed.json", "tb")
+                 "history.jsonl", "metrics.json", "failed.json", "cost.json", "tb")
 
 
 # keys whose default changed when they were added: a run written before them ran like this

@@ -20,7 +20,7 @@ from .config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
 from .errors import KasegError
 from .evaluate import evaluate
 from .kd_losses import resolve_losses
-from .tasks import AutoencoderTask, DistillTask, share_frozen, unshare_frozen
+from .tasks import AutoencoderTask, DistillTask, memos_off, share_frozen, unshare_frozen
 from .method import FeatureAutoencoder, ae_strides
 from .models import SegModel, build_model
 from .data import build_unlabeled
@@ -29,6 +29,8 @@ from .supervised import build_network, train_segmenter
 from .runtime import (autocast, eval_generator, inputs_for, on_device, resolve_device,
                       seed_everything, seeded)
 from .train import Job, fit, fit_lockstep, rng_state
+from .cost import train_step_flops, train_step_seconds
+from .distributed import is_main, world_size
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
                             seed=cfg.seed, record=to_dict(cfg), num_workers=cfg.data.num_workers,
                             force=force, unlabeled_set=job.unlabeled_set,
                             unlabeled_batch_size=cfg.distill.unlabeled_batch_size,
-                            name=cfg.model.name)
+                            name=cfg.model.name, cfg=cfg)
 
 
 def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
@@ -265,6 +267,8 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
         share_frozen([jobs[0].task, jobs[-1].task])  # one teacher in memory, not one per run
     for job in jobs:  # every input is checked before any folder is touched
         prepare_run(job.run, to_dict(job.cfg), force)
+    for job in jobs:
+        record_cost(job)
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(_stream(job), []).append(i)
@@ -297,6 +301,52 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
     return [results[i] for i in range(len(jobs))]
 
 
+COST = "cost.json"  # in a distillation run's folder: what one of its training steps costs
+
+
+def step_inputs(cfg: Config, num_classes: int, unlabeled: bool) -> tuple:
+    """A stand-in training batch of ``cfg``'s shape (this process's share of the batch, the crop,
+    the unlabelled images when the run uses them): FLOPs do not depend on the values. Drawn
+    from a fixed seed outside the global RNG."""
+    crop = cfg.data.crop_size
+    h, w = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    world = world_size()
+    n = max(1, cfg.train.batch_size // world)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(n, 3, h, w, generator=g),
+             torch.randint(0, num_classes, (n, h, w), generator=g))
+    if unlabeled:
+        m = max(1, (cfg.distill.unlabeled_batch_size or cfg.train.batch_size) // world)
+        batch += (torch.randn(m, 3, h, w, generator=g), torch.zeros(m, h, w, dtype=torch.long))
+    return batch
+
+
+def record_cost(job: DistillRun, time_it: bool = True) -> dict:
+    """``RUN/cost.json`` (once per run): the training FLOPs of one iteration (teacher forward,
+    student forward and backward, every term and adapter; torch's counter) and the seconds of one
+    iteration of this run trained alone, on the run's device (fp32, default layout). Why: a
+    comparison weighs what each arm gains against what it costs; lockstep shares the teacher
+    only inside a comparison, a user deploying one method pays the step alone."""
+    path = job.run / COST
+    if path.exists():
+        return json.loads(path.read_text())
+    if not is_main():
+        return {}
+    device = resolve_device(job.cfg.train.device)
+    inputs = step_inputs(job.cfg, job.task.student.num_classes, job.unlabeled_set is not None)
+    with memos_off(job.task):
+        flops = train_step_flops(job.task, inputs, device)
+        seconds = train_step_seconds(job.task, inputs, device) if time_it else None
+    record = {"train_gflops_per_iter": flops / 1e9, "iters": job.cfg.train.iters,
+              "batch": job.cfg.train.batch_size, "unlabeled_batch": (
+                  inputs[2].shape[0] * world_size() if len(inputs) > 2 else 0),
+              "input_size": list(inputs[0].shape[-2:]), "device": str(device)}
+    if seconds is not None:
+        record["seconds_per_iter_alone"] = seconds
+    atomic_write_text(path, json.dumps(record, indent=2))
+    return record
+
+
 def _student_io(student: SegModel, train_set, val_set, run: Path, train: TrainConfig,
                 num_workers: int):
     """(validate, export) of a distillation run: the student alone is evaluated and saved."""
@@ -325,13 +375,17 @@ def _describe(task: DistillTask, train_set, unlabeled_set) -> None:
 def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
                      train: TrainConfig, seed: int, record: dict, num_workers: int = 0,
                      force: bool = False, unlabeled_set=None,
-                     unlabeled_batch_size: int | None = None, name: str = "") -> dict:
+                     unlabeled_batch_size: int | None = None, name: str = "",
+                     cfg: Config | None = None) -> dict:
     """Stage 2 on objects: train ``task`` (its student is saved alone, as ``best``/``last``).
-    ``record``: what the run was asked to do (a resumed run must be asked the same)."""
+    ``record``: what the run was asked to do (a resumed run must be asked the same); ``cfg``
+    (from a config): its step's cost is recorded too (:func:`record_cost`)."""
     run = Path(run)
     name = name or task.student.spec.name
     prepare_run(run, record, force)
     unlabeled_set = _used(task, unlabeled_set)
+    if cfg is not None:
+        record_cost(DistillRun(task, train_set, val_set, run, cfg, unlabeled_set))
     _describe(task, train_set, unlabeled_set)
     validate, export = _student_io(task.student, train_set, val_set, run, train, num_workers)
     summary = fit(task, train_set, train, run, seed=seed, validate=validate, export=export,

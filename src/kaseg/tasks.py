@@ -8,6 +8,7 @@ A task is an ``nn.Module`` whose ``forward(images, targets, ...)`` returns a dic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -126,6 +127,21 @@ def share_frozen(tasks: list[nn.Module]) -> int:
                 frozen.__dict__["memo"] = ForwardMemo(2 if name == "encoder" else 1)
                 kept.append(frozen)
     return len(kept)
+
+
+@contextlib.contextmanager
+def memos_off(task: nn.Module):
+    """The task's frozen networks without their lockstep memos inside the block (what the task
+    costs alone), restored after it."""
+    frozen = [m for m in task.children() if isinstance(m, Frozen)]
+    kept = [m.memo for m in frozen]
+    for m in frozen:
+        m.__dict__["memo"] = None
+    try:
+        yield task
+    finally:
+        for m, memo in zip(frozen, kept):
+            m.__dict__["memo"] = memo
 
 
 def unshare_frozen(tasks: list[nn.Module]) -> None:
