@@ -340,3 +340,44 @@ def test_another_weight_scale_trains_only_the_arms_it_changes_and_force_keeps_sh
     assert f"{out / 'teacher'}: this shared stage was trained with a different config" in err
     assert "delete" in err
     assert (out / "teacher" / "checkpoint.pt").stat().st_mtime_ns == kept["teacher/checkpoint.pt"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_field_group_with_controls_counts_each_arms_cost_and_matches_ce_to_the_costliest(
+        tmp_path, capsys):
+    """`--arms field --controls`: the field's methods, the method's controls and the compute-
+    matched CE control, whose schedule is stretched by the largest training-FLOPs ratio of a
+    distilling arm (estimated before any run, equal to what the runs then record); the table
+    has each arm's cost and its difference to the compute-matched control."""
+    config = _config(tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--arms", "field",
+                 "--controls"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    arms = [r["arm"] for r in results["rows"]]
+    assert arms == ["baseline", "kd_t2", "cwd", "dist", "ka", "ka_kd", "ctrl_random_ae",
+                    "ctrl_constant", "ce_matched"]
+    est = {k: v["flops"] for k, v in json.loads((out / "costs.json").read_text()).items()}
+    for arm in ("baseline", "kd_t2", "dist", "ka"):  # the estimate is what the run records
+        folder = next((out / "runs").glob(f"{arm}-*s0"))
+        assert json.loads((folder / "cost.json").read_text())["train_gflops_per_iter"] * 1e9 \
+            == pytest.approx(est[arm], rel=1e-12)
+    assert est["ka"] > est["kd_t2"] > est["baseline"]
+    ratio = max(est[a] / est["baseline"] for a in ("kd_t2", "cwd", "dist", "ka", "ka_kd"))
+    iters = round(3 * ratio)
+    assert iters > 3 and (out / "runs" / f"ce_matched-i{iters}-s1" / "metrics.json").exists()
+    assert results["compute_matched"]["iters"] == iters
+    assert results["compute_matched"]["ratio"] == pytest.approx(ratio)
+    rows = {r["arm"]: r for r in results["rows"]}
+    assert rows["ce_matched"]["train_gflops_x"] == pytest.approx(iters / 3, rel=1e-9)
+    assert rows["ka_kd"]["train_gflops_x"] == pytest.approx(est["ka_kd"] / est["baseline"])
+    for arm in ("kd_t2", "ka"):
+        d = rows[arm]["diff_matched"]
+        diffs = [a - b for a, b in zip(rows[arm]["values"], rows["ce_matched"]["values"])]
+        assert d["mean"] == pytest.approx(sum(diffs) / 2) and d["n"] == 2
+    report = (out / "report.md").read_text()
+    assert "Δ vs CE compute-matched [95% CI]" in report and "cost x CE only" in report
+    assert f"CE only for {iters} iterations" in report
+    assert "than training the student longer for the same compute on this data" in report
+    capsys.readouterr()

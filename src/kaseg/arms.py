@@ -44,6 +44,9 @@ class Arm:
     data: dict = field(default_factory=dict)
     ae: str | None = None
     control: bool = False  # a negative control (``--controls`` adds these)
+    # the compute-matched control: trained for as many iterations as the costliest distilling
+    # arm of the comparison spends in training FLOPs (:func:`kaseg.comparison.matched_iters`)
+    matched: bool = False
 
     def uses_method(self, base: DistillConfig) -> bool:
         """Whether the arm trains with the method's terms (and so needs an autoencoder)."""
@@ -116,6 +119,8 @@ for _arm in [
         {"control": "random_encoder"}, control=True),
     Arm("ctrl_constant", "control: adapters fitted to a constant target",
         {"control": "constant_target"}, control=True),
+    Arm("ce_matched", "control: CE only, as much training compute as the costliest arm", _OFF,
+        control=True, matched=True),
     # few labels (data with labeled_count and an unlabelled source): the arms above use the
     # unlabelled images wherever a term can; these change the data
     Arm("pseudo", "+ teacher's pseudo-labels on unlabelled images", {**_OFF,
@@ -130,6 +135,22 @@ for _arm in [
 
 DEFAULT_ARMS = [BASELINE, "kd_t2", "ka", "ka_kd"]
 CONTROL_ARMS = [a.name for a in ARMS.values() if a.control]
+MATCHED = "ce_matched"
+# named groups of arms: one word for the comparison users want
+ARM_GROUPS: dict[str, list[str]] = {
+    # the field's methods a user would try first (each with its authors' segmentation defaults)
+    "field": [BASELINE, "kd_t2", "cwd", "dist", "ka", "ka_kd"],
+}
+
+
+def expand_groups(names: list[str]) -> list[str]:
+    """Arm names with each group name replaced by its arms (in order, each arm once)."""
+    out: list[str] = []
+    for name in names:
+        for arm in ARM_GROUPS.get(name, [name]):
+            if arm not in out:
+                out.append(arm)
+    return out
 
 
 def arm_from_yaml(name: str, spec, source: str) -> Arm:

@@ -10,6 +10,7 @@ CE-only arm with a 95% confidence interval, and the verdict follows the interval
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -95,11 +96,28 @@ def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple[str, int]]) -> l
             "miou": m["miou"], "per_class_iou": m["per_class_iou"], "pixel_acc": m["pixel_acc"],
             "context_iou": sum(ctx) / len(ctx) if ctx else None, "run": folder,
             "protocol": "val, last checkpoint, single scale, full image",
+            **run_cost(out / folder),
         })
     return records
 
 
-def paired_rows(records: list[dict], arms: list[str], key: str = "miou") -> list[dict]:
+def run_cost(run: Path) -> dict:
+    """A run's whole training cost from its ``cost.json``: ``train_gflops`` (FLOPs per iteration
+    x iterations) and ``train_seconds_alone``; {} for a run that recorded none."""
+    path = Path(run) / "cost.json"
+    if not path.exists():
+        return {}
+    c = json.loads(path.read_text())
+    if "train_gflops_per_iter" not in c:
+        return {}
+    out = {"train_gflops": c["train_gflops_per_iter"] * c["iters"]}
+    if "seconds_per_iter_alone" in c:
+        out["train_seconds_alone"] = c["seconds_per_iter_alone"] * c["iters"]
+    return out
+
+
+def paired_rows(records: list[dict], arms: list[str], key: str = "miou",
+                reference: str = BASELINE) -> list[dict]:
     """Per arm: mean ± sd over seeds and the paired difference to the CE-only arm (95% CI).
 
     Every row is over the same seeds: those every arm in the table has finished (a partial
@@ -116,7 +134,8 @@ def paired_rows(records: list[dict], arms: list[str], key: str = "miou") -> list
     seen = sorted(set().union(*(by[a] for a in present)))
     common = [s for s in seen if all(s in by[a] for a in present)]
     left_out = {s: [a for a in present if s not in by[a]] for s in seen if s not in common}
-    base = {s: by[BASELINE][s] for s in common} if BASELINE in by else {}
+    base = {s: by[reference][s] for s in common} if reference in by else {}
+    cost = _mean_costs(records, common)
     rows = []
     for arm in present:
         values = [by[arm][s] for s in common]
@@ -124,12 +143,26 @@ def paired_rows(records: list[dict], arms: list[str], key: str = "miou") -> list
                    {"n": 0, "mean": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan})
         row = {"arm": arm, "label": label(arm), "seeds": common, "values": values,
                "n": len(common), "summary": summary, "left_out": left_out}
-        if arm != BASELINE and base:
+        for what in ("train_gflops", "train_seconds_alone"):
+            if arm in cost.get(what, {}) and BASELINE in cost.get(what, {}):
+                row[f"{what}_x"] = cost[what][arm] / cost[what][BASELINE]
+        if arm != reference and base:
             d = paired({s: by[arm][s] for s in common}, base)
             row["diff"] = d.to_dict()
             row["verdict"] = verdict(d)
         rows.append(row)
     return rows
+
+
+def _mean_costs(records: list[dict], seeds: list[int]) -> dict[str, dict[str, float]]:
+    """``{cost key: {arm: mean over seeds}}`` of the training costs the records carry."""
+    out: dict[str, dict[str, list]] = {}
+    for r in records:
+        if r.get("seed") in seeds:
+            for what in ("train_gflops", "train_seconds_alone"):
+                if r.get(what) is not None:
+                    out.setdefault(what, {}).setdefault(r["arm"], []).append(r[what])
+    return {w: {a: sum(v) / len(v) for a, v in arms.items()} for w, arms in out.items()}
 
 
 def _fmt(mean: float, sd: float) -> str:
@@ -138,9 +171,13 @@ def _fmt(mean: float, sd: float) -> str:
 
 def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
     """The paired table; ``n``: the seeds every row is over (the same in every row)."""
+    costed = any("train_gflops_x" in r for r in rows)
+    matched = any("diff_matched" in r for r in rows)
     lines = [f"| arm | | n | {key_label} (mean ± sd) | paired Δ vs CE only | 95% CI of Δ | "
-             "verdict |",
-             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+             "verdict |" + (" Δ vs CE compute-matched [95% CI] |" if matched else "") +
+             (" cost x CE only (FLOPs; s alone) |" if costed else ""),
+             "| --- | --- | ---: | ---: | ---: | --- | --- |" + (" --- |" if matched else "") +
+             (" ---: |" if costed else "")]
     for r in rows:
         s = r["summary"]
         if "diff" in r:
@@ -150,8 +187,17 @@ def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
         else:
             delta, ci, verdict_ = "", "", ""
         n = r.get("n", len(r["values"]))
-        lines.append(f"| {r['label']} | `{r['arm']}` | {n} | {_fmt(s['mean'], s['sd'])} | "
-                     f"{delta} | {ci} | {verdict_} |")
+        line = (f"| {r['label']} | `{r['arm']}` | {n} | {_fmt(s['mean'], s['sd'])} | "
+                f"{delta} | {ci} | {verdict_} |")
+        if matched:
+            dm = r.get("diff_matched")
+            line += (f" {dm['mean']:+.2f} [{dm['low']:+.2f}, {dm['high']:+.2f}] |"
+                     if dm and dm["n"] > 1 else f" {dm['mean']:+.2f} |" if dm else " |")
+        if costed:
+            fx, sx = r.get("train_gflops_x"), r.get("train_seconds_alone_x")
+            line += (f" {fx:.2f}" + (f"; {sx:.2f}" if sx is not None else "") + " |"
+                     if fx is not None else " |")
+        lines.append(line)
     return lines
 
 

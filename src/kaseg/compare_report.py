@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .arms import BASELINE
+from .arms import BASELINE, MATCHED
 from .checkpoint import load_model, save_model
 from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
@@ -51,16 +51,78 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
         records += evaluate_runs(out, armed, {"init": ("init", 0)})
     done = {s.name: (s.arm, s.seed) for s in arms or [] if s.done(out)}
     records += evaluate_runs(out, armed, done)
+    matched = next((s for s in arms or [] if s.arm == MATCHED), None)
+    if matched is not None:
+        costs = json.loads((out / "costs.json").read_text()) if (out / "costs.json").exists() \
+            else {}
+        rivals = {a.name: costs[a.name]["flops"] for a in spec.arms
+                  if not a.control and a.name in costs}
+        base = rivals.pop(BASELINE, None)
+        if base and rivals:
+            top = max(rivals, key=rivals.get)
+            matched_cfg = {"iters": matched.cfg.train.iters, "ratio": rivals[top] / base,
+                           "costliest": top}
+        else:
+            matched_cfg = None
     return {"records": records, "missing": missing, "failed": failed, "scale": scale,
-            "tuning": scores, "cfg": armed, "val": val, "teacher": teacher}
+            "tuning": scores, "cfg": armed, "val": val, "teacher": teacher,
+            "matched": matched_cfg if matched is not None else None}
+
+
+def with_matched(rows: list[dict], records: list[dict], names: list[str]) -> list[dict]:
+    """``rows`` with each arm's paired difference to the compute-matched control
+    (``diff_matched``, ``verdict_matched``) when the comparison has one."""
+    if not any(r["arm"] == MATCHED for r in rows):
+        return rows
+    against = {r["arm"]: r for r in paired_rows(records, names, reference=MATCHED)}
+    for r in rows:
+        m = against.get(r["arm"], {})
+        if "diff" in m and r["arm"] != MATCHED:
+            r["diff_matched"], r["verdict_matched"] = m["diff"], m["verdict"]
+    return rows
 
 
 def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
-    """The arm with the largest mean gain among those whose 95% CI lies above CE only
-    (negative controls are never chosen)."""
+    """The arm with the largest mean gain among those worth using: its 95% CI lies above CE only
+    and, when the comparison has the compute-matched control, above that too (training the
+    student longer for the same compute is the alternative a user has). Controls are never
+    chosen."""
     controls = {a.name for a in spec.arms if a.control}
-    better = [r for r in rows if r.get("verdict") == "better" and r["arm"] not in controls]
+    matched = any(r["arm"] == MATCHED for r in rows)
+    better = [r for r in rows if r.get("verdict") == "better" and r["arm"] not in controls
+              and (not matched or r.get("verdict_matched") == "better")]
     return max(better, key=lambda r: r["diff"]["mean"]) if better else None
+
+
+def matched_lines(rows: list[dict], spec: CompareSpec, stages_cfg: dict | None) -> list[str]:
+    """What the compute-matched control says, in words: how long it trained, and whether
+    training the student longer beats distilling it."""
+    ctrl = next((r for r in rows if r["arm"] == MATCHED), None)
+    if ctrl is None:
+        return []
+    controls = {a.name for a in spec.arms if a.control}
+    rivals = [r for r in rows if r["arm"] not in controls and r["arm"] != BASELINE
+              and "diff_matched" in r]
+    head = "Compute-matched control (`ce_matched`): CE only" + (
+        f" for {stages_cfg['iters']} iterations, {stages_cfg['ratio']:.2f}x the CE-only "
+        f"schedule: the training FLOPs per iteration of the costliest distilling arm "
+        f"(`{stages_cfg['costliest']}`)" if stages_cfg else "") + "."
+    beaten = [r for r in rivals if r["diff_matched"]["high"] < 0]
+    level = [r for r in rivals if r["diff_matched"]["low"] <= 0 <= r["diff_matched"]["high"]]
+    worth = [r for r in rivals if r["diff_matched"]["low"] > 0]
+    lines = [head]
+    if beaten:
+        lines.append("**Training the student longer beats distilling it** with " +
+                     ", ".join(f"`{r['arm']}` ({r['diff_matched']['mean']:+.2f})" for r in beaten)
+                     + ": their paired interval against the compute-matched control lies below "
+                     "0.")
+    if level:
+        lines.append("No resolved difference from training the student longer: " +
+                     ", ".join(f"`{r['arm']}`" for r in level) + ".")
+    if worth:
+        lines.append("Better than training the student longer for the same compute: " +
+                     ", ".join(f"`{r['arm']}`" for r in worth) + ".")
+    return lines
 
 
 def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
@@ -69,14 +131,15 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
     got = collect(out, cfg, spec)
     records, armed = got["records"], got["cfg"]
     names = [a.name for a in spec.arms]
-    rows = paired_rows(records, names)
+    rows = with_matched(paired_rows(records, names), records, names)
     ctx_rows = paired_rows(records, names, key="context_iou")
     costs = _costs(out, armed, records, got["teacher"])
     got["pictured"] = _predictions(out, got, spec)
     atomic_write_text(out / "results.json", json.dumps(
         {"command": command, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
          "machine": machine(device), "weight_scale": got["scale"], "tuning": got["tuning"],
-         "missing": got["missing"], "failed": got["failed"], "costs": costs, "rows": rows,
+         "missing": got["missing"], "failed": got["failed"], "costs": costs,
+         "compute_matched": got["matched"], "rows": rows,
          "records": records, "pictured_val_images": got["pictured"]},
         indent=2))
     if rows:
@@ -121,15 +184,24 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
                      f"`{c['model']}`: {c['params'] / 1e6:.2f} M params, {c['gflops']:.3f} "
                      f"GFLOPs, {c['latency_ms']:.1f} ms per image on {c['device']}.")
     lines.append("")
+    if any("train_gflops_x" in r for r in rows):
+        lines += ["Cost x CE only: each arm's whole training compute (FLOPs per iteration, by "
+                  "torch's counter, x iterations) over CE only's, and its seconds trained alone "
+                  "over CE only's (each run's `cost.json`).", ""]
+    matched = matched_lines(rows, spec, got.get("matched"))
+    if matched:
+        lines += [*matched, ""]
     best = best_arm(rows, spec)
+    also = " and than training the student longer for the same compute" if matched else ""
     if best:
         dd = best["diff"]
         lines.append(f"**Verdict: {best['label']} (`{best['arm']}`) is the best arm resolved "
-                     f"better than CE only on this data**: Δ {dd['mean']:+.2f} mIoU, 95% CI "
-                     f"[{dd['low']:+.2f}, {dd['high']:+.2f}] over {dd['n']} seeds.")
+                     f"better than CE only{also} on this data**: Δ {dd['mean']:+.2f} mIoU, "
+                     f"95% CI [{dd['low']:+.2f}, {dd['high']:+.2f}] over {dd['n']} seeds.")
     else:
-        lines.append("**Verdict: no arm is resolved better than CE only on this data** (no "
-                     "95% interval lies above 0).")
+        lines.append(f"**Verdict: no arm is resolved better than CE only{also} on this data** "
+                     "(no arm's 95% interval lies above 0 against " +
+                     ("both)." if matched else "it)."))
     lines += _left_out_lines(got, rows)
     pictured = got.get("pictured") or []
     lines += ["", "Files: `results.json` (every record), `gain.png` (each arm's paired gain "

@@ -35,13 +35,14 @@ import yaml
 from tqdm import tqdm
 
 from .arms import (BASELINE, CONTROL_ARMS, DEFAULT_ARMS, Arm, ae_variant_config, arm_config,
-                   arm_from_yaml, get_arm)
+                   arm_from_yaml, expand_groups, get_arm)
 from .files import atomic_write_text
 from .config import Config, to_dict
 from .experiment import check_config
 from .errors import KasegError
 from .runs import config_changes
-from .stages import distill, distill_lockstep, teacher_training_config, train_autoencoder
+from .stages import (distill, distill_lockstep, estimate_step_flops, teacher_training_config,
+                     train_autoencoder)
 from .supervised import train_segmenter
 from .train import Diverged, failure
 
@@ -269,17 +270,64 @@ def scale_dependent(cfg: Config, arm: Arm) -> bool:
 
 
 def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
-               scale: float) -> list[Stage]:
+               scale: float, out: Path | None = None) -> list[Stage]:
     stages = []
     tags = {arm.name: f"-x{scale:g}" if scale_dependent(variants[arm.ae] if arm.ae else cfg, arm)
             else "" for arm in spec.arms}
+    matched = None
+    if any(a.matched for a in spec.arms):
+        matched = matched_schedule(out, cfg, spec, variants, scale)
     for seed in spec.seeds:  # seed-major: partial results are paired
         for arm in spec.arms:
             base = variants[arm.ae] if arm.ae else cfg
             tag = tags[arm.name]
-            stages.append(Stage(f"runs/{arm.name}{tag}-s{seed}", "distill",
-                                arm_config(scaled(base, scale), arm, seed), arm.name, seed))
+            c = arm_config(scaled(base, scale), arm, seed)
+            if arm.matched:
+                c = replace(c, train=replace(c.train, **matched["train"]))
+                tag = f"-i{c.train.iters}"
+            stages.append(Stage(f"runs/{arm.name}{tag}-s{seed}", "distill", c, arm.name, seed))
     return stages
+
+
+def matched_schedule(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+                     scale: float) -> dict:
+    """The compute-matched control's schedule: CE only for ``iters x r`` iterations, ``r`` the
+    largest ratio of a distilling arm's training FLOPs per iteration to CE only's (the same
+    schedule shape stretched: the poly decay over the longer run, validations as often in
+    proportion). -> ``{"train": TrainConfig changes, "ratio", "costliest", "gflops"}``."""
+    flops = step_flops(out, cfg, spec, variants, scale)
+    base = flops[BASELINE]
+    rivals = {a.name: flops[a.name] / base for a in spec.arms
+              if a.name != BASELINE and not a.control and a.name in flops}
+    costliest = max(rivals, key=rivals.get) if rivals else BASELINE
+    ratio = rivals.get(costliest, 1.0)
+    t = cfg.train
+    iters = max(t.iters, round(t.iters * ratio))
+    val_every = min(iters, max(1, round(t.val_every * iters / t.iters)))
+    return {"train": {"iters": iters, "val_every": val_every}, "ratio": ratio,
+            "costliest": costliest, "gflops": {k: v / 1e9 for k, v in flops.items()}}
+
+
+def step_flops(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+               scale: float) -> dict[str, int]:
+    """Training FLOPs per iteration of each arm (at its first seed), estimated from its config
+    with untrained networks (FLOPs do not depend on the weights); cached in ``OUT/costs.json``
+    by each arm's config."""
+    path = out / "costs.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    result, changed = {}, False
+    for arm in spec.arms:
+        if arm.matched:
+            continue
+        c = arm_config(scaled(variants[arm.ae] if arm.ae else cfg, scale), arm, spec.seeds[0])
+        key = json.dumps(to_dict(replace(c, seed=0)), sort_keys=True)
+        if arm.name not in cache or cache[arm.name]["config"] != key:
+            cache[arm.name] = {"config": key, "flops": estimate_step_flops(c)}
+            changed = True
+        result[arm.name] = cache[arm.name]["flops"]
+    if changed:
+        atomic_write_text(path, json.dumps(cache, indent=1))
+    return result
 
 
 def adopt_unscaled_folders(out: Path, stages: list[Stage]) -> list[str]:
@@ -312,7 +360,7 @@ def all_stages(out: Path, cfg: Config, spec: CompareSpec):
     check_arms(armed, spec)
     tuning = tuning_stages(armed, spec)
     scale, scores = chosen_scale(out, spec, tuning)
-    arms = None if scale is None else arm_stages(armed, spec, variants, scale)
+    arms = None if scale is None else arm_stages(armed, spec, variants, scale, out)
     if arms:
         adopt_unscaled_folders(out, arms)
     return shared + tuning, arms, scale, scores, armed
@@ -401,6 +449,7 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
         raise KasegError(f"{source}: compare.arms must be a list of names or a mapping")
     if arms:
         order = list(arms)
+    order = expand_groups(order)  # a group name (e.g. "field") stands for its arms
     if controls or section.get("controls"):
         order += [a for a in CONTROL_ARMS if a not in order]
     if BASELINE not in order:

@@ -237,6 +237,32 @@ def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
                       rng_state())
 
 
+def estimate_step_flops(cfg: Config) -> int:
+    """Training FLOPs per iteration of a ``kaseg distill`` of ``cfg``, from untrained networks of
+    its architectures: FLOPs do not depend on the weights, so nothing is loaded or trained, and a
+    comparison knows each arm's cost before its runs exist (the compute-matched control's
+    schedule). The global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        train_set, _ = build_data(cfg)
+        unlabeled = build_unlabeled(cfg.data, train_set)
+        k, t, d = train_set.num_classes, cfg.teacher, cfg.distill
+        teacher = build_model(t.name, k, t.output_stride, t.decoder_channels).eval()
+        student = build_student(replace(cfg, model=replace(cfg.model, init_weights=None,
+                                                           pretrained=False)), k)
+        encoder, latent = torch.nn.Identity(), 1
+        if d.adapt_weight > 0 or d.affinity_weight > 0:
+            ti, si = teacher.feature_info[t.tap], student.feature_info[d.student_tap]
+            latent = cfg.ae.latent_channels or max(1, ti.channels // 2)
+            try:
+                strides = ae_strides(si.stride // ti.stride)
+            except ValueError as e:
+                raise KasegError(str(e)) from None
+            encoder = FeatureAutoencoder(ti.channels, latent, strides).encoder
+        task = distill_task(cfg, student, teacher, encoder, latent)
+        inputs = step_inputs(cfg, k, unlabeled is not None and task.uses_teacher)
+        return train_step_flops(task, inputs)
+
+
 def _used(task: DistillTask, unlabeled_set):
     """The unlabelled set, or None when no term of ``task`` can learn from it."""
     if unlabeled_set is not None and not task.uses_teacher:
