@@ -170,7 +170,10 @@ def test_arms_from_yaml_and_the_spec_rules():
         "adapt_weight": 0, "affinity_weight": 0, "extra_losses": ["kd"],
         "loss_options": {"kd": {"temperature": 3.0}}}}, "ka": None}}, controls=True)
     assert [a.name for a in spec.arms] == ["baseline", "kd_t3", "ka", "ctrl_random_ae",
-                                           "ctrl_constant"]
+                                           "ctrl_constant", "ce_matched"]
+    # a group name stands for its arms, each once
+    assert [a.name for a in spec_from({}, arms=["field", "ka", "ifvd"]).arms] == [
+        "baseline", "kd_t2", "cwd", "dist", "ka", "ka_kd", "ifvd"]
     cfg = arm_config(load_config(None), spec.arms[1], 4)
     assert cfg.seed == 4 and cfg.distill.loss_options == {"kd": {"temperature": 3.0}}
     assert cfg.distill.adapt_weight == 0

@@ -175,7 +175,7 @@ def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
     matched = any("diff_matched" in r for r in rows)
     lines = [f"| arm | | n | {key_label} (mean ± sd) | paired Δ vs CE only | 95% CI of Δ | "
              "verdict |" + (" Δ vs CE compute-matched [95% CI] |" if matched else "") +
-             (" cost x CE only (FLOPs; s alone) |" if costed else ""),
+             (" cost x CE only |" if costed else ""),
              "| --- | --- | ---: | ---: | ---: | --- | --- |" + (" --- |" if matched else "") +
              (" ---: |" if costed else "")]
     for r in rows:
@@ -193,10 +193,9 @@ def markdown_table(rows: list[dict], key_label: str = "mIoU") -> list[str]:
             dm = r.get("diff_matched")
             line += (f" {dm['mean']:+.2f} [{dm['low']:+.2f}, {dm['high']:+.2f}] |"
                      if dm and dm["n"] > 1 else f" {dm['mean']:+.2f} |" if dm else " |")
-        if costed:
-            fx, sx = r.get("train_gflops_x"), r.get("train_seconds_alone_x")
-            line += (f" {fx:.2f}" + (f"; {sx:.2f}" if sx is not None else "") + " |"
-                     if fx is not None else " |")
+        if costed:  # FLOPs: the same on every machine (seconds are in results.json)
+            fx = r.get("train_gflops_x")
+            line += f" {fx:.2f} |" if fx is not None else " |"
         lines.append(line)
     return lines
 

@@ -185,9 +185,12 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
                      f"GFLOPs, {c['latency_ms']:.1f} ms per image on {c['device']}.")
     lines.append("")
     if any("train_gflops_x" in r for r in rows):
+        secs = [f"`{r['arm']}` {r['train_seconds_alone_x']:.2f}" for r in rows
+                if "train_seconds_alone_x" in r]
         lines += ["Cost x CE only: each arm's whole training compute (FLOPs per iteration, by "
-                  "torch's counter, x iterations) over CE only's, and its seconds trained alone "
-                  "over CE only's (each run's `cost.json`).", ""]
+                  "torch's counter, x iterations) over CE only's (each run's `cost.json`)." + (
+                      " Its training time alone over CE only's, on this machine: " +
+                      ", ".join(secs) + "." if secs else ""), ""]
     matched = matched_lines(rows, spec, got.get("matched"))
     if matched:
         lines += [*matched, ""]
