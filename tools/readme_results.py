@@ -3,12 +3,13 @@ number the docs quote from the demo or the study is what the code wrote (with it
 commit, which each report states in its first lines).
 
     python tools/readme_results.py [--demo demo_out] [--study study_out] [--ladder DIR]
-                                   [--into docs/evidence.md]
+                                   [--compare DIR] [--field DIR] [--into docs/evidence.md]
 
 Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
 ``kaseg demo --limited-labels``), ``study`` (STUDY/study.md), ``ladder`` (LADDER/study.md, a
-``kaseg study --regimes ...`` of the schedule ladders' rungs) and ``compare`` (COMPARE/report.md,
-from ``kaseg compare --config configs/compare_folder.yaml``).
+``kaseg study --regimes ...`` of the schedule ladders' rungs), ``compare`` (COMPARE/report.md,
+from ``kaseg compare --config configs/compare_folder.yaml``) and ``field`` (FIELD/report.md, the
+same with ``--arms field --controls``).
 
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
@@ -57,6 +58,8 @@ def main() -> None:
                     help="a `kaseg study` folder of the schedule ladders' rungs")
     ap.add_argument("--compare", default="cmp_folder",
                     help="a `kaseg compare` folder (configs/compare_folder.yaml's)")
+    ap.add_argument("--field", default="cmp_folder_field",
+                    help="a `kaseg compare ... --arms field --controls` folder (the folder set's)")
     ap.add_argument("--into", "--readme", dest="readme", default="docs/evidence.md",
                     help="the file whose results sections are replaced")
     args = ap.parse_args()
@@ -66,7 +69,8 @@ def main() -> None:
                          ("limited", Path(args.demo) / "limited-labels" / "report.md"),
                          ("study", Path(args.study) / "study.md"),
                          ("ladder", Path(args.ladder) / "study.md"),
-                         ("compare", Path(args.compare) / "report.md")):
+                         ("compare", Path(args.compare) / "report.md"),
+                         ("field", Path(args.field) / "report.md")):
         if report.is_file():
             body = relative_paths(demote(report.read_text()), Path(__file__).resolve().parents[1])
             text = replace_section(text, name, body)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .arms import ARMS, BASELINE
+from .arms import ARMS, BASELINE, MATCHED
 from .checkpoint import load_model
 from .config import Config
 from .data import build_dataset
@@ -151,6 +151,19 @@ def paired_rows(records: list[dict], arms: list[str], key: str = "miou",
             row["diff"] = d.to_dict()
             row["verdict"] = verdict(d)
         rows.append(row)
+    return rows
+
+
+def with_matched(rows: list[dict], records: list[dict], names: list[str]) -> list[dict]:
+    """``rows`` with each arm's paired difference to the compute-matched control
+    (``diff_matched``, ``verdict_matched``) when the comparison has one."""
+    if not any(r["arm"] == MATCHED for r in rows):
+        return rows
+    against = {r["arm"]: r for r in paired_rows(records, names, reference=MATCHED)}
+    for r in rows:
+        m = against.get(r["arm"], {})
+        if "diff" in m and r["arm"] != MATCHED:
+            r["diff_matched"], r["verdict_matched"] = m["diff"], m["verdict"]
     return rows
 
 

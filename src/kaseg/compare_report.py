@@ -18,7 +18,7 @@ from .arms import BASELINE, MATCHED
 from .checkpoint import load_model, save_model
 from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
-                      paired_rows)
+                      paired_rows, with_matched)
 from .comparison import CompareSpec, all_stages
 from .config import Config
 from .cost import measure_latency, model_cost
@@ -67,19 +67,6 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
     return {"records": records, "missing": missing, "failed": failed, "scale": scale,
             "tuning": scores, "cfg": armed, "val": val, "teacher": teacher,
             "matched": matched_cfg if matched is not None else None}
-
-
-def with_matched(rows: list[dict], records: list[dict], names: list[str]) -> list[dict]:
-    """``rows`` with each arm's paired difference to the compute-matched control
-    (``diff_matched``, ``verdict_matched``) when the comparison has one."""
-    if not any(r["arm"] == MATCHED for r in rows):
-        return rows
-    against = {r["arm"]: r for r in paired_rows(records, names, reference=MATCHED)}
-    for r in rows:
-        m = against.get(r["arm"], {})
-        if "diff" in m and r["arm"] != MATCHED:
-            r["diff_matched"], r["verdict_matched"] = m["diff"], m["verdict"]
-    return rows
 
 
 def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from .errors import KasegError
 from .files import atomic_write_text
-from .arms import AE_VARIANTS, ARMS
-from .compare import code_version, context_table, evaluate_runs, machine, markdown_table, paired_rows
+from .arms import AE_VARIANTS, ARM_GROUPS, ARMS
+from .compare import (code_version, context_table, evaluate_runs, machine, markdown_table,
+                      paired_rows, with_matched)
 from .comparison import run
 from .config import Config
 from .presets import demo_config, preset_spec
@@ -104,6 +105,12 @@ REGIMES: list[Regime] = [
     _few_rung(600),
     _few_rung(2400),
     _rung(9600, optional=True),
+    # the field's methods at the ladder's 600 rung, with the compute-matched control (CE only
+    # trained as long as the costliest arm's FLOPs): does distilling beat training longer?
+    Regime("96px-pretrained-600-field", 96, True, 600,
+           [*ARM_GROUPS["field"], "ctrl_random_ae", "ce_matched"], tune=False, optional=True,
+           note=f"{_PRE}, 600 iterations; the field's methods (their authors' weights) and the "
+                "compute-matched control; the method's weights from the first regime"),
 ]
 # a rung longer than this validates and checkpoints every this many iterations, so a run killed
 # midway resumes from its last checkpoint (validation draws no number from the global RNG: its
@@ -177,7 +184,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
               "adapt_weight": scale * d.adapt_weight,
               "affinity_weight": scale * d.affinity_weight,
               "failed": {s.name: s.failure(rdir) for s in stages if s.failure(rdir)},
-              "rows": paired_rows(records, regime.arms),
+              "rows": with_matched(paired_rows(records, regime.arms), records, regime.arms),
               "context_rows": paired_rows(records, regime.arms, key="context_iou"),
               "records": records}
     atomic_write_text(rdir / "regime.json", json.dumps(result, indent=2))
