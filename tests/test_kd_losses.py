@@ -475,3 +475,14 @@ def test_dist_by_its_definition_and_at_another_resolution():
                                     (s.detach().double().requires_grad_(True),))
     assert LOSSES["dist"].weight == 1.0 and LOSSES["dist"].options == {
         "temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0}
+
+
+def test_an_unknown_option_of_dist_in_an_arm_is_one_line_naming_the_arm():
+    from kaseg.arms import Arm, arm_config
+    from kaseg.errors import KasegError
+
+    arm = Arm("dist_t2", "DIST T=2", {"extra_losses": ["dist"], "loss_options": {"dist": {"tau": 2}}})
+    with pytest.raises(KasegError, match=r"^arm 'dist_t2': distill.loss_options.dist: unknown "
+                       r"option \['tau'\]; dist takes \['inter_weight', 'intra_weight', "
+                       r"'temperature'\]$"):
+        arm_config(load_config(None, []), arm, 0)
