@@ -171,6 +171,20 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
                      f"`{c['model']}`: {c['params'] / 1e6:.2f} M params, {c['gflops']:.3f} "
                      f"GFLOPs, {c['latency_ms']:.1f} ms per image on {c['device']}.")
     lines.append("")
+    lines += _verdict_lines(got, spec, rows)
+    lines += _left_out_lines(got, rows)
+    pictured = got.get("pictured") or []
+    lines += ["", "Files: `results.json` (every record), `gain.png` (each arm's paired gain "
+              "with its CI), `predictions.png` (validation images " +
+              ", ".join(f"#{i}" for i in pictured) + f", spread evenly over the "
+              f"{len(got['val'])}: ground truth, teacher, each arm at the first seed); every "
+              "run's folder under `runs/`."]
+    return lines
+
+
+def _verdict_lines(got: dict, spec: CompareSpec, rows: list[dict]) -> list[str]:
+    """What each arm costs, what the compute-matched control says, and the closing verdict."""
+    lines = []
     if any("train_gflops_x" in r for r in rows):
         secs = [f"`{r['arm']}` {r['train_seconds_alone_x']:.2f}" for r in rows
                 if "train_seconds_alone_x" in r]
@@ -192,13 +206,6 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
         lines.append(f"**Verdict: no arm is resolved better than CE only{also} on this data** "
                      "(no arm's 95% interval lies above 0 against " +
                      ("both)." if matched else "it)."))
-    lines += _left_out_lines(got, rows)
-    pictured = got.get("pictured") or []
-    lines += ["", "Files: `results.json` (every record), `gain.png` (each arm's paired gain "
-              "with its CI), `predictions.png` (validation images " +
-              ", ".join(f"#{i}" for i in pictured) + f", spread evenly over the "
-              f"{len(got['val'])}: ground truth, teacher, each arm at the first seed); every "
-              "run's folder under `runs/`."]
     return lines
 
 

@@ -224,13 +224,7 @@ def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
     the arms of a seed finish whichever of them diverges (:class:`Diverged`).
     """
     swap = len(jobs) > 1
-    caller = rng_state() if swap else None  # a job without its own state starts from this one,
-    for job in jobs:  # not from the state the job before it resumed to
-        if swap:
-            set_rng_state(job.rng if job.rng is not None else caller)
-        job.t = _trainer(job.task, cfg, job.run, job.desc)
-        job.progress = _resume(job.t)
-        job.rng = rng_state() if swap else None
+    _start(jobs, cfg, swap)
     active = [j for j in jobs if j.progress.iter < cfg.iters and not j.progress.stopped]
     if active:
         start = min(j.progress.iter for j in active)
@@ -243,14 +237,7 @@ def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
             job.t0, job.t.start = time.perf_counter(), job.progress.iter
         try:
             for it in range(start + 1, cfg.iters + 1):
-                batch = next(batches)
-                for job in active:
-                    if job.progress.iter < it:  # a job saved further than this waits
-                        try:
-                            _advance(job, batch, it, bar, swap)
-                        except Diverged as e:  # this job stops; the others train on
-                            _fail(job, e, bar)
-                active = [j for j in active if not j.progress.stopped and j.failed is None]
+                active = _iteration(active, next(batches), it, bar, swap)
                 bar.update(1)
                 if not active:
                     break
@@ -263,6 +250,30 @@ def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
             set_rng_state(jobs[-1].rng)
     return [dict(j.progress.summary(), **({"failed": j.failed.record} if j.failed else {}))
             for j in jobs]
+
+
+def _start(jobs: list[Job], cfg: TrainConfig, swap: bool) -> None:
+    """Each job's trainer and resumed progress, each under its own RNG state. A job without
+    one starts from the caller's state, not from the one the job before it resumed to."""
+    caller = rng_state() if swap else None
+    for job in jobs:
+        if swap:
+            set_rng_state(job.rng if job.rng is not None else caller)
+        job.t = _trainer(job.task, cfg, job.run, job.desc)
+        job.progress = _resume(job.t)
+        job.rng = rng_state() if swap else None
+
+
+def _iteration(active: list[Job], batch, it: int, bar, swap: bool) -> list[Job]:
+    """Every active job's step ``it`` on ``batch``; -> the jobs still active (a job that
+    stopped early or diverged drops out, the others train on)."""
+    for job in active:
+        if job.progress.iter < it:  # a job saved further than this waits
+            try:
+                _advance(job, batch, it, bar, swap)
+            except Diverged as e:  # this job stops; the others train on
+                _fail(job, e, bar)
+    return [j for j in active if not j.progress.stopped and j.failed is None]
 
 
 def _fail(job: Job, error: Diverged, bar) -> None:
