@@ -89,8 +89,9 @@ def model_cost(model: nn.Module, size: tuple[int, int]) -> dict:
             "size": list(size)}
 
 
-def _twin(task: nn.Module, device) -> nn.Module:
-    """A copy of ``task`` in training mode (on ``device`` when given)."""
+def training_copy(task: nn.Module, device=None) -> nn.Module:
+    """A copy of ``task`` in training mode (on ``device`` when given), to measure on: one copy
+    serves both measurements of a run (a teacher is copied once, not twice)."""
     twin = copy.deepcopy(task).train()
     return twin.to(device) if device is not None else twin
 
@@ -101,12 +102,13 @@ def _forked(device: torch.device):
 
 
 def train_step_flops(task: nn.Module, inputs: tuple,
-                     device: torch.device | str | None = None) -> int:
+                     device: torch.device | str | None = None, copy: bool = True) -> int:
     """FLOPs of one training step of ``task`` on ``inputs``: its forward (teacher, student,
     every term and adapter) and its backward, by torch's counter. Measured on a copy, so the
     task's weights, buffers (BatchNorm statistics, a warm-up counter) and the global RNG are left
-    as they were: a run that records its cost trains exactly as one that does not."""
-    twin = _twin(task, device)
+    as they were: a run that records its cost trains exactly as one that does not. ``copy=False``:
+    ``task`` is already a throwaway copy (:func:`training_copy`) and is used as it is."""
+    twin = training_copy(task, device) if copy else task
     device = next(iter(twin.parameters())).device
     inputs = tuple(x.to(device) for x in inputs)
     with _forked(device):
@@ -117,10 +119,11 @@ def train_step_flops(task: nn.Module, inputs: tuple,
 
 
 def train_step_seconds(task: nn.Module, inputs: tuple, device: torch.device | str | None = None,
-                       runs: int = 3, warmup: int = 1) -> float:
+                       runs: int = 3, warmup: int = 1, copy: bool = True) -> float:
     """Median seconds of one training step (forward, backward, SGD update) of ``task`` alone, on
-    a copy (the task and the global RNG are left as they were)."""
-    twin = _twin(task, device)
+    a copy (the task and the global RNG are left as they were; ``copy``: as in
+    :func:`train_step_flops`)."""
+    twin = training_copy(task, device) if copy else task
     device = next(iter(twin.parameters())).device
     inputs = tuple(x.to(device) for x in inputs)
     opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=1e-6)

@@ -29,7 +29,7 @@ from .supervised import build_network, train_segmenter
 from .runtime import (autocast, eval_generator, inputs_for, on_device, resolve_device,
                       seed_everything, seeded)
 from .train import Job, fit, fit_lockstep, rng_state
-from .cost import train_step_flops, train_step_seconds
+from .cost import train_step_flops, train_step_seconds, training_copy
 from .distributed import is_main, world_size
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def estimate_step_flops(cfg: Config) -> int:
             encoder = FeatureAutoencoder(ti.channels, latent, strides).encoder
         task = distill_task(cfg, student, teacher, encoder, latent)
         inputs = step_inputs(cfg, k, unlabeled is not None and task.uses_teacher)
-        return train_step_flops(task, inputs)
+        return train_step_flops(task, inputs, copy=False)  # a throwaway task: no copy
 
 
 def _used(task: DistillTask, unlabeled_set):
@@ -361,8 +361,10 @@ def record_cost(job: DistillRun, time_it: bool = True) -> dict:
     device = resolve_device(job.cfg.train.device)
     inputs = step_inputs(job.cfg, job.task.student.num_classes, job.unlabeled_set is not None)
     with memos_off(job.task):
-        flops = train_step_flops(job.task, inputs, device)
-        seconds = train_step_seconds(job.task, inputs, device, runs=2) if time_it else None
+        twin = training_copy(job.task, device)
+    flops = train_step_flops(twin, inputs, device, copy=False)
+    seconds = train_step_seconds(twin, inputs, device, runs=2, copy=False) if time_it else None
+    del twin
     record = {"train_gflops_per_iter": flops / 1e9, "iters": job.cfg.train.iters,
               "batch": job.cfg.train.batch_size, "unlabeled_batch": (
                   inputs[2].shape[0] * world_size() if len(inputs) > 2 else 0),
