@@ -173,7 +173,7 @@ def test_arms_from_yaml_and_the_spec_rules():
                                            "ctrl_constant", "ce_matched"]
     # a group name stands for its arms, each once
     assert [a.name for a in spec_from({}, arms=["field", "ka", "ifvd"]).arms] == [
-        "baseline", "kd_t2", "cwd", "dist", "ka", "ka_kd", "ifvd"]
+        "baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd", "ifvd"]
     cfg = arm_config(load_config(None), spec.arms[1], 4)
     assert cfg.seed == 4 and cfg.distill.loss_options == {"kd": {"temperature": 3.0}}
     assert cfg.distill.adapt_weight == 0
@@ -359,15 +359,17 @@ def test_the_field_group_with_controls_counts_each_arms_cost_and_matches_ce_to_t
                  "--controls"]) == 0
     results = json.loads((out / "results.json").read_text())
     arms = [r["arm"] for r in results["rows"]]
-    assert arms == ["baseline", "kd_t2", "cwd", "dist", "ka", "ka_kd", "ctrl_random_ae",
-                    "ctrl_constant", "ce_matched"]
+    assert arms == ["baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd",
+                    "ctrl_random_ae", "ctrl_constant", "ce_matched"]
     est = {k: v["flops"] for k, v in json.loads((out / "costs.json").read_text()).items()}
-    for arm in ("baseline", "kd_t2", "dist", "ka"):  # the estimate is what the run records
+    for arm in ("baseline", "kd_t2", "dist", "cirkd", "af_dcd", "ka"):  # the estimate is
+        # what the run records
         folder = next((out / "runs").glob(f"{arm}-*s0"))
         assert json.loads((folder / "cost.json").read_text())["train_gflops_per_iter"] * 1e9 \
             == pytest.approx(est[arm], rel=1e-12)
     assert est["ka"] > est["kd_t2"] > est["baseline"]
-    ratio = max(est[a] / est["baseline"] for a in ("kd_t2", "cwd", "dist", "ka", "ka_kd"))
+    ratio = max(est[a] / est["baseline"] for a in ("kd_t2", "cwd", "dist", "cirkd", "af_dcd",
+                                                    "ka", "ka_kd"))
     iters = round(3 * ratio)
     assert iters > 3 and (out / "runs" / f"ce_matched-i{iters}-s1" / "metrics.json").exists()
     assert results["compute_matched"]["iters"] == iters

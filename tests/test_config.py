@@ -75,7 +75,7 @@ def test_every_shipped_config_loads_and_the_paper_recipes_hold():
 
 
 @pytest.mark.parametrize("override,match", [
-    ("distill.extra_losses=[kd, nope]", r"unknown loss \['nope'\]; known: \['cwd', 'dist', 'fitnet'"),
+    ("distill.extra_losses=[kd, nope]", r"unknown loss \['nope'\]; known: \['af_dcd', 'cirkd_batch', 'cirkd_memory', 'cwd', 'dist'"),
     ("distill.loss_weights={nope: 1}", r"loss_weights: unknown loss \['nope'\]"),
     ("distill.loss_options={kd: {tau: 2}}", r"loss_options.kd: unknown option \['tau'\]; kd takes \['temperature'\]"),
     ("distill.control=placebo", "distill.control must be one of"),

@@ -104,6 +104,12 @@ for _arm in [
     Arm("cwd", "+ CWD (logits)", {**_OFF, "extra_losses": ["cwd"]}),
     Arm("ifvd", "+ IFVD", {**_OFF, "extra_losses": ["ifvd"]}),
     Arm("dist", "+ DIST (class relations)", {**_OFF, "extra_losses": ["dist"]}),
+    # CIRKD and Af-DCD as their authors train them: their terms beside logit KD at T = 1
+    Arm("cirkd", "+ CIRKD (cross-image relations)", {
+        **_OFF, "extra_losses": ["kd", "cirkd_batch", "cirkd_memory"],
+        "loss_options": {"kd": {"temperature": 1.0}}}),
+    Arm("af_dcd", "+ Af-DCD (dense contrastive)", {
+        **_OFF, "extra_losses": ["kd", "af_dcd"], "loss_options": {"kd": {"temperature": 1.0}}}),
     Arm("adapt", "+ adaptation", {"affinity_weight": 0.0}),
     Arm("affinity", "+ affinity", {"adapt_weight": 0.0}),
     Arm("ka", "+ both (the method)"),
@@ -139,7 +145,7 @@ MATCHED = "ce_matched"
 # named groups of arms: one word for the comparison users want
 ARM_GROUPS: dict[str, list[str]] = {
     # the field's methods a user would try first (each with its authors' segmentation defaults)
-    "field": [BASELINE, "kd_t2", "cwd", "dist", "ka", "ka_kd"],
+    "field": [BASELINE, "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"],
 }
 
 

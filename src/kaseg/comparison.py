@@ -41,7 +41,7 @@ from .config import Config, to_dict
 from .experiment import check_config
 from .errors import KasegError
 from .runs import config_changes
-from .stages import (distill, distill_lockstep, estimate_step_flops, teacher_training_config,
+from .stages import (check_losses_fit, distill, distill_lockstep, estimate_step_flops, teacher_training_config,
                      train_autoencoder)
 from .supervised import train_segmenter
 from .train import Diverged, failure
@@ -349,7 +349,7 @@ def adopt_unscaled_folders(out: Path, stages: list[Stage]) -> list[str]:
 def check_arms(cfg: Config, spec: CompareSpec) -> None:
     """Every arm built into a full config and checked before anything trains."""
     for arm in spec.arms:
-        arm_config(cfg, arm, spec.seeds[0])
+        check_losses_fit(arm_config(cfg, arm, spec.seeds[0]), f"arm '{arm.name}'")
 
 
 def all_stages(out: Path, cfg: Config, spec: CompareSpec):

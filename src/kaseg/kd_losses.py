@@ -21,7 +21,7 @@ to build that module. The config then knows it (``distill.extra_losses: [name]``
 from __future__ import annotations
 
 import dataclasses
-import functools
+import inspect
 from typing import Callable
 
 import torch
@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import IGNORE_INDEX
-from .tensors import at_least_f32, resize
-
+from .contrastive_losses import (AfDcdHead, CirkdMemory, af_dcd_check, af_dcd_loss,
+                                 cirkd_batch_loss, cirkd_memory_loss)
+from .tensors import at_least_f32, full_precision, kl_from_logits, masked_mean, resize
 
 
 def labels_at(targets: torch.Tensor, size: tuple[int, int], stride: int | None = None,
@@ -59,58 +60,7 @@ def valid_mask(targets: torch.Tensor, size: tuple[int, int],
     return labels_at(targets, size, stride, ignore_index) != ignore_index
 
 
-def _full_precision(fn):
-    """Run a loss with autocast off: under AMP its softmaxes and Gram products stay in float32."""
-
-    @functools.wraps(fn)
-    def wrapper(x: torch.Tensor, *args, **kwargs):
-        with torch.autocast(x.device.type, enabled=False):
-            return fn(x, *args, **kwargs)
-
-    return wrapper
-
-
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``x`` (B, H, W) over valid positions; 0 (with a gradient) when none is valid."""
-    if valid is None:
-        return x.mean()
-    v = valid.to(x.dtype)
-    return (x * v).sum() / v.sum().clamp(min=1.0)
-
-
-def kl_from_logits(t: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
-    """``KL(softmax(t) || softmax(s))`` along ``dim``: accurate when the two are close, invariant
-    to a constant shift of either side, finite for any finite input.
-
-    The textbook ``sum p_t (log p_t - log p_s)`` subtracts two log-normalisers of size log(n): over
-    the 10^5 positions of a CWD map float32 leaves an error of ~1e-6 that can make the loss
-    negative. With ``d = t - s`` and any constant c, exactly
-
-        KL = sum p_t (d - c) - log(1 + sum p_s expm1(d - c)),
-
-    and with ``c = sum p_t d`` (the teacher-weighted mean of d) no large terms cancel and
-    ``d - c`` is small when the maps are close, whatever constant separates the two sides. Where
-    the maps are far apart (``d - c`` would overflow exp, or the log1p argument nears -1) the
-    textbook form on log-softmaxes is used: its rounding is small next to a large KL. Entries at
-    -inf in both (masked) or in ``t`` (a one-hot teacher) add nothing.
-    """
-    pt, ps = t.softmax(dim), s.softmax(dim)
-    d = t - s
-    d = torch.where(torch.isnan(d), torch.zeros_like(d), d)  # -inf in both: a masked entry
-    live = pt > 0  # entries with teacher mass (t = -inf has none); elsewhere no term, no NaN
-    zero = torch.zeros_like(d)
-    c = (pt * torch.where(live, d, zero)).sum(dim, keepdim=True)
-    dc = d - c
-    cross = (pt * torch.where(live, dc, zero)).sum(dim)
-    near = (ps * torch.expm1(dc.clamp(max=30.0))).sum(dim)
-    log_ratio = torch.where(live, t.log_softmax(dim) - s.log_softmax(dim), zero)
-    textbook = (pt * log_ratio).sum(dim)
-    use_near = (dc.amax(dim) < 30.0) & (near > -0.5)
-    kl = torch.where(use_near, cross - torch.log1p(near.clamp(min=-0.5)), textbook)
-    return kl.clamp(min=0.0)  # >= 0 exactly, not just up to rounding
-
-
-@_full_precision
+@full_precision
 def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 4.0,
             valid: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-wise logit distillation (Hinton et al., 2015; per pixel as in Liu et al., CVPR 2019):
@@ -124,10 +74,10 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float =
     """
     s = resize(at_least_f32(s_logits), t_logits.shape[-2:]) / temperature
     t = at_least_f32(t_logits.detach()) / temperature
-    return temperature**2 * _masked_mean(kl_from_logits(t, s, dim=1), valid)
+    return temperature**2 * masked_mean(kl_from_logits(t, s, dim=1), valid)
 
 
-@_full_precision
+@full_precision
 def fitnet_loss(fs: torch.Tensor, ft: torch.Tensor,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
     """FitNet hint regression (Romero et al., ICLR 2015), as He et al. compare it:
@@ -140,7 +90,7 @@ def fitnet_loss(fs: torch.Tensor, ft: torch.Tensor,
     """
     ft = at_least_f32(ft.detach())
     d = (resize(at_least_f32(fs), ft.shape[-2:]) - ft).pow(2).mean(1)
-    return _masked_mean(d, valid)
+    return masked_mean(d, valid)
 
 
 class FitNetRegressor(nn.Conv2d):
@@ -170,7 +120,7 @@ def _max_pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(x, size)
 
 
-@_full_precision
+@full_precision
 def skd_pairwise_loss(fs: torch.Tensor, ft: torch.Tensor, pool: int = 2,
                       valid: torch.Tensor | None = None) -> torch.Tensor:
     """SKD pair-wise distillation (Liu et al., "Structured Knowledge Distillation for Semantic
@@ -208,7 +158,7 @@ def skd_pairwise_loss(fs: torch.Tensor, ft: torch.Tensor, pool: int = 2,
     return (d * pairs).sum() / pairs.sum().clamp(min=1.0)
 
 
-@_full_precision
+@full_precision
 def cwd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 4.0,
              valid: torch.Tensor | None = None) -> torch.Tensor:
     """Channel-wise distillation (Shu et al., "Channel-wise Knowledge Distillation for Dense
@@ -246,7 +196,7 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-@_full_precision
+@full_precision
 def dist_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0,
               inter_weight: float = 1.0, intra_weight: float = 1.0,
               valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -296,7 +246,7 @@ def class_prototype_similarity(f: torch.Tensor, labels: torch.Tensor, num_classe
     return sim.view(b, *f.shape[-2:])
 
 
-@_full_precision
+@full_precision
 def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_classes: int,
               ignore_index: int = IGNORE_INDEX, stride: int | None = None) -> torch.Tensor:
     """Intra-class feature variation distillation (Wang et al., ECCV 2020):
@@ -315,7 +265,7 @@ def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_cla
     valid = (targets != ignore_index) & (targets >= 0) & (targets < num_classes)
     ms = class_prototype_similarity(fs, targets, num_classes, valid)
     mt = class_prototype_similarity(ft, targets, num_classes, valid)
-    return _masked_mean((ms - mt).pow(2), valid)
+    return masked_mean((ms - mt).pow(2), valid)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -376,17 +326,34 @@ class LossSpec:
         compute: ``compute(outputs: Outputs, **options) -> scalar tensor``.
         weight: the default weight (its source in the loss's docstring).
         options: the default options, passed to ``compute`` as keyword arguments.
-        module: builds the module the loss trains with the student, from (student channels,
-            teacher channels) of the tapped maps; dropped after training. None: no module.
+        module: builds the module the loss trains (or keeps, like CIRKD's memory banks) with
+            the student, from (student channels, teacher channels) of the tapped maps, and of
+            ``num_classes`` and the loss's options those its signature names
+            (:func:`build_loss_module`); dropped after training. None: no module.
         needs_labels: the loss uses class labels (not only the valid-position mask): on
             unlabelled images it runs only with pseudo-labels.
+        check: ``check(teacher_channels, **options) -> message or None``: what keeps the loss
+            from running on a teacher map of that many channels, asked before anything trains.
     """
 
     compute: Callable[..., torch.Tensor]
     weight: float
     options: dict = dataclasses.field(default_factory=dict)
-    module: Callable[[int, int], nn.Module] | None = None
+    module: Callable[..., nn.Module] | None = None
     needs_labels: bool = False
+    check: Callable[..., str | None] | None = None
+
+
+def build_loss_module(name: str, student_channels: int, teacher_channels: int, num_classes: int,
+                      options: dict) -> nn.Module:
+    """The module of loss ``name``, given what its factory's signature asks for (channels
+    always; ``num_classes`` and any of the loss's options by name)."""
+    factory = LOSSES[name].module
+    params = inspect.signature(factory).parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    context = {"num_classes": num_classes, **options}
+    kwargs = {k: v for k, v in context.items() if takes_all or k in params}
+    return factory(student_channels, teacher_channels, **kwargs)
 
 
 # names the distillation task gives its own terms and their logged entries: a loss of the
@@ -442,11 +409,50 @@ LOSSES.update({
         o.student_logits, o.teacher_logits, temperature, inter_weight, intra_weight,
         o.valid_on(o.teacher_logits)),
         weight=1.0, options={"temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0}),
+    # CIRKD: its arm adds logit KD at T = 1 beside these two, as the authors combine them
+    "cirkd_batch": LossSpec(lambda o, temperature: cirkd_batch_loss(
+        o.student_features, o.teacher_features, temperature, _valid_on_common_grid(o)),
+        weight=1.0, options={"temperature": 0.1}),
+    "cirkd_memory": LossSpec(
+        lambda o, pixel_memory_size, region_memory_size, pixel_update, **opts: cirkd_memory_loss(
+            o.module, o.student_features, o.teacher_features, _labels_on_common_grid(o),
+            ignore_index=o.ignore_index, update=o.module.training, **opts),
+        weight=0.1, module=CirkdMemory, needs_labels=True,
+        options={"pixel_memory_size": 20000, "region_memory_size": 2000, "pixel_update": 16,
+                 "pixel_contrast_size": 4096, "region_contrast_size": 1024, "temperature": 0.1,
+                 "kd_temperature": 1.0, "region_weight": 1.0}),
+    # Af-DCD: its arm adds logit KD at T = 1, as the authors combine them
+    "af_dcd": LossSpec(lambda o, **opts: af_dcd_loss(
+        o.module, o.student_features, o.teacher_features, **opts,
+        valid=o.valid_on(o.teacher_features)),
+        weight=1.0, module=AfDcdHead, check=af_dcd_check,
+        options={"fd_weight": 2e-6, "ctr_weight": 5e-3, "temperature": 0.07, "groups": 16,
+                 "pool": 4, "patch": 4, "mask_ratio": 0.75, "mask": "random",
+                 "projector": "enhanced"}),
     "ifvd": LossSpec(lambda o: ifvd_loss(o.student_features, o.teacher_features,
                                          o.labels_on(o.teacher_features),
                                          o.teacher_logits.shape[1], o.ignore_index),
                      weight=200.0, needs_labels=True),
 })
+
+
+def _common_grid_like(o: Outputs) -> torch.Tensor:
+    """A tensor of the size :func:`~kaseg.contrastive_losses.common_grid` brings both maps to
+    (the smaller map itself when it is smaller both ways)."""
+    fs, ft = o.student_features, o.teacher_features
+    size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
+    for f in (fs, ft):
+        if tuple(f.shape[-2:]) == size:
+            return f
+    return fs.new_empty((0, 0, *size))
+
+
+def _valid_on_common_grid(o: Outputs) -> torch.Tensor:
+    return o.valid_on(_common_grid_like(o))
+
+
+def _labels_on_common_grid(o: Outputs) -> torch.Tensor:
+    return o.labels_on(_common_grid_like(o))
 
 
 def resolve_losses(names: list[str], weights: dict | None = None,

@@ -19,7 +19,7 @@ from .files import atomic_write_text
 from .config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
 from .errors import KasegError
 from .evaluate import evaluate
-from .kd_losses import resolve_losses
+from .kd_losses import LOSSES, resolve_losses
 from .tasks import AutoencoderTask, DistillTask, memos_off, share_frozen, unshare_frozen
 from .method import FeatureAutoencoder, ae_strides
 from .models import SegModel, build_model
@@ -235,6 +235,29 @@ def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
     return DistillRun(task, train_set, val_set, Path(run), cfg, _used(task, unlabeled_set),
                       rng_state())
+
+
+def check_losses_fit(cfg: Config, source: str = "config") -> None:
+    """A selected loss that cannot run on the teacher's map (:attr:`LossSpec.check`, e.g.
+    Af-DCD's channel groups) is a one-line error naming ``source``, before anything trains: the
+    teacher's architecture is built untrained (its map's channels do not depend on weights)."""
+    d, t = cfg.distill, cfg.teacher
+    checked = {n: o for n, (w, o) in resolve_losses(d.extra_losses, d.loss_weights,
+                                                     d.loss_options).items()
+               if w > 0 and LOSSES[n].check}
+    if not checked:
+        return
+    with torch.random.fork_rng(devices=[]):
+        teacher = build_model(t.name, 2, t.output_stride, t.decoder_channels)
+    if t.tap not in teacher.feature_info:
+        raise KasegError(f"{source}: teacher.tap '{t.tap}' is not a feature of {t.name}; "
+                         f"choose one of {sorted(teacher.feature_info)}")
+    channels = teacher.feature_info[t.tap].channels
+    for name, options in checked.items():
+        problem = LOSSES[name].check(channels, **options)
+        if problem:
+            raise KasegError(f"{source}: {name} needs what {t.name}'s '{t.tap}' map does not "
+                             f"give: {problem}")
 
 
 def estimate_step_flops(cfg: Config) -> int:
@@ -485,6 +508,7 @@ def pipeline(cfg: Config, run: str | Path, force: bool = False) -> dict:
     own subfolder of ``run``. Finished stages are not redone; a set ``teacher.weights`` skips the
     teacher stage."""
     run = Path(run)
+    check_losses_fit(cfg, "pipeline")
     results = {}
     if not cfg.teacher.weights:
         results["teacher"] = train_segmenter(teacher_training_config(cfg), run / "teacher", force)

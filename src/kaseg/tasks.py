@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DistillConfig
-from .kd_losses import LOSSES, Outputs
+from .kd_losses import LOSSES, Outputs, build_loss_module
 from .labels import IGNORE_INDEX
 from .method import (Adapter, adaptation_loss, affinity_loss, autoencoder_loss,
                      check_distill_options)
@@ -255,8 +255,13 @@ class DistillTask(nn.Module):
         self.p, self.q, self.affinity_impl = p, q, affinity_impl
         self.dense_max_positions, self.ignore_index = dense_max_positions, ignore_index
         self.extra = {k: (float(w), dict(o)) for k, (w, o) in (extra or {}).items() if w > 0}
-        self.loss_modules = nn.ModuleDict({name: LOSSES[name].module(cs, ct)
-                                           for name in self.extra if LOSSES[name].module})
+        for name, (_, options) in self.extra.items():
+            problem = LOSSES[name].check and LOSSES[name].check(ct, **options)
+            if problem:
+                raise ValueError(f"distill.extra_losses: {name}: {problem}")
+        self.loss_modules = nn.ModuleDict({
+            name: build_loss_module(name, cs, ct, student.num_classes, options)
+            for name, (_, options) in self.extra.items() if LOSSES[name].module})
         self.warmup_iters, self.control = warmup_iters, control
         self.pseudo_labels, self.pseudo_threshold = pseudo_labels, pseudo_threshold
         if unlabeled_weight is not None and not 0.0 <= unlabeled_weight <= 1.0:

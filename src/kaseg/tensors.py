@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -18,3 +20,56 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def full_precision(fn):
+    """Run a loss with autocast off: under AMP its softmaxes and Gram products stay in float32
+    (autocast of the device of the first tensor argument; a loss's module may come first)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``x`` (B, H, W) over valid positions; 0 (with a gradient) when none is valid."""
+    if valid is None:
+        return x.mean()
+    v = valid.to(x.dtype)
+    return (x * v).sum() / v.sum().clamp(min=1.0)
+
+
+def kl_from_logits(t: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
+    """``KL(softmax(t) || softmax(s))`` along ``dim``: accurate when the two are close, invariant
+    to a constant shift of either side, finite for any finite input.
+
+    The textbook ``sum p_t (log p_t - log p_s)`` subtracts two log-normalisers of size log(n): over
+    the 10^5 positions of a CWD map float32 leaves an error of ~1e-6 that can make the loss
+    negative. With ``d = t - s`` and any constant c, exactly
+
+        KL = sum p_t (d - c) - log(1 + sum p_s expm1(d - c)),
+
+    and with ``c = sum p_t d`` (the teacher-weighted mean of d) no large terms cancel and
+    ``d - c`` is small when the maps are close, whatever constant separates the two sides. Where
+    the maps are far apart (``d - c`` would overflow exp, or the log1p argument nears -1) the
+    textbook form on log-softmaxes is used: its rounding is small next to a large KL. Entries at
+    -inf in both (masked) or in ``t`` (a one-hot teacher) add nothing.
+    """
+    pt, ps = t.softmax(dim), s.softmax(dim)
+    d = t - s
+    d = torch.where(torch.isnan(d), torch.zeros_like(d), d)  # -inf in both: a masked entry
+    live = pt > 0  # entries with teacher mass (t = -inf has none); elsewhere no term, no NaN
+    zero = torch.zeros_like(d)
+    c = (pt * torch.where(live, d, zero)).sum(dim, keepdim=True)
+    dc = d - c
+    cross = (pt * torch.where(live, dc, zero)).sum(dim)
+    near = (ps * torch.expm1(dc.clamp(max=30.0))).sum(dim)
+    log_ratio = torch.where(live, t.log_softmax(dim) - s.log_softmax(dim), zero)
+    textbook = (pt * log_ratio).sum(dim)
+    use_near = (dc.amax(dim) < 30.0) & (near > -0.5)
+    kl = torch.where(use_near, cross - torch.log1p(near.clamp(min=-0.5)), textbook)
+    return kl.clamp(min=0.0)  # >= 0 exactly, not just up to rounding
