@@ -1,3 +1,4 @@
+import torch
 from torch import nn
 
 from kaseg.cost import count_flops, count_params, model_cost
@@ -76,3 +77,18 @@ def test_a_grouped_convolutions_backward_is_counted_once_per_gradient():
     with counter:
         dw(x).sum().backward()
     assert counter.get_total_flops() == 3 * 2 * (2 * 32 * 16 * 16) * 9
+
+
+def test_timing_a_model_on_another_device_leaves_it_trainable():
+    """A model moved to the device inside inference mode gets inference-tensor weights, and the
+    next training step fails ("Inplace update to inference tensor", seen on a GPU). ``meta``
+    stands in for the GPU: the move happens, unlike a CPU-to-CPU move."""
+    from kaseg.bench import forward_time
+    from kaseg.cost import measure_latency
+    for timer in (lambda m: measure_latency(m, (32, 32), "meta", runs=1, warmup=0),
+                  lambda m: forward_time(m, (32, 32), torch.device("meta"), 1, runs=1)):
+        model = build_model("tiny-student", 3)
+        timer(model)
+        tensors = [*model.parameters(), *model.buffers()]
+        assert tensors[0].device.type == "meta"
+        assert not any(t.is_inference() for t in tensors)

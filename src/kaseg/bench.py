@@ -58,14 +58,14 @@ def step_time(task, size, device, batch: int, runs: int = 10, amp: bool = False)
                           device, runs)
 
 
-@torch.inference_mode()
 def forward_time(net, size, device, batch: int, runs: int = 10, amp: bool = False) -> float:
-    """Median seconds of one inference forward pass at ``batch`` (the teacher's share of a step)."""
+    """Median seconds of one inference forward pass at ``batch`` (the teacher's share of a step).
+    The move to ``device`` comes before inference mode (see :func:`kaseg.cost.measure_latency`)."""
     net.eval().to(device)
     x = torch.randn(batch, 3, *size, device=device)
 
     def forward():
-        with autocast(device, amp):
+        with torch.inference_mode(), autocast(device, amp):
             net(x)
 
     return median_seconds(forward, device, runs)

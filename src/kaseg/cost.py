@@ -70,15 +70,18 @@ def median_seconds(fn, device: torch.device | str = "cpu", runs: int = 10,
     return sorted(times)[len(times) // 2]
 
 
-@torch.inference_mode()
 def measure_latency(model: nn.Module, size: tuple[int, int], device: str | torch.device = "cpu",
                     runs: int = 20, warmup: int = 5) -> float:
-    """Median milliseconds of one forward pass, batch 1, after ``warmup`` passes."""
+    """Median milliseconds of one forward pass, batch 1, after ``warmup`` passes. The model is
+    moved to ``device`` *before* inference mode: moved inside it, its weights would become
+    inference tensors, and a later training step on them fails (on a GPU only: on the CPU the
+    move is a no-op)."""
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
-    x = torch.randn(1, 3, *size, device=device)
-    ms = median_seconds(lambda: model(x), device, runs, warmup) * 1e3
+    with torch.inference_mode():
+        x = torch.randn(1, 3, *size, device=device)
+        ms = median_seconds(lambda: model(x), device, runs, warmup) * 1e3
     model.train(was_training)
     return ms
 
