@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from kaseg.arms import ARMS, Arm, arm_config, get_arm
+from kaseg.arms import ARM_GROUPS, ARMS, Arm, arm_config, get_arm
 from kaseg.checkpoint import load_model
 from kaseg.cli import main
 from kaseg.compare_report import export_best
@@ -386,3 +386,15 @@ def test_the_field_group_with_controls_counts_each_arms_cost_and_matches_ce_to_t
     assert f"CE only for {iters} iterations" in report
     assert "than training the student longer for the same compute on this data" in report
     capsys.readouterr()
+
+
+def test_kaseg_info_lists_the_arms_and_the_groups_beside_them(capsys):
+    assert main(["info", "--arms"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "arms:" and "groups (--arms NAME):" in lines
+    rows = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert set(ARMS) | set(ARM_GROUPS) == set(rows)
+    assert rows["field"].split()[1:] == ARM_GROUPS["field"] == [
+        "baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"]
+    assert "+ CIRKD (cross-image relations)" in rows["cirkd"]
+    assert rows["ce_matched"].endswith("[compute-matched control]")

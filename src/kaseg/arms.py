@@ -149,6 +149,21 @@ ARM_GROUPS: dict[str, list[str]] = {
 }
 
 
+def listing() -> str:
+    """Every registered arm (name, label, what kind) and every group with its arms: what
+    ``kaseg info --arms`` prints, so a user sees the one-word groups beside the arms."""
+    width = max(len(n) for n in [*ARMS, *ARM_GROUPS])
+    lines = ["arms:"]
+    for arm in ARMS.values():
+        kind = " [compute-matched control]" if arm.matched else (
+            " [control]" if arm.control else "")
+        lines.append(f"  {arm.name:<{width}}  {arm.label}{kind}")
+    lines.append("groups (--arms NAME):")
+    for name, members in ARM_GROUPS.items():
+        lines.append(f"  {name:<{width}}  {' '.join(members)}")
+    return "\n".join(lines)
+
+
 def expand_groups(names: list[str]) -> list[str]:
     """Arm names with each group name replaced by its arms (in order, each arm once)."""
     out: list[str] = []

@@ -212,6 +212,10 @@ def _cmd_info(args) -> int:
     from .cost import model_cost
     from .models import build_model, list_models
 
+    if args.arms:
+        from .arms import listing
+        print(listing())
+        return 0
     if args.list or not args.model:
         print("\n".join(list_models()))
         return 0
@@ -390,6 +394,8 @@ def _args_info(i) -> None:
     i.add_argument("--num-classes", type=int, default=21)
     i.add_argument("--output-stride", type=int)
     i.add_argument("--list", action="store_true")
+    i.add_argument("--arms", action="store_true",
+                   help="list the comparison's registered arms and arm groups")
     i.add_argument("--json", action="store_true")
 
 
