@@ -14,11 +14,12 @@ import torch
 import yaml
 from PIL import Image
 
-from kaseg.arms import ARM_GROUPS, ARMS, Arm, arm_config, get_arm
+from kaseg.arms import (ARM_GROUPS, ARMS, Arm, arm_config, arm_from_yaml, get_arm,
+                        tune_weights)
 from kaseg.checkpoint import load_model
 from kaseg.cli import main
 from kaseg.compare_report import export_best
-from kaseg.comparison import CompareSpec, spec_from
+from kaseg.comparison import CompareSpec, _last_miou, spec_from
 from kaseg.experiment import load_config
 from kaseg.errors import KasegError
 from kaseg.supervised import build_network
@@ -398,3 +399,45 @@ def test_kaseg_info_lists_the_arms_and_the_groups_beside_them(capsys):
         "baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"]
     assert "+ CIRKD (cross-image relations)" in rows["cirkd"]
     assert rows["ce_matched"].endswith("[compute-matched control]")
+
+
+def test_tune_weights_scales_only_the_arms_own_losses_from_their_defaults():
+    cfg = arm_config(load_config(None), "cirkd", 0)
+    x3 = tune_weights(cfg, ARMS["cirkd"], 3.0).distill
+    assert x3.loss_weights == {"cirkd_batch": 3.0, "cirkd_memory": pytest.approx(0.3)}
+    assert x3.extra_losses == ["kd", "cirkd_batch", "cirkd_memory"]  # KD stays at its 1
+    assert tune_weights(cfg, ARMS["cirkd"], 1.0) is cfg  # x1: the authors' setting, one run
+    with pytest.raises(KasegError, match=r"compare.arms 'my': tuned loss\(es\) \['cwd'\] are not "
+                       r"among its distill.extra_losses"):
+        arm_from_yaml("my", {"distill": {"extra_losses": ["kd"]}, "tuned": ["cwd"]}, "exp.yaml")
+    mine = arm_from_yaml("my", {"distill": {"extra_losses": ["kd"]}, "tuned": ["kd"]}, "e.yaml")
+    assert mine.tuned == ("kd",)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_tuned_arm_trains_at_its_own_best_weight(tmp_path, capsys):
+    """With tuning on, DIST's weight is tuned on the tuning seeds like the method's: each scale
+    one run per tuning seed, the best mean mIoU chosen, the reported runs trained at it (their
+    folder names it), and the report and results.json say so."""
+    config = _config(tmp_path, {"baseline": None, "dist": None})
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1",
+                 "--tune-seeds", "100", "--weight-scales", "0.5", "2"]) == 0
+    scores = {}
+    for k in ("0.5", "2"):
+        run = out / "tuning" / f"dist-x{k}-s100"
+        assert yaml.safe_load((run / "config.yaml").read_text())["distill"]["loss_weights"] == {
+            "dist": float(k)}
+        scores[k] = _last_miou(run)
+    chosen = max(["0.5", "2"], key=scores.get)
+    run = out / "runs" / f"dist-x{chosen}-s0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["distill"]["loss_weights"] == {
+        "dist": float(chosen)}
+    results = json.loads((out / "results.json").read_text())
+    assert results["arm_tuning"]["dist"]["scale"] == float(chosen)
+    assert results["arm_tuning"]["dist"]["scores"] == {k: [v] for k, v in scores.items()}
+    row = next(ln for ln in (out / "report.md").read_text().splitlines()
+               if ln.startswith("| `dist` | dist |"))
+    assert row.endswith(f"| x{chosen} |") and f"{100 * scores['2']:.2f}" in row
+    assert (out / "runs" / "baseline-s0" / "metrics.json").exists()  # CE only: not tuned

@@ -14,6 +14,7 @@ or define their own in their YAML::
           label: "+ logit KD (T = 3)"
           distill: {adapt_weight: 0, affinity_weight: 0, extra_losses: [kd],
                     loss_options: {kd: {temperature: 3.0}}}
+          tuned: [kd]              # its KD weight tuned on the tuning seeds, like the method's
 
 Every arm is built into a full config and checked before anything trains (:func:`arm_config`).
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from .config import Config, DataConfig, DistillConfig
 from .experiment import check_config
 from .errors import KasegError
+from .kd_losses import resolve_losses
 
 BASELINE = "baseline"
 _OFF = {"adapt_weight": 0.0, "affinity_weight": 0.0}
@@ -47,6 +49,10 @@ class Arm:
     # the compute-matched control: trained for as many iterations as the costliest distilling
     # arm of the comparison spends in training FLOPs (:func:`kaseg.comparison.matched_iters`)
     matched: bool = False
+    # the losses whose weights a tuning comparison scales for this arm on the tuning seeds (x
+    # each weight scale of their authors' default), as it tunes the method's two weights: every
+    # method then meets CE only at its best weight, not only ours
+    tuned: tuple[str, ...] = ()
 
     def uses_method(self, base: DistillConfig) -> bool:
         """Whether the arm trains with the method's terms (and so needs an autoencoder)."""
@@ -77,6 +83,10 @@ def _check_changes(arm: Arm, where: str) -> None:
         if bad:
             raise KasegError(f"{where} '{arm.name}': unknown {section} key(s) {bad}; known: "
                              f"{', '.join(sorted(known))}")
+    unknown = sorted(set(arm.tuned) - set(arm.distill.get("extra_losses") or ()))
+    if unknown:
+        raise KasegError(f"{where} '{arm.name}': tuned loss(es) {unknown} are not among its "
+                         f"distill.extra_losses")
     if arm.ae is not None and arm.ae not in AE_VARIANTS:
         raise KasegError(f"{where} '{arm.name}': unknown autoencoder variant '{arm.ae}'; known: "
                          f"{', '.join(AE_VARIANTS)}")
@@ -103,13 +113,15 @@ for _arm in [
     Arm("skd", "+ SKD pair-wise", {**_OFF, "extra_losses": ["skd"]}),
     Arm("cwd", "+ CWD (logits)", {**_OFF, "extra_losses": ["cwd"]}),
     Arm("ifvd", "+ IFVD", {**_OFF, "extra_losses": ["ifvd"]}),
-    Arm("dist", "+ DIST (class relations)", {**_OFF, "extra_losses": ["dist"]}),
+    Arm("dist", "+ DIST (class relations)", {**_OFF, "extra_losses": ["dist"]},
+        tuned=("dist",)),
     # CIRKD and Af-DCD as their authors train them: their terms beside logit KD at T = 1
     Arm("cirkd", "+ CIRKD (cross-image relations)", {
         **_OFF, "extra_losses": ["kd", "cirkd_batch", "cirkd_memory"],
-        "loss_options": {"kd": {"temperature": 1.0}}}),
+        "loss_options": {"kd": {"temperature": 1.0}}}, tuned=("cirkd_batch", "cirkd_memory")),
     Arm("af_dcd", "+ Af-DCD (dense contrastive)", {
-        **_OFF, "extra_losses": ["kd", "af_dcd"], "loss_options": {"kd": {"temperature": 1.0}}}),
+        **_OFF, "extra_losses": ["kd", "af_dcd"], "loss_options": {"kd": {"temperature": 1.0}}},
+        tuned=("af_dcd",)),
     Arm("adapt", "+ adaptation", {"affinity_weight": 0.0}),
     Arm("affinity", "+ affinity", {"adapt_weight": 0.0}),
     Arm("ka", "+ both (the method)"),
@@ -181,15 +193,19 @@ def arm_from_yaml(name: str, spec, source: str) -> Arm:
     if not isinstance(spec, dict):
         raise KasegError(f"{source}: compare.arms.{name} must be a mapping (label, distill, "
                          f"data, ae) or empty, got {spec!r}")
-    bad = sorted(set(spec) - {"label", "distill", "data", "ae", "control"})
+    bad = sorted(set(spec) - {"label", "distill", "data", "ae", "control", "tuned"})
     if bad:
         raise KasegError(f"{source}: compare.arms.{name}: unknown key(s) {bad}; an arm takes "
-                         "label, distill, data, ae, control")
+                         "label, distill, data, ae, control, tuned")
     for section in ("distill", "data"):
         if not isinstance(spec.get(section) or {}, dict):
             raise KasegError(f"{source}: compare.arms.{name}.{section} must be a mapping")
+    tuned = spec.get("tuned") or []
+    if not isinstance(tuned, list) or not all(isinstance(t, str) for t in tuned):
+        raise KasegError(f"{source}: compare.arms.{name}.tuned must be a list of loss names")
     arm = Arm(name, str(spec.get("label") or name), dict(spec.get("distill") or {}),
-              dict(spec.get("data") or {}), spec.get("ae"), bool(spec.get("control", False)))
+              dict(spec.get("data") or {}), spec.get("ae"), bool(spec.get("control", False)),
+              tuned=tuple(tuned))
     _check_changes(arm, f"{source}: compare.arms")
     return arm
 
@@ -199,6 +215,18 @@ def get_arm(name: str, source: str = "compare") -> Arm:
         raise KasegError(f"{source}: unknown arm '{name}'; known: {', '.join(ARMS)} (or define "
                          "it in the config's compare.arms)")
     return ARMS[name]
+
+
+def tune_weights(cfg: Config, arm: Arm, scale: float) -> Config:
+    """``cfg`` (the arm's config) with the weights of the arm's tuned losses x ``scale`` (their
+    default or the arm's own weight as the base); unchanged at x1, so the authors' setting is
+    one run whether or not a comparison tunes."""
+    if scale == 1.0 or not arm.tuned:
+        return cfg
+    d = cfg.distill
+    base = resolve_losses(list(arm.tuned), d.loss_weights, d.loss_options)
+    weights = {**d.loss_weights, **{n: scale * w for n, (w, _) in base.items()}}
+    return replace(cfg, distill=replace(d, loss_weights=weights))
 
 
 def arm_config(cfg: Config, arm: Arm | str, seed: int) -> Config:

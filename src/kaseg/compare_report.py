@@ -19,7 +19,7 @@ from .checkpoint import load_model, save_model
 from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
                       paired_rows, with_matched)
-from .comparison import CompareSpec, all_stages
+from .comparison import CompareSpec, all_stages, arm_scales
 from .config import Config
 from .cost import measure_latency, model_cost
 from .data import build_dataset
@@ -64,8 +64,10 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
                            "costliest": top}
         else:
             matched_cfg = None
+    own = arm_scales(out, spec, [s for s in first if s.phase == "tuning"])
     return {"records": records, "missing": missing, "failed": failed, "scale": scale,
             "tuning": scores, "cfg": armed, "val": val, "teacher": teacher,
+            "arm_tuning": {name: {"scale": k, "scores": sc} for name, (k, sc) in own.items()},
             "matched": matched_cfg if matched is not None else None}
 
 
@@ -125,6 +127,7 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
     atomic_write_text(out / "results.json", json.dumps(
         {"command": command, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
          "machine": machine(device), "weight_scale": got["scale"], "tuning": got["tuning"],
+         "arm_tuning": got["arm_tuning"],
          "missing": got["missing"], "failed": got["failed"], "costs": costs,
          "compute_matched": got["matched"], "rows": rows,
          "records": records, "pictured_val_images": got["pictured"]},
@@ -265,8 +268,31 @@ def _tuning_lines(got: dict, spec: CompareSpec, cfg: Config) -> list[str]:
         table.append(f"| x{k} | " + " | ".join("diverged" if v is None else f"{100 * v:.2f}"
                                                for v in vs) +
                      (" | not chosen |" if diverged else f" | {100 * sum(vs) / len(vs):.2f} |"))
-    return [head + f", the best mean mIoU of the method on the tuning seeds {spec.tune_seeds} "
-            "(never reported):", "", *table, ""]
+    lines = [head + f", the best mean mIoU of the method on the tuning seeds {spec.tune_seeds} "
+             "(never reported):", "", *table, ""]
+    return lines + _arm_tuning_lines(got, spec)
+
+
+def _arm_tuning_lines(got: dict, spec: CompareSpec) -> list[str]:
+    """Each tuned arm's chosen scale of its own losses' weights, with its tuning table."""
+    own = got.get("arm_tuning") or {}
+    if not own:
+        return []
+    arms = {a.name: a for a in spec.arms}
+    lines = ["The other methods' weights, each tuned the same way on the same seeds (x each "
+             "scale of its authors' default weight):", "",
+             "| arm | tuned losses | " + " | ".join(f"x{k:g}" for k in spec.weight_scales) +
+             " | chosen |", "| --- | --- |" + " ---: |" * (len(spec.weight_scales) + 1)]
+    for name, t in own.items():
+        cells = []
+        for k in spec.weight_scales:
+            vs = t["scores"].get(f"{k:g}")
+            cells.append("" if not vs else "diverged" if None in vs
+                         else f"{100 * sum(vs) / len(vs):.2f}")
+        chosen = "tuning unfinished" if t["scale"] is None else f"x{t['scale']:g}"
+        lines.append(f"| `{name}` | {', '.join(arms[name].tuned)} | " + " | ".join(cells) +
+                     f" | {chosen} |")
+    return lines + ["", "(mean mIoU over the tuning seeds; never reported)", ""]
 
 
 def _costs(out: Path, cfg: Config, records: list[dict], teacher) -> dict:

@@ -8,7 +8,9 @@ A comparison is a list of stages, each a resumable run folder under OUT:
    and optionally a shared CE-trained start (``init_iters``) for users without a pretrained
    student;
 2. tuning: the method's two weights scaled by each of ``weight_scales`` on ``tune_seeds``, seeds
-   that are never reported; the scale with the best mean mIoU is used by every arm;
+   that are never reported; the scale with the best mean mIoU is used by every arm of the
+   method; each arm with losses of its own to tune (:attr:`kaseg.arms.Arm.tuned`: DIST, CIRKD,
+   Af-DCD) is tuned the same way, on the same seeds, and trains at its own best scale;
 3. arms x seeds, seed-major (partial results stay paired): a seed fixes the student's initial
    weights, data order and augmentation in every arm. The folder of an arm whose config depends
    on the weight scale names the scale (``runs/ka-x0.3-s0``), so a re-tune that picks another
@@ -35,7 +37,7 @@ import yaml
 from tqdm import tqdm
 
 from .arms import (BASELINE, CONTROL_ARMS, DEFAULT_ARMS, Arm, ae_variant_config, arm_config,
-                   arm_from_yaml, expand_groups, get_arm)
+                   arm_from_yaml, expand_groups, get_arm, tune_weights)
 from .files import atomic_write_text
 from .config import Config, to_dict
 from .experiment import check_config
@@ -222,32 +224,56 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage
     return stages, armed, variants
 
 
+def tuned_arms(spec: CompareSpec) -> list[Arm]:
+    """The arms whose own losses a tuning comparison tunes (:attr:`Arm.tuned`)."""
+    return [a for a in spec.arms if a.tuned] if spec.tuning else []
+
+
 def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
+    """The method's weights x each scale, and each tuned arm's losses x each scale, on the
+    tuning seeds; seed-major, so the runs of one tuning seed train in lockstep."""
     if not spec.tuning:
         return []
     ka = get_arm(TUNE_ARM)
-    return [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
-                  arm_config(scaled(cfg, k), ka, seed), TUNE_ARM, seed, phase="tuning")
-            for seed in spec.tune_seeds for k in spec.weight_scales]  # seed-major: lockstep
+    stages = []
+    for seed in spec.tune_seeds:
+        stages += [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
+                         arm_config(scaled(cfg, k), ka, seed), TUNE_ARM, seed, phase="tuning")
+                   for k in spec.weight_scales]
+        stages += [Stage(f"tuning/{arm.name}-x{k:g}-s{seed}", "distill",
+                         tune_weights(arm_config(cfg, arm, seed), arm, k), arm.name, seed,
+                         phase="tuning")
+                   for arm in tuned_arms(spec) for k in spec.weight_scales]
+    return stages
 
 
-def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage]) -> tuple[float | None, dict]:
-    """The tuned scale (None while a tuning run is unfinished) and every scale's tuning mIoU
-    (None for a run that diverged: its scale is not chosen)."""
+def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage],
+                 arm: str = TUNE_ARM) -> tuple[float | None, dict]:
+    """The tuned scale of ``arm``'s weights (the method's by default; None while one of its
+    tuning runs is unfinished) and every scale's tuning mIoU (None for a run that diverged: its
+    scale is not chosen). Without tuning: the one weight scale for the method, x1 (the authors'
+    default) for another arm."""
     if not spec.tuning:
-        return spec.weight_scales[0], {}
-    if not all(s.done(out) or s.failure(out) for s in tuning):
+        return (spec.weight_scales[0] if arm == TUNE_ARM else 1.0), {}
+    mine = [s for s in tuning if s.name.startswith(f"tuning/{arm}-x")]
+    if not all(s.done(out) or s.failure(out) for s in mine):
         return None, {}
-    scores = {f"{k:g}": [_last_miou(s.folder(out)) if s.done(out) else None for s in tuning
-                         if s.name.startswith(f"tuning/{TUNE_ARM}-x{k:g}-s")]
+    scores = {f"{k:g}": [_last_miou(s.folder(out)) if s.done(out) else None for s in mine
+                         if s.name.startswith(f"tuning/{arm}-x{k:g}-s")]
               for k in spec.weight_scales}
     healthy = [k for k in spec.weight_scales if None not in scores[f"{k:g}"]]
     if not healthy:
-        raise KasegError(f"{out}: the method diverged at every weight scale "
+        what = "the method" if arm == TUNE_ARM else f"arm '{arm}'"
+        raise KasegError(f"{out}: {what} diverged at every weight scale "
                          f"{spec.weight_scales} on the tuning seeds (see tuning/*/failed.json): "
                          "lower the weights or train.lr")
     best = max(healthy, key=lambda k: sum(scores[f"{k:g}"]) / len(scores[f"{k:g}"]))
     return best, scores
+
+
+def arm_scales(out: Path, spec: CompareSpec, tuning: list[Stage]) -> dict[str, tuple]:
+    """``{arm: (chosen scale or None while tuning, tuning scores)}`` of each tuned arm."""
+    return {a.name: chosen_scale(out, spec, tuning, a.name) for a in tuned_arms(spec)}
 
 
 def _last_miou(run: Path) -> float:
@@ -270,10 +296,16 @@ def scale_dependent(cfg: Config, arm: Arm) -> bool:
 
 
 def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
-               scale: float, out: Path | None = None) -> list[Stage]:
-    stages = []
+               scale: float, out: Path | None = None,
+               own: dict[str, float] | None = None) -> list[Stage]:
+    """The arms x seeds; ``own``: the chosen scale of each tuned arm's losses (its folder names
+    it unless x1)."""
+    stages, own = [], own or {}
     tags = {arm.name: f"-x{scale:g}" if scale_dependent(variants[arm.ae] if arm.ae else cfg, arm)
             else "" for arm in spec.arms}
+    for name, k in own.items():
+        if k != 1.0:
+            tags[name] += f"-x{k:g}"
     matched = None
     if any(a.matched for a in spec.arms):
         matched = matched_schedule(out, cfg, spec, variants, scale)
@@ -282,6 +314,8 @@ def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
             base = variants[arm.ae] if arm.ae else cfg
             tag = tags[arm.name]
             c = arm_config(scaled(base, scale), arm, seed)
+            if arm.name in own:
+                c = tune_weights(c, arm, own[arm.name])
             if arm.matched:
                 c = replace(c, train=replace(c.train, **matched["train"]))
                 tag = f"-i{c.train.iters}"
@@ -360,7 +394,9 @@ def all_stages(out: Path, cfg: Config, spec: CompareSpec):
     check_arms(armed, spec)
     tuning = tuning_stages(armed, spec)
     scale, scores = chosen_scale(out, spec, tuning)
-    arms = None if scale is None else arm_stages(armed, spec, variants, scale, out)
+    own = {name: k for name, (k, _) in arm_scales(out, spec, tuning).items()}
+    ready = scale is not None and None not in own.values()
+    arms = arm_stages(armed, spec, variants, scale, out, own) if ready else None
     if arms:
         adopt_unscaled_folders(out, arms)
     return shared + tuning, arms, scale, scores, armed
@@ -418,7 +454,7 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
                      " ".join(diverged))
     if arms is None:
         lines.append("# then run the same `kaseg compare ... --plan` again: the arms' lines "
-                     "need the weight scale the tuning runs choose")
+                     "need the weight scales the tuning runs choose")
     atomic_write_text(out / "plan.txt", "\n".join(lines) + "\n")
     return lines
 
