@@ -441,3 +441,6 @@ def test_each_tuned_arm_trains_at_its_own_best_weight(tmp_path, capsys):
                if ln.startswith("| `dist` | dist |"))
     assert row.endswith(f"| x{chosen} |") and f"{100 * scores['2']:.2f}" in row
     assert (out / "runs" / "baseline-s0" / "metrics.json").exists()  # CE only: not tuned
+    # no arm uses the method: its weights are not tuned and no autoencoder is trained
+    assert not (out / "tuning" / "ka-x0.5-s100").exists() and not (out / "ae").exists()
+    assert "The method's weights" not in (out / "report.md").read_text()

@@ -253,6 +253,8 @@ def _ae_lines(out: Path, spec: CompareSpec, cfg: Config) -> list[str]:
 
 def _tuning_lines(got: dict, spec: CompareSpec, cfg: Config) -> list[str]:
     scale = got["scale"]
+    if not any(a.uses_method(cfg.distill) for a in spec.arms):  # no arm uses its weights
+        return _arm_tuning_lines(got, spec)
     if scale is None:
         return ["The method's weights: tuning unfinished.", ""]
     d = cfg.distill

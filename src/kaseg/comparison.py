@@ -199,7 +199,7 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage
         stages.append(Stage("teacher", "train", teacher_training_config(cfg), phase="shared",
                             root=here))
         cfg = replace(cfg, teacher=replace(t, weights=str(root / "teacher")))
-    needs_ae = any(a.uses_method(base.distill) for a in spec.arms) or spec.tuning
+    needs_ae = any(a.uses_method(base.distill) for a in spec.arms)
     if needs_ae and not cfg.ae.weights:
         stages.append(Stage("ae", "train-ae", cfg, phase="shared", root=here))
         cfg = replace(cfg, ae=replace(cfg.ae, weights=str(root / "ae")))
@@ -235,11 +235,12 @@ def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
     if not spec.tuning:
         return []
     ka = get_arm(TUNE_ARM)
+    method = any(a.uses_method(cfg.distill) for a in spec.arms)  # else nothing uses its weights
     stages = []
     for seed in spec.tune_seeds:
         stages += [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
                          arm_config(scaled(cfg, k), ka, seed), TUNE_ARM, seed, phase="tuning")
-                   for k in spec.weight_scales]
+                   for k in (spec.weight_scales if method else [])]
         stages += [Stage(f"tuning/{arm.name}-x{k:g}-s{seed}", "distill",
                          tune_weights(arm_config(cfg, arm, seed), arm, k), arm.name, seed,
                          phase="tuning")
@@ -256,6 +257,8 @@ def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage],
     if not spec.tuning:
         return (spec.weight_scales[0] if arm == TUNE_ARM else 1.0), {}
     mine = [s for s in tuning if s.name.startswith(f"tuning/{arm}-x")]
+    if not mine:  # no arm of the comparison uses these weights
+        return spec.weight_scales[0], {}
     if not all(s.done(out) or s.failure(out) for s in mine):
         return None, {}
     scores = {f"{k:g}": [_last_miou(s.folder(out)) if s.done(out) else None for s in mine
