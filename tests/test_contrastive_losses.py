@@ -450,3 +450,14 @@ def test_a_loss_that_does_not_fit_the_teacher_map_is_an_error_before_anything_tr
         resolve_losses(["cirkd_memory"], None, {"cirkd_memory": {"bank": 3}})
     with pytest.raises(ValueError, match="projector must be 'enhanced' or 'plain'"):
         AfDcdHead(4, 8, projector="big")
+
+
+def test_an_arm_reading_a_map_the_network_does_not_expose_is_named_before_anything_trains():
+    cfg = load_config(None, ["distill.extra_losses=[cirkd_batch]", "distill.adapt_weight=0",
+                             "distill.affinity_weight=0", "distill.student_tap=stem"])
+    with pytest.raises(KasegError, match=r"^arm 'cirkd': distill.student_tap 'stem' is not a "
+                       r"feature of tiny-student; choose one of \['encoder', 'pre_logits'\]$"):
+        check_losses_fit(cfg, "arm 'cirkd'")
+    # CE only reads no map: nothing to check
+    check_losses_fit(load_config(None, ["distill.adapt_weight=0", "distill.affinity_weight=0",
+                                        "distill.student_tap=stem"]))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -237,24 +238,34 @@ def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
                       rng_state())
 
 
-def check_losses_fit(cfg: Config, source: str = "config") -> None:
-    """A selected loss that cannot run on the teacher's map (:attr:`LossSpec.check`, e.g.
-    Af-DCD's channel groups) is a one-line error naming ``source``, before anything trains: the
-    teacher's architecture is built untrained (its map's channels do not depend on weights)."""
-    d, t = cfg.distill, cfg.teacher
-    checked = {n: o for n, (w, o) in resolve_losses(d.extra_losses, d.loss_weights,
-                                                     d.loss_options).items()
-               if w > 0 and LOSSES[n].check}
-    if not checked:
-        return
+@functools.lru_cache(maxsize=16)
+def _feature_info(name: str, output_stride: int | None, decoder_channels: int | None) -> dict:
+    """The tapped maps of an untrained ``name`` (their channels and strides do not depend on the
+    weights); cached, so checking many arms builds each architecture once."""
     with torch.random.fork_rng(devices=[]):
-        teacher = build_model(t.name, 2, t.output_stride, t.decoder_channels)
-    if t.tap not in teacher.feature_info:
-        raise KasegError(f"{source}: teacher.tap '{t.tap}' is not a feature of {t.name}; "
-                         f"choose one of {sorted(teacher.feature_info)}")
-    channels = teacher.feature_info[t.tap].channels
-    for name, options in checked.items():
-        problem = LOSSES[name].check(channels, **options)
+        return dict(build_model(name, 2, output_stride, decoder_channels).feature_info)
+
+
+def check_losses_fit(cfg: Config, source: str = "config") -> None:
+    """A distillation whose terms read a map the networks do not expose (``teacher.tap``,
+    ``distill.student_tap``), or a selected loss that cannot run on the teacher's map
+    (:attr:`LossSpec.check`, e.g. Af-DCD's channel groups), is a one-line error naming
+    ``source`` before anything trains: the architectures are built untrained."""
+    d, t, m = cfg.distill, cfg.teacher, cfg.model
+    losses = {n: o for n, (w, o) in resolve_losses(d.extra_losses, d.loss_weights,
+                                                    d.loss_options).items() if w > 0}
+    if not losses and d.adapt_weight <= 0 and d.affinity_weight <= 0:
+        return  # CE only (or pseudo-labels): no tapped map is read
+    teacher = _feature_info(t.name, t.output_stride, t.decoder_channels)
+    student = _feature_info(m.name, m.output_stride, m.decoder_channels)
+    for key, tap, name, info in (("teacher.tap", t.tap, t.name, teacher),
+                                 ("distill.student_tap", d.student_tap, m.name, student)):
+        if tap not in info:
+            raise KasegError(f"{source}: {key} '{tap}' is not a feature of {name}; choose one "
+                             f"of {sorted(info)}")
+    channels = teacher[t.tap].channels
+    for name, options in losses.items():
+        problem = LOSSES[name].check and LOSSES[name].check(channels, **options)
         if problem:
             raise KasegError(f"{source}: {name} needs what {t.name}'s '{t.tap}' map does not "
                              f"give: {problem}")
