@@ -255,13 +255,7 @@ class DistillTask(nn.Module):
         self.p, self.q, self.affinity_impl = p, q, affinity_impl
         self.dense_max_positions, self.ignore_index = dense_max_positions, ignore_index
         self.extra = {k: (float(w), dict(o)) for k, (w, o) in (extra or {}).items() if w > 0}
-        for name, (_, options) in self.extra.items():
-            problem = LOSSES[name].check and LOSSES[name].check(ct, **options)
-            if problem:
-                raise ValueError(f"distill.extra_losses: {name}: {problem}")
-        self.loss_modules = nn.ModuleDict({
-            name: build_loss_module(name, cs, ct, student.num_classes, options)
-            for name, (_, options) in self.extra.items() if LOSSES[name].module})
+        self.loss_modules = loss_modules(self.extra, cs, ct, student.num_classes)
         self.warmup_iters, self.control = warmup_iters, control
         self.pseudo_labels, self.pseudo_threshold = pseudo_labels, pseudo_threshold
         if unlabeled_weight is not None and not 0.0 <= unlabeled_weight <= 1.0:
@@ -399,6 +393,18 @@ class DistillTask(nn.Module):
                             self.student_stride, self.teacher_stride)
             weighted[name] = (weight, spec.compute(given, **options))
         return weighted
+
+
+def loss_modules(extra: dict[str, tuple[float, dict]], cs: int, ct: int,
+                 num_classes: int) -> nn.ModuleDict:
+    """The trained (or stateful) modules of the selected losses, after each loss's check that
+    it can run on a teacher map of ``ct`` channels (a ``ValueError`` naming the loss if not)."""
+    for name, (_, options) in extra.items():
+        problem = LOSSES[name].check and LOSSES[name].check(ct, **options)
+        if problem:
+            raise ValueError(f"distill.extra_losses: {name}: {problem}")
+    return nn.ModuleDict({name: build_loss_module(name, cs, ct, num_classes, options)
+                          for name, (_, options) in extra.items() if LOSSES[name].module})
 
 
 def ratio(weighted_term: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
