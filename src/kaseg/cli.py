@@ -92,6 +92,14 @@ def _cmd_compare(args) -> int:
                      args.tune_seeds, args.weight_scales, args.controls, args.init_iters)
     out = Path(args.out)
     command = "kaseg " + " ".join(shlex.quote(a) for a in args.argv)
+    if args.dry_run and args.executor != "slurm":
+        raise KasegError("--dry-run goes with --executor slurm (--plan lists the runs left to "
+                         "do for any scheduler)")
+    if args.executor == "slurm" and not (args.plan or args.report):
+        from .cluster import run_on_slurm
+
+        return run_on_slurm(out, cfg, spec, command, args.force, args.retry_failed,
+                            args.dry_run, args.wait)
     if args.plan:
         lines = plan(out, cfg, spec)
         todo = sum(1 for ln in lines if not ln.startswith("#"))
@@ -101,7 +109,14 @@ def _cmd_compare(args) -> int:
     if not args.report:
         run(out, cfg, spec, args.force, lockstep=not args.no_lockstep,
             retry_failed=args.retry_failed)
-    got = write_report(out, cfg, spec, command, cfg.train.device)
+    jobs = None
+    if (out / "slurm" / "jobs.json").exists():  # a comparison run on a cluster
+        from .cluster import missing_jobs
+        from .comparison import all_stages
+
+        first, arms, *_ = all_stages(out, cfg, spec)
+        jobs = missing_jobs(out, first + (arms or []))
+    got = write_report(out, cfg, spec, command, cfg.train.device, jobs)
     print((out / "report.md").read_text())
     if args.export_best:
         best = export_best(out, got, spec, args.format)
@@ -287,6 +302,15 @@ def _args_compare(c) -> None:
                    help="a shared CE-trained start of N iterations (its own seed) for every arm")
     c.add_argument("--plan", action="store_true",
                    help="write OUT/plan.txt, one command per unfinished run, and stop")
+    c.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: every run here, in order (default); slurm: submit the runs as "
+                        "dependent Slurm jobs through submitit (settings: compare.slurm)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="with --executor slurm: print the jobs and what they wait for; submit "
+                        "nothing")
+    c.add_argument("--wait", action="store_true",
+                   help="with --executor slurm: wait until every job has ended, then print "
+                        "the report")
     c.add_argument("--report", action="store_true",
                    help="the report from the finished runs only (lists the missing ones)")
     c.add_argument("--export-best", action="store_true",

@@ -115,9 +115,11 @@ def matched_lines(rows: list[dict], spec: CompareSpec, stages_cfg: dict | None) 
 
 
 def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
-                 device: str = "auto") -> dict:
-    """``report.md``, ``results.json``, ``gain.png``, ``predictions.png``; -> the collection."""
+                 device: str = "auto", jobs: dict[str, str] | None = None) -> dict:
+    """``report.md``, ``results.json``, ``gain.png``, ``predictions.png``; -> the collection.
+    ``jobs``: the cluster job each unfinished run was left by, in words (its id and log)."""
     got = collect(out, cfg, spec)
+    got["jobs"] = {k: v for k, v in (jobs or {}).items() if k in got["missing"]}
     records, armed = got["records"], got["cfg"]
     names = [a.name for a in spec.arms]
     rows = with_matched(paired_rows(records, names), records, names)
@@ -128,7 +130,8 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
         {"command": command, "code": code_version(), "date": time.strftime("%Y-%m-%d"),
          "machine": machine(device), "weight_scale": got["scale"], "tuning": got["tuning"],
          "arm_tuning": got["arm_tuning"],
-         "missing": got["missing"], "failed": got["failed"], "costs": costs,
+         "missing": got["missing"], "missing_jobs": got["jobs"], "failed": got["failed"],
+         "costs": costs,
          "compute_matched": got["matched"], "rows": rows,
          "records": records, "pictured_val_images": got["pictured"]},
         indent=2))
@@ -221,7 +224,13 @@ def _left_out_lines(got: dict, rows: list[dict]) -> list[str]:
         lines += ["", f"**Diverged ({len(failed)})**, stopped alone while the other runs "
                   "trained on; not retried on a re-run unless `--retry-failed`:"]
         lines += [f"- `{name}`: {rec.get('message', '?')}" for name, rec in failed.items()]
-    if missing:
+    jobs = got.get("jobs", {})
+    if missing and jobs:
+        lines += ["", f"Unfinished ({len(missing)}), with the cluster job that left each so "
+                  "(re-run the same command to resubmit them; they resume from their "
+                  "checkpoints):"]
+        lines += [f"- `{m}`" + (f": {jobs[m]}" if m in jobs else "") for m in missing]
+    elif missing:
         lines += ["", f"Unfinished ({len(missing)}): " + ", ".join(f"`{m}`" for m in missing) +
                   "."]
     left = rows[0].get("left_out", {}) if rows else {}

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .arms import (BASELINE, CONTROL_ARMS, DEFAULT_ARMS, Arm, ae_variant_config, arm_config,
                    arm_from_yaml, expand_groups, get_arm, tune_weights)
 from .files import atomic_write_text
-from .config import Config, to_dict
+from .config import Config, SlurmConfig, from_dict, to_dict
 from .experiment import check_config
 from .errors import KasegError
 from .runs import config_changes
@@ -70,6 +70,7 @@ class CompareSpec:
     # longer fine-tuning): the shared stages keep the config's
     arms_data: dict = field(default_factory=dict)
     arms_train: dict = field(default_factory=dict)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # ``--executor slurm``'s jobs
 
     def __post_init__(self):
         names = [a.name for a in self.arms]
@@ -134,8 +135,10 @@ def lockstep_groups(stages: list[Stage]) -> list[list[Stage]]:
     return groups
 
 
-def _run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar,
-               retry_failed: bool = False) -> None:
+def run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar,
+              retry_failed: bool = False) -> None:
+    """One lockstep group (or one stage): a run that diverged earlier is not retried unless
+    asked; a run that diverges now stops alone, unless it is a shared stage."""
     shared = group[0].phase == "shared"
     if shared:
         _check_shared(out, group[0])
@@ -416,10 +419,10 @@ def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: st
     bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
     try:
         for group in lockstep_groups(first):
-            _run_group(out, group, force, lockstep, bar, retry_failed)
+            run_group(out, group, force, lockstep, bar, retry_failed)
         _, arms, scale, scores, armed = all_stages(out, cfg, spec)
         for group in lockstep_groups(arms):
-            _run_group(out, group, force, lockstep, bar, retry_failed)
+            run_group(out, group, force, lockstep, bar, retry_failed)
     finally:
         bar.close()
     return arms, scale, scores, armed
@@ -462,7 +465,8 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
     return lines
 
 
-SECTION_KEYS = ("arms", "seeds", "tune_seeds", "weight_scales", "controls", "init_iters")
+SECTION_KEYS = ("arms", "seeds", "tune_seeds", "weight_scales", "controls", "init_iters",
+                "slurm")
 
 
 def spec_from(section: dict, source: str = "compare", arms: list[str] | None = None,
@@ -505,6 +509,8 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
                                                   else section["weight_scales"])]
     init = init_iters if init_iters is not None else section.get("init_iters", 0)
     try:
+        kw["slurm"] = from_dict(SlurmConfig, section.get("slurm") or {}, source,
+                                "compare.slurm.")
         return CompareSpec(chosen, seed_list, init_iters=int(init), **kw)
     except (TypeError, ValueError) as e:
         raise KasegError(f"{source}: compare: {e}") from None

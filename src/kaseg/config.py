@@ -187,6 +187,32 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
+@dataclass
+class SlurmConfig:
+    """``compare.slurm``: what each job of ``kaseg compare --executor slurm`` asks Slurm for
+    (``sbatch`` options; ``setup``: shell lines run before the job, e.g. ``module load cuda``).
+    With ``gpus_per_node`` > 1 (or ``nodes`` > 1) a job trains under ``torchrun`` (DDP)."""
+
+    partition: str | None = None
+    account: str | None = None
+    time_min: int = 240
+    cpus_per_task: int = 8
+    mem_gb: float = 32.0
+    gpus_per_node: int = 1
+    nodes: int = 1
+    array_parallelism: int = 16  # the most seed (or tuning-seed) jobs running at once
+    setup: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for key, least in (("time_min", 1), ("cpus_per_task", 1), ("gpus_per_node", 0),
+                           ("nodes", 1), ("array_parallelism", 1)):
+            if getattr(self, key) < least:
+                raise ValueError(f"slurm.{key} must be >= {least}, got "
+                                 f"{getattr(self, key)}")
+        if not self.mem_gb > 0:
+            raise ValueError(f"slurm.mem_gb must be > 0, got {self.mem_gb}")
+
+
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
