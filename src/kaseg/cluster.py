@@ -90,7 +90,10 @@ class ComparisonJob(Checkpointable):
 
     def run_here(self) -> str:
         """This job's runs in this process (the only one, or one rank of torchrun's)."""
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        from .distributed import is_main
+
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+        logging.getLogger("kaseg").setLevel(logging.INFO if is_main() else logging.WARNING)
         if self.kind == "report":
             from .compare_report import write_report  # the report sits above the engine
 
@@ -99,7 +102,8 @@ class ComparisonJob(Checkpointable):
                          missing_jobs(self.out, first + (arms or [])))
             return str(self.out / "report.md")
         group = [s for s in self.stages() if self.force or not s.done(self.out)]
-        with tqdm(total=len(group), desc=f"{self.kind} {self.key}", unit="run") as bar:
+        with tqdm(total=len(group), desc=f"{self.kind} {self.key}", unit="run",
+                  disable=not is_main()) as bar:
             for part in lockstep_groups(group):
                 run_group(self.out, part, self.force, True, bar, self.retry_failed)
         return ", ".join(s.name for s in group)
@@ -330,10 +334,7 @@ def wait_for(out: Path, job_ids: list[str], every_s: float = 2.0) -> None:
 
 
 if __name__ == "__main__":  # one rank of a job under torchrun (ComparisonJob.under_torchrun)
-    from kaseg.distributed import init_from_env, is_main
+    from kaseg.distributed import init_from_env
 
     init_from_env()
-    task = pickle.loads(Path(sys.argv[1]).read_bytes())
-    if not is_main():
-        logging.getLogger("kaseg").setLevel(logging.WARNING)
-    task.run_here()
+    pickle.loads(Path(sys.argv[1]).read_bytes()).run_here()
