@@ -265,35 +265,49 @@ def summarize(out: Path) -> dict:
     return record
 
 
+def run_part(part: str, out: Path, dry: bool) -> int:
+    """One part; its exit code."""
+    if part == "amp":
+        rec = amp_steps(out, dry)
+        bad = [r for r in rec["rows"] if not r.get("finite") and "error" not in r]
+        return 1 if bad else 0
+    if part == "study":
+        study_regime(out, dry)
+        return 0
+    if part == "bench":
+        bench_part(out, dry)
+        return 0
+    if part == "report":
+        return report_part(out, dry)["exit"]
+    if part == "torchrun":
+        return torchrun_part(out, dry)["exit"]
+    rec = summarize(out)
+    print((out / "gpu_check.md").read_text())
+    return 1 if rec["missing"] else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("part", choices=["amp", "bench", "torchrun", "study", "report",
-                                     "summarize"])
+    ap.add_argument("part", nargs="+", choices=["amp", "bench", "torchrun", "study", "report",
+                                                "summarize"],
+                    help="one or more parts, run in this order (one process: the dry run's "
+                         "parts share its imports)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.dry_run and args.part != "summarize" and not torch.cuda.is_available():
+    if not args.dry_run and args.part != ["summarize"] and not torch.cuda.is_available():
         print("gpu_check: no CUDA device (use --dry-run on a CPU)", file=sys.stderr)
         return 2
-    if args.part == "amp":
-        rec = amp_steps(out, args.dry_run)
-        bad = [r for r in rec["rows"] if not r.get("finite") and "error" not in r]
-        return 1 if bad else 0
-    if args.part == "study":
-        study_regime(out, args.dry_run)
-        return 0
-    if args.part == "bench":
-        bench_part(out, args.dry_run)
-        return 0
-    if args.part == "report":
-        return report_part(out, args.dry_run)["exit"]
-    if args.part == "torchrun":
-        return torchrun_part(out, args.dry_run)["exit"]
-    rec = summarize(out)
-    print((out / "gpu_check.md").read_text())
-    return 1 if rec["missing"] else 0
+    worst = 0
+    for part in args.part:
+        try:
+            worst = max(worst, run_part(part, out, args.dry_run))
+        except Exception as e:  # the other parts still run; summarize lists this one missing
+            print(f"gpu_check: {part} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            worst = 1
+    return worst
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ OUT="${OUT:-results/gpu_check-$(date +%Y%m%d-%H%M)}"
 PY="${PYTHON:-python}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$OUT"
+if [ -n "$DRY" ]; then  # tiny parts on the CPU: one process (one set of imports), one limit
+  echo "== gpu_check --dry-run: every part (limit 400 s)"
+  timeout 400 "$PY" "$HERE/gpu_check.py" amp bench torchrun study report --out "$OUT" $DRY \
+    > "$OUT/dry-run.log" 2>&1 || { echo "   failed (log: $OUT/dry-run.log)"; tail -n 5 "$OUT/dry-run.log"; }
+fi
 for part in "amp 100" "bench 60" "torchrun 120" "study 200" "report 90"; do
+  [ -n "$DRY" ] && break
   set -- $part
   echo "== gpu_check: $1 (limit $2 s)"
   if ! timeout "$2" "$PY" "$HERE/gpu_check.py" "$1" --out "$OUT" $DRY > "$OUT/$1.log" 2>&1; then

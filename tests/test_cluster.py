@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -112,30 +111,20 @@ def test_dry_run_prints_each_job_and_what_it_waits_for_and_submits_nothing(
 @pytest.mark.timeout(300)
 def test_a_seeds_arms_in_lockstep_under_torchrun_equal_each_arm_alone_under_torchrun(
         tmp_path, folder_dataset):
-    """2 processes (gloo): the job a cluster runs with gpus_per_node=2 trains CE, KD and the
-    method in lockstep under torchrun; each ends with the weights of the same arm trained alone
-    by `torchrun ... kaseg compare --no-lockstep`, bit for bit."""
+    """The job a cluster runs with gpus_per_node=2 (torchrun, 2 gloo processes) trains CE, KD
+    and the method in lockstep; each ends with the weights of the same arm trained alone by the
+    same job with ``--no-lockstep``, bit for bit."""
     config = _config(tmp_path, folder_dataset, iters=4)
-    tiny = ["train.val_every=2", "train.batch_size=4"]  # 2 images a process (batch norm)
+    cfg = load_config(config, ["train.val_every=2", "train.batch_size=4"])  # 2 images a process
+    spec = spec_from(read_section(config, "compare"), str(config), weight_scales=[1.0])
     alone, together = tmp_path / "alone", tmp_path / "together"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "kaseg", "compare",
-         "--config", str(config), "--out", str(alone), "--seeds", "1", "--weight-scales", "1",
-         "--no-lockstep", *tiny], env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    together.mkdir()
-    for shared in ("teacher", "ae"):
+    for shared in ("teacher", "ae"):  # one process; then the same shared stages for both
+        ComparisonJob(alone, cfg, spec, "shared", shared)()
         shutil.copytree(alone / shared, together / shared)
-    cfg = load_config(config, tiny)
-    spec = spec_from(read_section(config, "compare"), str(config), seeds=1, weight_scales=[1.0])
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        ComparisonJob(together, cfg, spec, "seed", 0, procs=2)()  # torchrun, 2 processes
+        ComparisonJob(alone, cfg, spec, "seed", 0, procs=2, lockstep=False)()
+        ComparisonJob(together, cfg, spec, "seed", 0, procs=2)()
     finally:
         del os.environ["OMP_NUM_THREADS"]
     assert sorted(p.name for p in (together / "runs").iterdir()) == [
@@ -268,14 +257,20 @@ def slurm_cluster(tmp_path_factory):
 @pytest.mark.timeout(420)
 def test_a_comparison_on_slurm_gives_the_local_report_and_resumes_a_job_killed_midway(
         slurm_cluster, tmp_path, folder_dataset, capsys):
-    config = _config(tmp_path, folder_dataset)
+    bad = _config(tmp_path, folder_dataset, slurm={**SLURM, "partition": "nope"})
+    assert main(["compare", "--config", str(bad), "--out", str(tmp_path / "bad"), "--executor",
+                 "slurm"]) == 2
+    assert "Slurm refused job 'shared teacher' (" in capsys.readouterr().err
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == ""
+
+    config = _config(tmp_path, folder_dataset, iters=15, weight_scales=[1])
     local, remote = tmp_path / "local", tmp_path / "remote"
     assert main(["compare", "--config", str(config), "--out", str(local)]) == 0
     cmd = ["compare", "--config", str(config), "--out", str(remote), "--executor", "slurm"]
     assert main(cmd) == 0
     jobs = {j["name"]: j for j in json.loads((remote / "slurm" / "jobs.json").read_text())}
-    assert list(jobs) == ["shared teacher", "shared ae", "tuning seed 100", "seed 0", "seed 1",
-                          "report"]
+    assert list(jobs) == ["shared teacher", "shared ae", "seed 0", "seed 1", "report"]
+    seed1 = jobs["seed 1"]
     capsys.readouterr()
     assert main(cmd) == 2  # while they are queued, a second submission is refused
     assert "still queued or running" in capsys.readouterr().err
@@ -284,13 +279,12 @@ def test_a_comparison_on_slurm_gives_the_local_report_and_resumes_a_job_killed_m
     # takes seconds to kill a cancelled job's processes), then cancelled
     _until(lambda: len(list((remote / "runs").glob("*-s1/checkpoint.pt"))) == 3, 300,
            "a checkpoint of each of seed 1's runs")
-    subprocess.run(["scontrol", "suspend", jobs["seed 1"]["job_id"]], check=True)
-    subprocess.run(["scancel", jobs["seed 1"]["job_id"]], check=True)
+    subprocess.run(["scontrol", "suspend", seed1["job_id"]], check=True)
+    subprocess.run(["scancel", seed1["job_id"]], check=True)
     wait_for(remote, [j["job_id"] for j in jobs.values()], every_s=0.5)
     killed = sorted((remote / "runs").glob("*-s1"))
     assert len(killed) == 3 and not any((r / "metrics.json").exists() for r in killed)
     report = (remote / "report.md").read_text()  # the report job ran all the same
-    seed1 = jobs["seed 1"]
     assert Path(seed1["log"]).exists()
     for run in killed:
         assert f"- `runs/{run.name}`: job {seed1['job_id']} (log {seed1['log']})" in report
@@ -309,3 +303,21 @@ def test_a_comparison_on_slurm_gives_the_local_report_and_resumes_a_job_killed_m
     _same_weights(local, remote)
     assert _table(remote / "report.md") == _table(local / "report.md")
     assert "Unfinished" not in (remote / "report.md").read_text()
+
+
+def test_the_docs_dry_run_is_what_the_code_prints(tmp_path, capsys, monkeypatch):
+    """docs/scale.md's `--dry-run` output is the current code's, for configs/compare_folder.yaml
+    with the docs' `slurm:` block."""
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "scale.md").read_text()
+    section = doc[doc.index("## A comparison on your cluster"):]
+    block = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    shown = section.split("```console\n", 1)[1].split("```", 1)[0].splitlines()
+    cfg = yaml.safe_load((root / "configs" / "compare_folder.yaml").read_text())
+    cfg["compare"]["slurm"] = block["compare"]["slurm"]
+    (tmp_path / "my_experiment.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    assert shown[0] == ("$ kaseg compare --config my_experiment.yaml --out cmp --executor slurm "
+                        "--dry-run")
+    assert main(shown[0].split()[2:]) == 0
+    assert capsys.readouterr().out.splitlines() == shown[1:]

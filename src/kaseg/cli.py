@@ -99,7 +99,7 @@ def _cmd_compare(args) -> int:
         from .cluster import run_on_slurm
 
         return run_on_slurm(out, cfg, spec, command, args.force, args.retry_failed,
-                            args.dry_run, args.wait)
+                            args.dry_run, args.wait, not args.no_lockstep)
     if args.plan:
         lines = plan(out, cfg, spec)
         todo = sum(1 for ln in lines if not ln.startswith("#"))

@@ -60,13 +60,14 @@ class ComparisonJob(Checkpointable):
     command: str = "kaseg compare"
     procs: int = 1
     nodes: int = 1
+    lockstep: bool = True  # False: a group's runs one after another (the same results)
 
     @property
     def name(self) -> str:
         return self.kind if self.key is None else f"{self.kind}-{self.key}".replace("/", "-")
 
     def __call__(self) -> str:
-        if self.procs * self.nodes > 1:
+        if self.kind != "report" and self.procs * self.nodes > 1:
             return self.under_torchrun()
         return self.run_here()
 
@@ -105,7 +106,7 @@ class ComparisonJob(Checkpointable):
         with tqdm(total=len(group), desc=f"{self.kind} {self.key}", unit="run",
                   disable=not is_main()) as bar:
             for part in lockstep_groups(group):
-                run_group(self.out, part, self.force, True, bar, self.retry_failed)
+                run_group(self.out, part, self.force, self.lockstep, bar, self.retry_failed)
         return ", ".join(s.name for s in group)
 
     def under_torchrun(self) -> str:
@@ -157,7 +158,8 @@ class PlannedJob:
 
 
 def plan_jobs(out: Path, cfg: Config, spec: CompareSpec, force: bool = False,
-              retry_failed: bool = False, command: str = "kaseg compare") -> list[PlannedJob]:
+              retry_failed: bool = False, command: str = "kaseg compare",
+              lockstep: bool = True) -> list[PlannedJob]:
     """The jobs that finish the comparison, in submission order (nothing when every run is
     done or has diverged and is not retried)."""
     first, arms, *_ = all_stages(out, cfg, spec)
@@ -166,7 +168,7 @@ def plan_jobs(out: Path, cfg: Config, spec: CompareSpec, force: bool = False,
 
     def job(kind, key=None) -> ComparisonJob:
         return ComparisonJob(out, cfg, spec, kind, key, force, retry_failed, command, procs,
-                             s_.nodes)
+                             s_.nodes, lockstep)
 
     def todo(s: Stage) -> bool:
         return force or not (s.done(out) or (s.failure(out) and not retry_failed))
@@ -211,8 +213,9 @@ def describe(jobs: list[PlannedJob], slurm: SlurmConfig, out: Path) -> list[str]
         runs = ", ".join(j.runs)
         lines.append(f"  {number[j.name]:>8}  {j.name:<22} {kind}{wait}: {runs}")
     if jobs and jobs[-1].job.procs * jobs[-1].job.nodes > 1:
-        lines.append(f"  each job trains under torchrun: {jobs[-1].job.procs} process(es) per "
-                     f"node on {jobs[-1].job.nodes} node(s)")
+        lines.append(f"  each training job runs under torchrun: {jobs[-1].job.procs} "
+                     f"process(es) per node on {jobs[-1].job.nodes} node(s); the report job: "
+                     "one process, one GPU")
     return lines
 
 
@@ -229,6 +232,23 @@ def submit(out: Path, jobs: list[PlannedJob], slurm: SlurmConfig) -> None:
                   array_parallelism=slurm.array_parallelism,
                   additional_parameters={"kill-on-invalid-dep": "yes"})
     ids: dict[str, str] = {}
+    try:
+        _submit_in_order(ex, jobs, common, slurm, ids)
+    except Exception as e:  # sbatch refused one: none of this submission stays queued
+        if ids:
+            subprocess.run(["scancel", *ids.values()], capture_output=True)
+        failed = next((j.name for j in jobs if j.job_id is None), "?")
+        raise KasegError(f"{out}: Slurm refused job '{failed}' "
+                         f"({' '.join(str(e).split())[:300]}); nothing was left submitted")
+    record = [{"name": j.name, "job_id": j.job_id, "kind": j.job.kind, "key": j.job.key,
+               "runs": j.runs, "after": j.after, "log": j.log} for j in jobs]
+    atomic_write_text(out / "slurm" / "jobs.json", json.dumps(record, indent=1))
+
+
+def _submit_in_order(ex, jobs: list[PlannedJob], common: dict, slurm: SlurmConfig,
+                     ids: dict[str, str]) -> None:
+    """Each job (an array for consecutive ones of one array) after the jobs it waits for;
+    ``ids``: each submitted job's Slurm id (an array's, for its tasks)."""
     i = 0
     while i < len(jobs):
         batch = [jobs[i]]
@@ -236,9 +256,11 @@ def submit(out: Path, jobs: list[PlannedJob], slurm: SlurmConfig) -> None:
                and jobs[i + len(batch)].array == batch[0].array):
             batch.append(jobs[i + len(batch)])
         after = sorted({ids[a] for a in batch[0].after}, key=int)
-        ex.update_parameters(**common, job_name=f"kaseg-{batch[0].array or batch[0].job.name}",
-                             dependency=f"{batch[0].dependency}:{':'.join(after)}"
-                             if after else None)
+        params = dict(common, job_name=f"kaseg-{batch[0].array or batch[0].job.name}",
+                      dependency=f"{batch[0].dependency}:{':'.join(after)}" if after else None)
+        if batch[0].job.kind == "report":  # one process: one node, at most one GPU
+            params.update(nodes=1, gpus_per_node=1 if slurm.gpus_per_node else None)
+        ex.update_parameters(**params)
         if len(batch) == 1:
             done = [ex.submit(batch[0].job)]
         else:
@@ -248,9 +270,6 @@ def submit(out: Path, jobs: list[PlannedJob], slurm: SlurmConfig) -> None:
             j.job_id, j.log = s.job_id, str(s.paths.stderr)
             ids[j.name] = s.job_id.split("_")[0]
         i += len(batch)
-    record = [{"name": j.name, "job_id": j.job_id, "kind": j.job.kind, "key": j.job.key,
-               "runs": j.runs, "after": j.after, "log": j.log} for j in jobs]
-    atomic_write_text(out / "slurm" / "jobs.json", json.dumps(record, indent=1))
 
 
 def submitted(out: Path) -> list[dict]:
@@ -290,7 +309,8 @@ def missing_jobs(out: Path, stages: list[Stage]) -> dict[str, str]:
 
 
 def run_on_slurm(out: Path, cfg: Config, spec: CompareSpec, command: str, force: bool = False,
-                 retry_failed: bool = False, dry_run: bool = False, wait: bool = False) -> int:
+                 retry_failed: bool = False, dry_run: bool = False, wait: bool = False,
+                 lockstep: bool = True) -> int:
     """``kaseg compare --executor slurm``: submit what is unfinished (``dry_run``: print it);
     ``wait``: until every job has ended, then print the report."""
     alive = [] if dry_run else in_queue([j["job_id"] for j in submitted(out)])
@@ -298,7 +318,7 @@ def run_on_slurm(out: Path, cfg: Config, spec: CompareSpec, command: str, force:
         raise KasegError(f"{out}: job(s) {', '.join(alive)} of the last submission are still "
                          "queued or running (squeue); wait for them or scancel them, then "
                          "re-run this command")
-    jobs = plan_jobs(out, cfg, spec, force, retry_failed, command)
+    jobs = plan_jobs(out, cfg, spec, force, retry_failed, command, lockstep)
     if dry_run:
         print("\n".join(describe(jobs, spec.slurm, out) if jobs else
                         ["nothing to submit: every run has finished (or diverged)"]))
