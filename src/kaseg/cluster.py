@@ -24,6 +24,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import pickle
 import socket
 import subprocess
@@ -130,8 +131,6 @@ class ComparisonJob(Checkpointable):
 def rendezvous() -> tuple[int, str, int]:
     """(this node's rank, the first node's address, a port) for torchrun: from the Slurm
     allocation inside a job, else this machine alone."""
-    import os
-
     if "SLURM_JOB_ID" in os.environ:
         from submitit import JobEnvironment
 
