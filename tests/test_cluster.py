@@ -105,6 +105,9 @@ def test_dry_run_prints_each_job_and_what_it_waits_for_and_submits_nothing(
     assert re.split(r"\s{2,}", lines[1].strip()) == ["#1", "shared ae", "at once: ae"]
     assert main(["compare", "--config", str(config), "--out", str(out), "--dry-run"]) == 2
     assert "--dry-run goes with --executor slurm" in capsys.readouterr().err
+    assert main(["compare", "--config", str(config), "--out", str(out), "--executor", "slurm",
+                 "--export-best"]) == 2
+    assert "run the same command with --report --export-best" in capsys.readouterr().err
 
 
 @pytest.mark.slow

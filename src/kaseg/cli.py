@@ -92,9 +92,12 @@ def _cmd_compare(args) -> int:
                      args.tune_seeds, args.weight_scales, args.controls, args.init_iters)
     out = Path(args.out)
     command = "kaseg " + " ".join(shlex.quote(a) for a in args.argv)
-    if args.dry_run and args.executor != "slurm":
-        raise KasegError("--dry-run goes with --executor slurm (--plan lists the runs left to "
-                         "do for any scheduler)")
+    if (args.dry_run or args.wait) and args.executor != "slurm":
+        raise KasegError(f"--{'dry-run' if args.dry_run else 'wait'} goes with --executor slurm "
+                         "(--plan lists the runs left to do for any scheduler)")
+    if args.executor == "slurm" and args.export_best and not args.report:
+        raise KasegError("--export-best reads the finished runs: once the Slurm jobs have ended, "
+                         "run the same command with --report --export-best")
     if args.executor == "slurm" and not (args.plan or args.report):
         from .cluster import run_on_slurm
 
