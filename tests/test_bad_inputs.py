@@ -129,3 +129,30 @@ def test_files_that_are_not_checkpoints(tmp_path, folder_dataset, finished_run, 
     assert main(["predict", str(tmp_path / "model.safetensors"), str(folder_dataset / "images"),
                  "--out", str(tmp_path / "p")]) == 2
     _one_error_line(capsys, "not a safetensors checkpoint")
+
+
+SYN = str(ROOT / "configs" / "synthetic_pipeline.yaml")
+FOLDER = str(ROOT / "configs" / "compare_folder.yaml")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--config", SYN, "train.lr=0"], "train.lr must be > 0, got 0.0"),
+    (["train-ae", "--config", SYN, "ae.epochs=0"], "ae.epochs must be > 0, got 0.0"),
+    (["distill", "--config", SYN, "distill.unlabeled_weight=1.5"],
+     "distill.unlabeled_weight must be in [0, 1], got 1.5"),
+    (["pipeline", "--config", SYN, "distill.unlabeled_weight=1.5"],
+     "distill.unlabeled_weight must be in [0, 1], got 1.5"),
+    (["compare", "--config", FOLDER, "train.momentum=1"],
+     "train.momentum must be in [0, 1), got 1.0"),
+    (["demo", "--quick", "--device", "cpux"],
+     "train.device 'cpux' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+], ids=["train", "train-ae", "distill", "pipeline", "compare", "demo"])
+def test_every_command_refuses_a_bad_value_before_anything_trains(tmp_path, capsys, argv, says):
+    """Each command checks the whole config when it reads it: a value out of range is one line
+    naming the key, and nothing is written (a pipeline does not train a teacher, an autoencoder
+    and a student first)."""
+    out = tmp_path / "out"
+    assert main([*argv[:1], "--out", str(out), *argv[1:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not out.exists()

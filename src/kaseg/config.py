@@ -187,6 +187,51 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
+# the range of every numeric key, checked when a config is read (before anything trains):
+# ">= a", "> a", or an interval "[a, b]" / "[a, b)"; None (where a key allows it) is not checked
+RANGES: dict[str, str] = {
+    "data.image_size": ">= 1", "data.train_count": ">= 1", "data.val_count": ">= 1",
+    "data.crop_size": ">= 1", "data.scale_min": "> 0", "data.scale_max": "> 0",
+    "data.jitter": ">= 0", "data.std": "> 0", "data.num_workers": ">= 0",
+    "model.output_stride": ">= 1", "model.decoder_channels": ">= 1",
+    "train.iters": ">= 1", "train.batch_size": ">= 1", "train.lr": "> 0",
+    "train.momentum": "[0, 1)", "train.weight_decay": ">= 0", "train.poly_power": ">= 0",
+    "train.grad_clip": "> 0", "train.val_every": ">= 1", "train.patience": ">= 1",
+    "train.val_batch_size": ">= 1", "train.log_every": ">= 1",
+    "teacher.output_stride": ">= 1", "teacher.decoder_channels": ">= 1",
+    "teacher.iters": ">= 1", "teacher.lr": "> 0",
+    "ae.latent_channels": ">= 1", "ae.alpha": ">= 0", "ae.epochs": "> 0", "ae.lr": "> 0",
+    "ae.weight_decay": ">= 0", "ae.grad_clip": "> 0", "ae.min_iters": ">= 0",
+    "ae.val_every_epochs": "> 0", "ae.patience": ">= 1",
+    "distill.adapt_weight": ">= 0", "distill.affinity_weight": ">= 0",
+    "distill.dense_max_positions": ">= 1", "distill.unlabeled_weight": "[0, 1]",
+}
+
+
+def _in_range(value: float, rule: str) -> bool:
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    low, high = (float(v) for v in rule[1:-1].split(","))
+    return low <= value and (value <= high if rule.endswith("]") else value < high)
+
+
+def check_ranges(cfg: "Config", source: str = "config") -> None:
+    """Every numeric key within its range (:data:`RANGES`): one line naming the first that is
+    not."""
+    for key, rule in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if v is not None and not _in_range(v, rule):
+                what = f"in {rule}" if rule[0] == "[" else rule
+                raise KasegError(f"{source}: {key} must be {what}, got {value!r}")
+    if cfg.data.scale_max < cfg.data.scale_min:
+        raise KasegError(f"{source}: data.scale_max ({cfg.data.scale_max}) must be >= "
+                         f"data.scale_min ({cfg.data.scale_min})")
+
+
 @dataclass
 class SlurmConfig:
     """``compare.slurm``: what each job of ``kaseg compare --executor slurm`` asks Slurm for

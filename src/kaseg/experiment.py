@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, DistillConfig, _merge, from_dict, parse_overrides
+from .config import Config, DistillConfig, _merge, check_ranges, from_dict, parse_overrides
 from .data import DATASETS
 from .errors import KasegError
 from .kd_losses import LOSSES, resolve_losses
@@ -117,7 +117,23 @@ def check_config(cfg: Config, source: str = "config") -> None:
         raise KasegError(f"{source}: {e}") from None
     for key, name in (("model.name", cfg.model.name), ("teacher.name", cfg.teacher.name)):
         check_model_name(name, key)
+    check_ranges(cfg, source)
+    check_device(cfg.train.device, source)
     check_unlabeled(cfg, source)
+
+
+def check_device(device: str, source: str = "config") -> None:
+    """``train.device``: "auto" or a device torch can name (whether it is present is checked
+    where it is used)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise KasegError(f"{source}: train.device '{device}' is not a device; use auto, cpu, "
+                         "cuda, cuda:N or mps") from None
 
 
 def check_unlabeled(cfg: Config, source: str = "config") -> None:
