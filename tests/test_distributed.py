@@ -76,9 +76,13 @@ def test_unlabelled_stream_under_torchrun(tmp_path):
               .splitlines() if "loss" in l]
     assert [r["iter"] for r in logged] == [1, 2]
     assert all(r["adapt_unlabeled"] > 0 and r["affinity_unlabeled"] >= 0 for r in logged)
-    # an odd global unlabelled batch cannot be split over 2 processes: one clear line
+    # an odd global unlabelled batch cannot be split over 2 processes: one clear line, when the
+    # config is read (nothing is written)
     bad = _torchrun("distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"),
                     "--out", str(tmp_path / "odd"), *TINY, "data.unlabeled_count=8",
                     "distill.unlabeled_batch_size=3", f"teacher.weights={run / 'teacher'}",
                     f"ae.weights={run / 'ae'}")
-    assert bad.returncode != 0 and "unlabeled_batch_size=3 (global) must be divisible" in bad.stderr
+    assert bad.returncode != 0 and ("synthetic_pipeline.yaml: distill.unlabeled_batch_size=3 (the "
+                                    "global batch) must be divisible by the 2 processes"
+                                    ) in bad.stderr
+    assert not (tmp_path / "odd").exists()

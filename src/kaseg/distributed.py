@@ -13,6 +13,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import KasegError
+
 
 def init_from_env() -> None:
     """Join the process group torchrun describes (no-op for a single process)."""
@@ -45,6 +47,15 @@ def is_main() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def check_global_batch(batch: int, key: str, source: str | None = None) -> None:
+    """A global batch (``train.batch_size``, ``distill.unlabeled_batch_size``) is split evenly
+    over the processes, so it must divide by their number."""
+    world = world_size()
+    if batch % world:
+        raise KasegError(f"{source + ': ' if source else ''}{key}={batch} (the global batch) must "
+                         f"be divisible by the {world} processes")
 
 
 def local_device() -> torch.device:

@@ -16,6 +16,7 @@ import yaml
 
 from .config import Config, DistillConfig, _merge, check_ranges, from_dict, parse_overrides
 from .data import DATASETS
+from .distributed import check_global_batch
 from .errors import KasegError
 from .kd_losses import LOSSES, resolve_losses
 from .method import check_distill_options
@@ -119,6 +120,10 @@ def check_config(cfg: Config, source: str = "config") -> None:
         check_model_name(name, key)
     check_ranges(cfg, source)
     check_device(cfg.train.device, source)
+    check_global_batch(cfg.train.batch_size, "train.batch_size", source)  # under torchrun
+    if cfg.distill.unlabeled_batch_size:
+        check_global_batch(cfg.distill.unlabeled_batch_size, "distill.unlabeled_batch_size",
+                           source)
     check_unlabeled(cfg, source)
 
 

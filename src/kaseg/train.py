@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .checkpoint import STATE, load_state, save_state
 from .files import atomic_write_text
 from .config import TrainConfig
-from .distributed import barrier, is_main, rank, world_size
+from .distributed import barrier, check_global_batch, is_main, rank, world_size
 from .errors import KasegError
 from .runtime import autocast, resolve_device
 
@@ -305,9 +305,7 @@ def _batches(train_set, cfg: TrainConfig, seed: int, start: int, num_workers: in
     if unlabeled_set is None:
         return batches
     ucfg = replace(cfg, batch_size=unlabeled_batch_size or cfg.batch_size)
-    if ucfg.batch_size % world_size():
-        raise KasegError(f"distill.unlabeled_batch_size={ucfg.batch_size} (global) must be "
-                         f"divisible by the {world_size()} processes")
+    check_global_batch(ucfg.batch_size, "distill.unlabeled_batch_size")
     # its own stream: another sampler and augmentation seed than the labelled one
     unlabeled = iter(_loader(unlabeled_set, ucfg, seed + UNLABELED_SEED, start, num_workers,
                              device))
@@ -341,9 +339,7 @@ def _trainer(task: nn.Module, cfg: TrainConfig, run: Path, desc: str) -> Trainer
     """Device, SyncBN, optimizer, schedule, scaler and the DDP wrapper of ``task``."""
     device = resolve_device(cfg.device)
     world = world_size()
-    if cfg.batch_size % world:
-        raise KasegError(f"train.batch_size={cfg.batch_size} (the global batch) must be divisible "
-                         f"by the {world} processes")
+    check_global_batch(cfg.batch_size, "train.batch_size")
     if cfg.sync_bn and world > 1:  # the trainable modules only: the frozen teacher is not in them
         if device.type == "cuda":
             task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
