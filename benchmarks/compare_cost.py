@@ -26,7 +26,7 @@ import torch
 
 from kaseg.bench import lockstep_iteration
 from kaseg.cost import median_seconds
-from kaseg.kd_losses import resolve_losses
+from kaseg.config import DistillConfig
 from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 from kaseg.runtime import resolve_device
@@ -34,9 +34,9 @@ from kaseg.tasks import DistillTask, SegmentationTask, share_frozen, unshare_fro
 
 PAIRS = {"tiny": ("tiny-teacher", "tiny-student", 96, 8),
          "paper": ("paper-teacher", "paper-student", 128, 2)}
-KD = {"extra": resolve_losses(["kd"], None, {"kd": {"temperature": 2.0}})}
-ARMS = {"ka": {}, "kd_t2": {"adapt_weight": 0.0, "affinity_weight": 0.0, **KD},
-        "ka_kd": KD}
+KD = {"kd": {"temperature": 2.0}}
+METHOD = {"adapt": {}, "affinity": {}}
+ARMS = {"ka": METHOD, "kd_t2": KD, "ka_kd": {**METHOD, **KD}}  # distill.losses of each arm
 
 
 def arms(teacher, ae, student_name: str, k: int) -> list:
@@ -51,7 +51,8 @@ def arms(teacher, ae, student_name: str, k: int) -> list:
         enc = FeatureAutoencoder(ae.in_channels, ae.latent_channels, ae.strides)
         enc.load_state_dict(ae.state_dict())
         tasks.append(DistillTask(student=student, teacher=t, encoder=enc.encoder,
-                                 latent_channels=ae.latent_channels, **ARMS[name]))
+                                 latent_channels=ae.latent_channels,
+                                 config=DistillConfig(losses=ARMS[name])))
     return tasks
 
 

@@ -27,6 +27,7 @@ import torch
 
 from kaseg.compare import code_version
 from kaseg.cost import median_seconds
+from kaseg.config import DistillConfig
 from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 from kaseg.tasks import DistillTask, SegmentationTask
@@ -50,8 +51,9 @@ def amp_steps(out: Path, dry: bool) -> dict:
             ae = FeatureAutoencoder(ti.channels, ti.channels // 2,
                                     ae_strides(si.stride // ti.stride)).to(device)
             task = DistillTask(student=student, teacher=teacher, encoder=ae.encoder,
-                               latent_channels=ae.latent_channels,
-                               affinity_impl=impl).to(device).train()
+                               latent_channels=ae.latent_channels, config=DistillConfig(
+                                   losses={"adapt": {}, "affinity": {"impl": impl}})
+                               ).to(device).train()
             alone = SegmentationTask(student).train()
             row = {"dtype": str(dtype).replace("torch.", ""), "affinity": impl,
                    "size": size, "batch": batch, "pair": list(pair), "device": str(device)}

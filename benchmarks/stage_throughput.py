@@ -22,13 +22,13 @@ from kaseg.bench import lockstep_iteration
 from kaseg.cost import median_seconds
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import TrainTransform
-from kaseg.kd_losses import resolve_losses
+from kaseg.config import DistillConfig
 from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 from kaseg.tasks import AutoencoderTask, DistillTask, SegmentationTask, share_frozen
 from kaseg.train import InfiniteSampler, SeededSamples
 
-KD = resolve_losses(["kd"], None, {"kd": {"temperature": 2.0}})
+KD = {"kd": {"temperature": 2.0}}  # distill.losses of logit KD at T = 2
 
 
 def peak(runs: int) -> dict[str, float]:
@@ -64,19 +64,20 @@ def stages(size: int) -> dict:
         torch.manual_seed(1)
         return build_model("tiny-student", 8)
 
-    def arm(**kw):
+    def arm(**losses):
         return DistillTask(student=student(), teacher=teacher, encoder=ae.encoder,
-                           latent_channels=ae.latent_channels, **kw)
+                           latent_channels=ae.latent_channels,
+                           config=DistillConfig(losses=losses))
 
-    off = {"adapt_weight": 0.0, "affinity_weight": 0.0}
+    method = {"adapt": {}, "affinity": {}}
     return {
         "teacher training": ([SegmentationTask(build_model("tiny-teacher", 8))], False),
         "autoencoder training": ([AutoencoderTask(teacher, ae)], False),
         "CE start (student alone)": ([SegmentationTask(student())], False),
-        "one distilling arm (the method)": ([arm()], False),
-        "4 demo arms, one after another": ([arm(**off), arm(extra=KD, **off), arm(),
-                                            arm(extra=KD)], False),
-        "4 demo arms in lockstep": ([arm(**off), arm(extra=KD, **off), arm(), arm(extra=KD)],
+        "one distilling arm (the method)": ([arm(**method)], False),
+        "4 demo arms, one after another": ([arm(), arm(**KD), arm(**method),
+                                            arm(**method, **KD)], False),
+        "4 demo arms in lockstep": ([arm(), arm(**KD), arm(**method), arm(**method, **KD)],
                                     True),
     }
 

@@ -25,6 +25,7 @@ from kaseg.arms import ARM_GROUPS, arm_config
 from kaseg.bench import lockstep_iteration
 from kaseg.cost import median_seconds, train_step_flops
 from kaseg.experiment import load_config
+from kaseg.kd_losses import needs_autoencoder
 from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
 from kaseg.runtime import resolve_device
@@ -44,7 +45,7 @@ def arm_task(arm: str, teacher, student_name: str):
     student = build_model(student_name, CLASSES)
     d = cfg.distill
     encoder, latent = torch.nn.Identity(), 1
-    if d.adapt_weight > 0 or d.affinity_weight > 0:
+    if needs_autoencoder(d.losses):
         ti, si = teacher.feature_info[cfg.teacher.tap], student.feature_info[d.student_tap]
         latent = max(1, ti.channels // 2)
         encoder = FeatureAutoencoder(ti.channels, latent,
@@ -61,8 +62,7 @@ def measure(arm: str, teacher, student_name: str, x, y, device, runs: int, amp: 
     seconds = median_seconds(lockstep_iteration([task], itertools.repeat((x, y)), device, amp),
                              device, runs)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    terms = [n for n, w in (("adapt", d.adapt_weight), ("affinity", d.affinity_weight)) if w > 0]
-    return {"arm": arm, "terms": terms + list(d.extra_losses) or ["ce"], "step_s": seconds,
+    return {"arm": arm, "terms": list(d.losses) or ["ce"], "step_s": seconds,
             "peak_mib": peak, "gflops": flops / 1e9}
 
 

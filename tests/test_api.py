@@ -33,7 +33,7 @@ def test_torchvision_teacher_into_an_smp_student_on_a_folder_dataset(tmp_path, f
                          ae=AEConfig(epochs=1.0, min_iters=0), train=TRAIN)
     assert (ae.in_channels, ae.latent_channels, ae.strides) == (128, 64, (2, 1, 1))  # OS 8 -> 16
     result = api.distill(student, teacher, train_set, val_set, tmp_path / "d", autoencoder=ae,
-                         train=TRAIN, distill=DistillConfig(extra_losses=["kd"]))
+                         train=TRAIN, distill=DistillConfig(losses={"adapt": {}, "affinity": {}, "kd": {}}))
     assert result["iters"] == 2 and 0 <= result["best_miou"] <= 1
     logged = [json.loads(l) for l in (tmp_path / "d" / "history.jsonl").read_text().splitlines()
               if "loss" in l]
@@ -43,7 +43,7 @@ def test_torchvision_teacher_into_an_smp_student_on_a_folder_dataset(tmp_path, f
     assert meta["class_names"] == ["background", "road", "car"]
     history = (tmp_path / "d" / "history.jsonl").read_text()
     again = api.distill(student, teacher, train_set, val_set, tmp_path / "d", autoencoder=ae,
-                        train=TRAIN, distill=DistillConfig(extra_losses=["kd"]))
+                        train=TRAIN, distill=DistillConfig(losses={"adapt": {}, "affinity": {}, "kd": {}}))
     assert again == result and (tmp_path / "d" / "history.jsonl").read_text() == history
     with pytest.raises(KasegError, match="different config"):  # another experiment, same folder
         api.distill(student, teacher, train_set, val_set, tmp_path / "d", autoencoder=ae,
@@ -66,8 +66,7 @@ class Plain(torch.utils.data.Dataset):
 def test_a_plain_torch_dataset_and_kd_without_an_autoencoder(tmp_path):
     teacher, student = build_model("tiny-teacher", 2), build_model("tiny-student", 2)
     result = api.distill(student, teacher, Plain(), Plain(), tmp_path / "d", train=TRAIN,
-                         distill=DistillConfig(adapt_weight=0, affinity_weight=0,
-                                               extra_losses=["kd"]))
+                         distill=DistillConfig(losses={"kd": {}}))
     assert result["iters"] == 2
     _, meta = load_model(tmp_path / "d")
     assert meta["class_names"] == ["class_0", "class_1"] and len(meta["palette"]) == 2
@@ -79,8 +78,7 @@ def test_a_teacher_from_the_users_own_pth(tmp_path, capsys):
     args = ["distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
             str(tmp_path / "d"), "data.image_size=32", "data.crop_size=32", "data.train_count=8",
             "data.val_count=2", "train.iters=1", "train.val_every=1", "train.batch_size=2",
-            "train.device=cpu", "teacher.name=tiny-teacher", "distill.adapt_weight=0",
-            "distill.affinity_weight=0", "distill.extra_losses=[kd]"]
+            "train.device=cpu", "teacher.name=tiny-teacher", "distill.losses={kd: {}}"]
     assert main(args + [f"teacher.weights={tmp_path / 'mine.pth'}"]) == 0
     state = teacher.net.state_dict()
     del state["segmentation_head.0.bias"]

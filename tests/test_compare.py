@@ -9,6 +9,7 @@ import torch
 import kaseg.stages as stages
 from kaseg.arms import ARMS, arm_config
 from kaseg.compare import context_table, markdown_table, paired_rows
+from kaseg.config import DistillConfig
 from kaseg.experiment import load_config
 from kaseg.tasks import DistillTask
 from kaseg.method import FeatureAutoencoder, ae_strides
@@ -61,7 +62,8 @@ def test_every_arm_of_a_seed_starts_from_the_same_student(shared, tmp_path, monk
         state = task.student.state_dict()
         assert all(torch.equal(ref[k], state[k]) for k in ref), arm
     # the adapters too, wherever an arm has them
-    a, b = tasks["ka"].adapter.state_dict(), tasks["adapt"].adapter.state_dict()
+    a = tasks["ka"].loss_modules["adapt"].state_dict()
+    b = tasks["adapt"].loss_modules["adapt"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # another seed: another student
     other = _initial_tasks(shared, ["baseline"], 4, tmp_path, monkeypatch)["baseline"]
@@ -75,13 +77,13 @@ def test_controls(shared, tmp_path, monkeypatch):
     trained = tasks["ka"].encoder.inner.state_dict()
     random = tasks["ctrl_random_ae"].encoder.inner.state_dict()
     assert not torch.equal(trained["0.0.weight"], random["0.0.weight"])
-    assert tasks["ctrl_constant"].control == "constant_target"
+    assert tasks["ctrl_constant"].config.control == "constant_target"
     # a constant target: the adaptation loss is the distance of each position's unit vector to
     # the normalised all-ones vector, whatever the teacher
     task = tasks["ctrl_constant"].eval()
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     out = task(x, y)
-    zs = task.adapter(task.student(x)["features"]["pre_logits"])
+    zs = task.loss_modules["adapt"](task.student(x)["features"]["pre_logits"])
     u = zs / zs.norm(dim=1, keepdim=True).clamp_min(1e-12)
     c = torch.full_like(u, 1 / u.shape[1] ** 0.5)
     torch.testing.assert_close(out["adapt"], (u - c).pow(2).mean())
@@ -92,8 +94,9 @@ def test_warmup_ramps_every_distillation_weight():
     teacher, student = build_model("tiny-teacher", 3), build_model("tiny-student", 3)
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
     task = DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
-                       adapt_weight=50.0, affinity_weight=10.0, extra={"kd": (1.0, {"temperature": 4.0})},
-                       warmup_iters=4).train()
+                       config=DistillConfig(losses={"adapt": {"weight": 50.0},
+                                                    "affinity": {"weight": 10.0}, "kd": {}},
+                                            warmup_iters=4)).train()
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     for it, scale in [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 1.0)]:
         out = task(x, y)
@@ -104,7 +107,7 @@ def test_warmup_ramps_every_distillation_weight():
     assert int(task.step) == 5
     with pytest.raises(ValueError, match="warmup_iters"):
         DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
-                    warmup_iters=-1)
+                    config=DistillConfig(warmup_iters=-1))
 
 
 def test_paired_rows_and_table():
@@ -118,7 +121,7 @@ def test_paired_rows_and_table():
     assert d["low"] == pytest.approx(2 - 4.302653 / 3**0.5)
     assert rows[1]["verdict"] == "no resolved difference"  # the CI spans 0
     table = markdown_table(rows)
-    assert table[3] == ("| + both (the method) | `ka` | 3 | 22.00 ± 10.54 | +2.00 | "
+    assert table[3] == ("| CE + the method (adaptation + affinity) | `ka` | 3 | 22.00 ± 10.54 | +2.00 | "
                         "[-0.48, +4.48] | no resolved difference |")
     assert "20.00 ± 10.00" in table[2]
     assert set(ARMS) >= {"baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae",
@@ -170,7 +173,7 @@ def test_few_label_arms_change_the_data_and_start_from_the_same_student(shared, 
     assert arm_config(few, "ka_labeled", 0).data.labeled_count == 6
     assert arm_config(few, "ka", 0).data == few.data
     pseudo = arm_config(few, "pseudo", 0).distill
-    assert pseudo.pseudo_labels and pseudo.adapt_weight == 0 == pseudo.affinity_weight
+    assert pseudo.pseudo_labels and pseudo.losses == {}
     arms = ["baseline", "pseudo", "ka", "ka_labeled", "all_labels"]
     tasks = _initial_tasks(few, arms, 2, tmp_path, monkeypatch)
     ref = tasks["baseline"].student.state_dict()

@@ -154,10 +154,10 @@ def test_a_bad_arm_is_refused_before_anything_trains(tmp_path, capsys):
     assert "unknown arm 'no_such_arm'" in capsys.readouterr().err
     assert not out.exists()
     config.write_text(config.read_text().replace(
-        "no_such_arm: null", "mine:\n      distill: {extra_losses: [nope]}"))
+        "no_such_arm: null", "mine:\n      distill: {losses: {nope: {}}}"))
     assert main(["compare", "--config", str(config), "--out", str(out)]) == 2
-    assert "unknown loss ['nope']" in capsys.readouterr().err and not out.exists()
-    config.write_text(config.read_text().replace("extra_losses: [nope]", "kd_weight2: 1"))
+    assert "unknown loss 'nope'" in capsys.readouterr().err and not out.exists()
+    config.write_text(config.read_text().replace("losses: {nope: {}}", "kd_weight2: 1"))
     assert main(["compare", "--config", str(config), "--out", str(out)]) == 2
     assert "unknown distill key(s) ['kd_weight2']" in capsys.readouterr().err
     config.write_text(config.read_text().replace("kd_weight2: 1", "warmup_iters: 1"))
@@ -168,16 +168,22 @@ def test_a_bad_arm_is_refused_before_anything_trains(tmp_path, capsys):
 
 def test_arms_from_yaml_and_the_spec_rules():
     spec = spec_from({"arms": {"kd_t3": {"label": "KD T=3", "distill": {
-        "adapt_weight": 0, "affinity_weight": 0, "extra_losses": ["kd"],
-        "loss_options": {"kd": {"temperature": 3.0}}}}, "ka": None}}, controls=True)
+        "losses": {"kd": {"temperature": 3.0}}}}, "ka": None}}, controls=True)
     assert [a.name for a in spec.arms] == ["baseline", "kd_t3", "ka", "ctrl_random_ae",
                                            "ctrl_constant", "ce_matched"]
     # a group name stands for its arms, each once
     assert [a.name for a in spec_from({}, arms=["field", "ka", "ifvd"]).arms] == [
         "baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd", "ifvd"]
     cfg = arm_config(load_config(None), spec.arms[1], 4)
-    assert cfg.seed == 4 and cfg.distill.loss_options == {"kd": {"temperature": 3.0}}
-    assert cfg.distill.adapt_weight == 0
+    assert cfg.seed == 4 and cfg.distill.losses == {"kd": {"weight": 1.0, "temperature": 3.0}}
+    # an arm written with the old keys (adapt_weight, extra_losses, ...) means what it meant
+    old = spec_from({"arms": {"kd_t3": {"distill": {
+        "adapt_weight": 0, "affinity_weight": 0, "extra_losses": ["kd"],
+        "loss_options": {"kd": {"temperature": 3.0}}}}}}).arms[1]
+    assert arm_config(load_config(None), old, 4) == cfg
+    ka_only = spec_from({"arms": {"adapt_kd": {"distill": {"affinity_weight": 0,
+                                                           "extra_losses": ["kd"]}}}}).arms[1]
+    assert list(arm_config(load_config(None), ka_only, 0).distill.losses) == ["adapt", "kd"]
     assert spec.arms[2] is ARMS["ka"] and get_arm("ka").uses_method(load_config(None).distill)
     assert not spec.arms[1].uses_method(load_config(None).distill)
     with pytest.raises(KasegError, match="both reported and tuning seeds"):
@@ -263,9 +269,7 @@ def test_lockstep_runs_end_bit_identical_to_runs_alone_and_resume_after_a_kill(
     assert _histories(solo) == _histories(killed)
 
 
-BOOM = {"label": "KD, a weight that overflows", "distill": {
-    "adapt_weight": 0, "affinity_weight": 0, "extra_losses": ["kd"],
-    "loss_weights": {"kd": 1e300}}}
+BOOM = {"label": "KD, a weight that overflows", "distill": {"losses": {"kd": {"weight": 1e300}}}}
 
 
 @pytest.mark.slow
@@ -284,7 +288,7 @@ def test_a_diverging_arm_stops_alone_in_both_modes_and_is_retried_only_when_aske
             boom = out / "runs" / f"kd_boom-s{seed}"
             failed = json.loads((boom / "failed.json").read_text())
             assert failed["term"] == "kd" and failed["iter"] == 1 and failed["weight"] == 1e300
-            assert "distill.loss_weights.kd" in failed["message"]
+            assert "distill.losses.kd.weight" in failed["message"]
             assert not (boom / "metrics.json").exists()
             for arm in ("baseline", "kd_t2"):
                 assert (out / "runs" / f"{arm}-s{seed}" / "metrics.json").exists()
@@ -326,7 +330,7 @@ def test_another_weight_scale_trains_only_the_arms_it_changes_and_force_keeps_sh
         "baseline-s0", "ka-x0.3-s0", "ka-x3-s0"]
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept  # nothing else retrained
     cfg3 = yaml.safe_load((out / "runs" / "ka-x3-s0" / "config.yaml").read_text())
-    assert cfg3["distill"]["adapt_weight"] == pytest.approx(150.0)
+    assert cfg3["distill"]["losses"]["adapt"]["weight"] == pytest.approx(150.0)
     # a run folder an earlier kaseg named without the scale is adopted, not retrained
     (out / "runs" / "ka-x3-s0").rename(out / "runs" / "ka-s0")
     stamp = (out / "runs" / "ka-s0" / "checkpoint.pt").stat().st_mtime_ns
@@ -397,20 +401,20 @@ def test_kaseg_info_lists_the_arms_and_the_groups_beside_them(capsys):
     assert set(ARMS) | set(ARM_GROUPS) == set(rows)
     assert rows["field"].split()[1:] == ARM_GROUPS["field"] == [
         "baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"]
-    assert "+ CIRKD (cross-image relations)" in rows["cirkd"]
+    assert "CE + CIRKD (cross-image relations) + KD (T = 1)" in rows["cirkd"]
     assert rows["ce_matched"].endswith("[compute-matched control]")
 
 
 def test_tune_weights_scales_only_the_arms_own_losses_from_their_defaults():
     cfg = arm_config(load_config(None), "cirkd", 0)
     x3 = tune_weights(cfg, ARMS["cirkd"], 3.0).distill
-    assert x3.loss_weights == {"cirkd_batch": 3.0, "cirkd_memory": pytest.approx(0.3)}
-    assert x3.extra_losses == ["kd", "cirkd_batch", "cirkd_memory"]  # KD stays at its 1
+    assert {n: e["weight"] for n, e in x3.losses.items()} == {
+        "kd": 1.0, "cirkd_batch": 3.0, "cirkd_memory": pytest.approx(0.3)}  # KD stays at its 1
     assert tune_weights(cfg, ARMS["cirkd"], 1.0) is cfg  # x1: the authors' setting, one run
     with pytest.raises(KasegError, match=r"compare.arms 'my': tuned loss\(es\) \['cwd'\] are not "
-                       r"among its distill.extra_losses"):
-        arm_from_yaml("my", {"distill": {"extra_losses": ["kd"]}, "tuned": ["cwd"]}, "exp.yaml")
-    mine = arm_from_yaml("my", {"distill": {"extra_losses": ["kd"]}, "tuned": ["kd"]}, "e.yaml")
+                       r"among its distill.losses"):
+        arm_from_yaml("my", {"distill": {"losses": {"kd": {}}}, "tuned": ["cwd"]}, "exp.yaml")
+    mine = arm_from_yaml("my", {"distill": {"losses": {"kd": {}}}, "tuned": ["kd"]}, "e.yaml")
     assert mine.tuned == ("kd",)
 
 
@@ -427,13 +431,14 @@ def test_each_tuned_arm_trains_at_its_own_best_weight(tmp_path, capsys):
     scores = {}
     for k in ("0.5", "2"):
         run = out / "tuning" / f"dist-x{k}-s100"
-        assert yaml.safe_load((run / "config.yaml").read_text())["distill"]["loss_weights"] == {
-            "dist": float(k)}
+        assert yaml.safe_load((run / "config.yaml").read_text())["distill"]["losses"] == {
+            "dist": {"weight": float(k), "temperature": 1.0, "inter_weight": 1.0,
+                     "intra_weight": 1.0}}
         scores[k] = _last_miou(run)
     chosen = max(["0.5", "2"], key=scores.get)
     run = out / "runs" / f"dist-x{chosen}-s0"
-    assert yaml.safe_load((run / "config.yaml").read_text())["distill"]["loss_weights"] == {
-        "dist": float(chosen)}
+    assert yaml.safe_load((run / "config.yaml").read_text())["distill"]["losses"]["dist"][
+        "weight"] == float(chosen)
     results = json.loads((out / "results.json").read_text())
     assert results["arm_tuning"]["dist"]["scale"] == float(chosen)
     assert results["arm_tuning"]["dist"]["scores"] == {k: [v] for k, v in scores.items()}

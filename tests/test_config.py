@@ -75,11 +75,15 @@ def test_every_shipped_config_loads_and_the_paper_recipes_hold():
 
 
 @pytest.mark.parametrize("override,match", [
-    ("distill.extra_losses=[kd, nope]", r"unknown loss \['nope'\]; known: \['af_dcd', 'cirkd_batch', 'cirkd_memory', 'cwd', 'dist'"),
-    ("distill.loss_weights={nope: 1}", r"loss_weights: unknown loss \['nope'\]"),
-    ("distill.loss_options={kd: {tau: 2}}", r"loss_options.kd: unknown option \['tau'\]; kd takes \['temperature'\]"),
+    ("distill.losses={kd: {}, nope: {}}", r"distill.losses: unknown loss 'nope'; known: \['adapt', 'af_dcd', 'affinity', 'cirkd_batch'"),
+    ("distill.losses.kd.tau=2", r"distill.losses.kd: unknown option \['tau'\]; kd takes weight and temperature$"),
+    ("distill.losses.kd.weight=-1", r"distill.losses.kd.weight must be a number >= 0, got -1$"),
+    ("distill.losses.kd.temperature=warm", r"distill.losses.kd.temperature must be float, got 'warm'$"),
+    ("distill.losses.affinity.impl=fast", r"distill.losses.affinity: impl must be one of \('auto', 'dense', 'gram'\), got 'fast'$"),
+    ("distill.losses=[kd]", r"'distill.losses' must be a mapping"),
     ("distill.control=placebo", "distill.control must be one of"),
-    ("distill.p=0.5", "must be >= 1"),
+    ("distill.losses.adapt.p=0.5", "distill.losses.adapt: p and q must be >= 1"),
+    ("distill.p=0.5", "distill.losses.adapt: p and q must be >= 1"),  # the old key, upgraded
     ("data.dataset=coco", "data.dataset 'coco' is unknown; known: synthetic, folder, voc"),
     ("model.name=tiny-studnet", "model.name: unknown model 'tiny-studnet'.*did you mean 'tiny-student'"),
 ])
@@ -88,16 +92,46 @@ def test_values_are_checked_when_the_config_is_read(override, match):
         load_config(None, [override])
 
 
+def test_a_config_is_read_into_one_shape_for_every_term(tmp_path: Path):
+    """distill.losses written out in full (every weight and option, in the registry's order,
+    weight 0 dropped); a term's override changes that term only; a whole-set override
+    replaces the set."""
+    adapt = {"weight": 50.0, "reduction": "element", "p": 2.0, "q": 2.0}
+    affinity = {"weight": 30.0, "reduction": "mse", "impl": "auto", "dense_max_positions": 1024}
+    assert load_config(None).distill.losses == {"adapt": adapt, "affinity": affinity}
+    got = load_config(None, ["distill.losses.kd.temperature=2", "distill.losses.adapt.weight=0"])
+    assert got.distill.losses == {"affinity": affinity, "kd": {"weight": 1.0, "temperature": 2.0}}
+    assert load_config(None, ["distill.losses={cwd: {weight: 2}}"]).distill.losses == {
+        "cwd": {"weight": 2.0, "temperature": 4.0}}
+    f = tmp_path / "e.yaml"
+    f.write_text("distill:\n  losses:\n    kd:\n    adapt: {p: 1}\n")
+    assert load_config(f).distill.losses == {"adapt": {**adapt, "p": 1.0},
+                                             "kd": {"weight": 1.0, "temperature": 4.0}}
+
+
 def test_old_distillation_keys_are_read_in_todays_form(tmp_path: Path):
-    """Configs written before the loss registry keep working: a non-default old value moves into
-    loss_weights / loss_options, a default one is dropped."""
+    """Configs of earlier releases keep working: the method's keys (adapt_weight, p,
+    affinity_impl, ...), the registry's extra_losses + loss_weights + loss_options, and the
+    keys from before the registry (kd_weight, kd_temperature, ...) become distill.losses; an
+    option of a loss the config does not select is dropped (it trained nothing)."""
     old = tmp_path / "old.yaml"
-    old.write_text("distill:\n  extra_losses: [kd, cwd]\n  kd_weight: 2.0\n  kd_temperature: 4.0\n"
-                   "  cwd_temperature: 1.5\n  skd_pool: 2\n")
-    cfg = load_config(old)
-    assert cfg.distill.loss_weights == {"kd": 2.0}
-    assert cfg.distill.loss_options == {"cwd": {"temperature": 1.5}}
-    assert cfg.distill.extra_losses == ["kd", "cwd"]
+    old.write_text("distill:\n  adapt_weight: 20\n  p: 1.5\n  affinity_weight: 0\n"
+                   "  extra_losses: [kd, cwd]\n  loss_weights: {cwd: 2.5}\n"
+                   "  loss_options: {kd: {temperature: 3.0}}\n  skd_pool: 4\n")
+    assert load_config(old).distill.losses == {
+        "adapt": {"weight": 20.0, "reduction": "element", "p": 1.5, "q": 2.0},
+        "kd": {"weight": 1.0, "temperature": 3.0}, "cwd": {"weight": 2.5, "temperature": 4.0}}
+    older = tmp_path / "older.yaml"
+    older.write_text("distill:\n  extra_losses: [kd, cwd]\n  kd_weight: 2.0\n"
+                     "  kd_temperature: 4.0\n  cwd_temperature: 1.5\n  skd_pool: 2\n")
+    assert load_config(older).distill.losses == {
+        "adapt": {"weight": 50.0, "reduction": "element", "p": 2.0, "q": 2.0},
+        "affinity": {"weight": 30.0, "reduction": "mse", "impl": "auto",
+                     "dense_max_positions": 1024},
+        "kd": {"weight": 2.0, "temperature": 4.0}, "cwd": {"weight": 3.0, "temperature": 1.5}}
+    # the old keys on the command line too, over a file in today's form
+    assert load_config(None, ["distill.adapt_weight=0", "distill.affinity_weight=0"]
+                       ).distill.losses == {}
 
 
 def test_a_run_started_with_old_keys_resumes_under_the_same_config(tmp_path: Path):
@@ -105,15 +139,15 @@ def test_a_run_started_with_old_keys_resumes_under_the_same_config(tmp_path: Pat
 
     run = tmp_path / "run"
     run.mkdir()
-    new = to_dict(Config())
-    stored = {**new, "distill": {k: v for k, v in new["distill"].items()
-                                 if k not in ("loss_weights", "loss_options")}}
-    stored["distill"].update(kd_weight=1.0, kd_temperature=4.0, cwd_weight=3.0)
+    new = to_dict(load_config(None, ["distill.losses.kd.weight=1"]))
+    stored = {**new, "distill": {k: v for k, v in new["distill"].items() if k != "losses"}}
+    stored["distill"].update(adapt_weight=50.0, affinity_weight=30.0, extra_losses=["kd"],
+                             kd_temperature=4.0, cwd_weight=3.0)
     (run / "config.yaml").write_text(dump_config_dict(stored))
     prepare_run(run, new)  # same experiment: resumes
-    stored["distill"]["kd_temperature"] = 2.0  # a different one: refused
+    stored["distill"]["kd_temperature"] = 2.0  # a different one: refused, naming the key
     (run / "config.yaml").write_text(dump_config_dict(stored))
-    with pytest.raises(KasegError, match="loss_options"):
+    with pytest.raises(KasegError, match=r"different config \(distill.losses.kd.temperature\)"):
         prepare_run(run, new)
 
 

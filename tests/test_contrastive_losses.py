@@ -436,28 +436,24 @@ def test_af_dcd_contrast_by_hand_and_on_small_maps():
 
 
 def test_a_loss_that_does_not_fit_the_teacher_map_is_an_error_before_anything_trains(tmp_path):
-    cfg = load_config(None, ["distill.extra_losses=[af_dcd]", "distill.adapt_weight=0",
-                             "distill.affinity_weight=0",
-                             "distill.loss_options={af_dcd: {groups: 24}}"])
+    cfg = load_config(None, ["distill.losses={af_dcd: {groups: 24}}"])
     assert cfg.teacher.name == "tiny-teacher"
     with pytest.raises(KasegError, match=r"^arm 'af_dcd': af_dcd needs what tiny-teacher's "
                        r"'pre_logits' map does not give: the teacher's map has 64 channels, not "
-                       r"a multiple of distill.loss_options.af_dcd.groups=24$"):
+                       r"a multiple of distill.losses.af_dcd.groups=24$"):
         check_losses_fit(cfg, "arm 'af_dcd'")
-    check_losses_fit(load_config(None, ["distill.extra_losses=[af_dcd]"]))  # 16 divides 64
-    with pytest.raises(ValueError, match=r"distill.loss_options.cirkd_memory: unknown option "
+    check_losses_fit(load_config(None, ["distill.losses.af_dcd.groups=16"]))  # 16 divides 64
+    with pytest.raises(ValueError, match=r"distill.losses.cirkd_memory: unknown option "
                        r"\['bank'\]"):
-        resolve_losses(["cirkd_memory"], None, {"cirkd_memory": {"bank": 3}})
+        resolve_losses({"cirkd_memory": {"bank": 3}})
     with pytest.raises(ValueError, match="projector must be 'enhanced' or 'plain'"):
         AfDcdHead(4, 8, projector="big")
 
 
 def test_an_arm_reading_a_map_the_network_does_not_expose_is_named_before_anything_trains():
-    cfg = load_config(None, ["distill.extra_losses=[cirkd_batch]", "distill.adapt_weight=0",
-                             "distill.affinity_weight=0", "distill.student_tap=stem"])
+    cfg = load_config(None, ["distill.losses={cirkd_batch: {}}", "distill.student_tap=stem"])
     with pytest.raises(KasegError, match=r"^arm 'cirkd': distill.student_tap 'stem' is not a "
                        r"feature of tiny-student; choose one of \['encoder', 'pre_logits'\]$"):
         check_losses_fit(cfg, "arm 'cirkd'")
     # CE only reads no map: nothing to check
-    check_losses_fit(load_config(None, ["distill.adapt_weight=0", "distill.affinity_weight=0",
-                                        "distill.student_tap=stem"]))
+    check_losses_fit(load_config(None, ["distill.losses={}", "distill.student_tap=stem"]))

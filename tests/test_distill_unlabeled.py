@@ -2,6 +2,7 @@
 run with an unlabelled folder that is killed and resumed."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kaseg.config import DistillConfig
 from kaseg.tasks import DistillTask, pseudo_labels
 from kaseg.models import build_model
 
@@ -29,11 +31,11 @@ def _task(**kw):
     teacher, student = build_model("tiny-teacher", 3), build_model("tiny-student", 3)
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
     teacher.train()(torch.randn(2, 3, 64, 64))  # non-trivial BN statistics
+    losses = {"adapt": {"weight": 5.0}, "affinity": {"weight": 2.0},
+              "kd": {"weight": 1.0, "temperature": 2.0}, "cwd": {"weight": 3.0, "temperature": 4.0},
+              "fitnet": {"weight": 1.0}, "skd": {"weight": 10.0, "pool": 2}, "ifvd": {"weight": 200.0}}
     return DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
-                       adapt_weight=5.0, affinity_weight=2.0,
-                       extra={"kd": (1.0, {"temperature": 2.0}), "cwd": (3.0, {"temperature": 4.0}),
-                              "fitnet": (1.0, {}), "skd": (10.0, {"pool": 2}), "ifvd": (200.0, {})},
-                       **kw)
+                       config=DistillConfig(losses=losses, **kw))
 
 LABEL_FREE = ["adapt", "affinity", "kd", "cwd", "fitnet", "skd"]
 
@@ -78,7 +80,7 @@ def test_pseudo_labels_add_a_ce_term_and_ifvd_on_unlabelled_images():
     torch.testing.assert_close(out["ce_pseudo_unlabeled"],
                                torch.nn.functional.cross_entropy(s, labels))
     # every position below the threshold: the term is 0, not NaN
-    task.pseudo_threshold = 0.999999
+    task.config = replace(task.config, pseudo_threshold=0.999999)
     assert float(task(x, y, u, valid)["ce_pseudo_unlabeled"]) == 0.0
 
 def _distill_args(teacher, out, unlabeled):
@@ -86,7 +88,7 @@ def _distill_args(teacher, out, unlabeled):
             "data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
             "train.iters=4", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=4",
             "train.log_every=1", "train.device=cpu", "deterministic=true", f"teacher.weights={teacher}",
-            "distill.adapt_weight=0", "distill.affinity_weight=0", "distill.extra_losses=[kd]",
+            "distill.losses={kd: {}}",
             "distill.unlabeled_batch_size=2", "distill.pseudo_labels=true",
             "distill.pseudo_threshold=0.3", f"data.unlabeled_root={unlabeled}", "data.labeled_count=8"]
 

@@ -10,6 +10,7 @@ from torch import nn
 from kaseg.checkpoint import load_model, load_weights_into, save_model
 from kaseg.errors import KasegError
 from kaseg.external import TappedModel, build_torchvision
+from kaseg.config import DistillConfig
 from kaseg.tasks import DistillTask
 from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model, check_model_name
@@ -33,8 +34,9 @@ def _one_step(student, teacher):
     ts, ss = teacher.feature_info["pre_logits"], student.feature_info["pre_logits"]
     ae = FeatureAutoencoder(ts.channels, 16, ae_strides(ss.stride // ts.stride))
     task = DistillTask(student=student, teacher=teacher.eval(), encoder=ae.encoder.eval(),
-                       latent_channels=16, adapt_weight=5.0, affinity_weight=1.0,
-                       extra={"kd": (1.0, {"temperature": 2.0}), "fitnet": (1.0, {})}).train()
+                       latent_channels=16, config=DistillConfig(losses={
+                           "adapt": {"weight": 5.0}, "affinity": {"weight": 1.0},
+                           "kd": {"temperature": 2.0}, "fitnet": {}})).train()
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
     losses = task(x, y)
     assert {"ce", "adapt", "affinity", "kd", "fitnet"} <= set(losses)

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kaseg.config import DistillConfig
 from kaseg.experiment import load_config
 from kaseg.kd_losses import (LOSSES, FitNetRegressor, LossSpec, class_prototype_similarity,
                              cwd_loss, dist_loss, fitnet_loss, ifvd_loss, kd_loss, kl_from_logits,
-                             resolve_losses, skd_pairwise_loss, valid_mask)
+                             skd_pairwise_loss, valid_mask)
 from kaseg.tasks import DistillTask
 from kaseg.method import FeatureAutoencoder, ae_strides
 from kaseg.models import build_model
@@ -183,21 +184,21 @@ def test_valid_mask_nearest_downsampling():
 
 
 # --------------------------------------------------------------------------- in the task
-def _task(**kw):
+def _task(losses=None, **kw):
+    """A tiny distillation task; ``losses``: ``{name: weight}`` or ``distill.losses``."""
     torch.manual_seed(6)
     teacher = build_model("tiny-teacher", 3)
     student = build_model("tiny-student", 3)
     teacher.train()(torch.randn(2, 3, 64, 64))
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
-    if "extra" in kw and all(isinstance(w, float) for w in kw["extra"].values()):
-        kw["extra"] = resolve_losses(list(kw["extra"]), kw["extra"])  # {name: weight} -> specs
+    losses = {n: {"weight": w} if isinstance(w, float) else w for n, w in (losses or {}).items()}
     return DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
-                       **kw), teacher
+                       config=DistillConfig(losses=losses, **kw)), teacher
 
 
 def test_task_adds_selected_losses_with_their_weights_and_combines_with_ours():
     weights = {"kd": 1.0, "fitnet": 2.0, "skd": 10.0, "cwd": 3.0, "ifvd": 200.0}
-    task, teacher = _task(adapt_weight=50.0, affinity_weight=0.0, extra=weights)
+    task, teacher = _task({"adapt": 50.0, **weights})
     fitnet = task.loss_modules["fitnet"]
     assert isinstance(fitnet, FitNetRegressor)
     assert fitnet.weight.shape == (64, 64, 1, 1)  # student 64 -> teacher 64 channels
@@ -221,13 +222,13 @@ def test_task_adds_selected_losses_with_their_weights_and_combines_with_ours():
     assert fitnet.weight.grad is not None and fitnet.weight.grad.abs().sum() > 0
 
 
-def test_task_with_only_extra_losses_needs_no_autoencoder_terms():
-    task, _ = _task(adapt_weight=0.0, affinity_weight=0.0, extra={"kd": 1.0, "cwd": 0.0})
-    assert task.adapter is None and task.affinity_adapter is None and not task.loss_modules
+def test_task_with_only_the_fields_losses_needs_no_autoencoder_terms():
+    task, _ = _task({"kd": 1.0, "cwd": 0.0})
+    assert list(task.terms) == ["kd"] and not task.loss_modules
     losses = task(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))
     assert set(losses) == {"ce", "kd", "kd_ratio", "loss"}  # weight 0 = not computed
-    with pytest.raises(ValueError, match="unknown loss \\['at'\\]"):
-        _task(extra={"at": 1.0})
+    with pytest.raises(ValueError, match="unknown loss 'at'; known: \\['adapt', 'af_dcd'"):
+        _task({"at": 1.0})
 
 
 def test_a_new_loss_is_one_function_and_one_registry_entry(monkeypatch):
@@ -239,11 +240,9 @@ def test_a_new_loss_is_one_function_and_one_registry_entry(monkeypatch):
         return o.student_logits.pow(power).mean()
 
     monkeypatch.setitem(LOSSES, "toy", LossSpec(toy, weight=0.5, options={"power": 2}))
-    cfg = load_config(None, ["distill.extra_losses=[toy]", "distill.loss_options={toy: {power: 4}}",
-                             "distill.adapt_weight=0", "distill.affinity_weight=0"])
-    task, _ = _task(adapt_weight=0.0, affinity_weight=0.0,
-                    extra=resolve_losses(cfg.distill.extra_losses, cfg.distill.loss_weights,
-                                         cfg.distill.loss_options))
+    cfg = load_config(None, ["distill.losses={toy: {power: 4}}"])
+    assert cfg.distill.losses == {"toy": {"weight": 0.5, "power": 4}}
+    task, _ = _task(cfg.distill.losses)
     opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.1)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     losses = task.train()(x, y)
@@ -385,9 +384,16 @@ def test_a_loss_that_reads_labels_on_an_unlabelled_batch_fails_loudly():
         o.labels_on(t)
 
 
-@pytest.mark.parametrize("name", ["adapt", "affinity", "ce", "pseudo", "loss", "kd_ratio",
+def test_a_registered_name_is_not_taken_twice():
+    from kaseg.kd_losses import register_loss
+    for name in ("adapt", "affinity", "kd"):
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss(name, LossSpec(lambda o: o.student_logits.sum(), weight=1.0))
+
+
+@pytest.mark.parametrize("name", ["weight", "ce", "pseudo", "loss", "kd_ratio",
                                   "ce_pseudo", "x_unlabeled"])
-def test_the_method_terms_names_are_reserved(name):
+def test_the_tasks_own_entry_names_are_reserved(name):
     from kaseg.kd_losses import register_loss
     spec = LossSpec(lambda o: o.student_logits.sum(), weight=1.0)
     with pytest.raises(ValueError, match="reserved"):
@@ -397,13 +403,14 @@ def test_the_method_terms_names_are_reserved(name):
     assert name not in LOSSES
 
 
-def test_a_registered_loss_never_swallows_a_config_key(monkeypatch):
-    """A loss named 'dense' with an option 'max_positions': distill.dense_max_positions is
-    today's key, not an old form of that loss's option."""
+def test_a_registered_loss_never_swallows_an_old_key_of_the_method(monkeypatch):
+    """A loss named 'dense' with an option 'max_positions': the old key
+    distill.dense_max_positions is the affinity term's option, not that loss's."""
     monkeypatch.setitem(LOSSES, "dense", LossSpec(lambda o, max_positions: o.student_logits.sum(),
                                                   weight=1.0, options={"max_positions": 3}))
     cfg = load_config(None, ["distill.dense_max_positions=64"])
-    assert cfg.distill.dense_max_positions == 64 and not cfg.distill.loss_options
+    assert cfg.distill.losses["affinity"]["dense_max_positions"] == 64
+    assert "dense" not in cfg.distill.losses
 
 
 # --------------------------------------------------------------------------- DIST vs its authors
@@ -481,8 +488,8 @@ def test_an_unknown_option_of_dist_in_an_arm_is_one_line_naming_the_arm():
     from kaseg.arms import Arm, arm_config
     from kaseg.errors import KasegError
 
-    arm = Arm("dist_t2", "DIST T=2", {"extra_losses": ["dist"], "loss_options": {"dist": {"tau": 2}}})
-    with pytest.raises(KasegError, match=r"^arm 'dist_t2': distill.loss_options.dist: unknown "
-                       r"option \['tau'\]; dist takes \['inter_weight', 'intra_weight', "
-                       r"'temperature'\]$"):
+    arm = Arm("dist_t2", "DIST T=2", {"losses": {"dist": {"tau": 2}}})
+    with pytest.raises(KasegError, match=r"^arm 'dist_t2': distill.losses.dist: unknown "
+                       r"option \['tau'\]; dist takes weight and temperature, inter_weight, "
+                       r"intra_weight$"):
         arm_config(load_config(None, []), arm, 0)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from kaseg.method import (Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss,
                           affinity_loss_dense, affinity_matrix, autoencoder_loss)
+from kaseg.config import DistillConfig
 from kaseg.tasks import DistillTask, Frozen
 from kaseg.gram import affinity_loss_gram
 from kaseg.models import build_model
@@ -176,7 +177,9 @@ def test_encoder_output_matches_student_feature_size(teacher_tap, student_os, ra
     assert r.shape == teacher(x)["features"][teacher_tap].shape
 
 
-def _tiny_task(**kw):
+def _tiny_task(losses=None, **kw):
+    """A tiny distillation task; ``losses``: ``distill.losses`` (default: the method's two at
+    their default weights); ``kw``: other ``distill`` keys."""
     torch.manual_seed(6)
     teacher = build_model("tiny-teacher", 3)
     student = build_model("tiny-student", 3)
@@ -184,11 +187,13 @@ def _tiny_task(**kw):
     # give BN non-trivial running statistics
     teacher.train()(torch.randn(2, 3, 64, 64))
     ae.train()(torch.randn(2, 64, 16, 16))
-    return DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16, **kw), teacher, ae
+    cfg = DistillConfig(**kw) if losses is None else DistillConfig(losses=losses, **kw)
+    return DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
+                       config=cfg), teacher, ae
 
 
 def test_frozen_parts_stay_frozen_and_only_student_and_adapters_change():
-    task, teacher, ae = _tiny_task(adapt_weight=50.0, affinity_weight=10.0)
+    task, teacher, ae = _tiny_task({"adapt": {"weight": 50.0}, "affinity": {"weight": 10.0}})
     frozen = {**{f"t.{k}": v.clone() for k, v in teacher.state_dict().items()},
               **{f"e.{k}": v.clone() for k, v in ae.encoder.state_dict().items()}}
     trainable = {k: v.clone() for k, v in task.state_dict().items()}
@@ -206,9 +211,10 @@ def test_frozen_parts_stay_frozen_and_only_student_and_adapters_change():
     after = {**{f"t.{k}": v for k, v in teacher.state_dict().items()},
              **{f"e.{k}": v for k, v in ae.encoder.state_dict().items()}}
     assert all(torch.equal(frozen[k], after[k]) for k in frozen)  # weights and BN statistics
-    changed = {k.split(".")[0] for k, v in task.state_dict().items()
-               if not torch.equal(v, trainable[k])}
-    assert changed == {"student", "adapter", "affinity_adapter", "step"}
+    changed = {k for k, v in task.state_dict().items() if not torch.equal(v, trainable[k])}
+    parts = {".".join(k.split(".")[:2]) if k.startswith("loss_modules") else k.split(".")[0]
+             for k in changed}
+    assert parts == {"student", "loss_modules.adapt", "loss_modules.affinity", "step"}
     assert int(task.step) == 1  # the step counter (warm-up) moves, nothing else
     total = losses["ce"] + 50 * losses["adapt"] + 10 * losses["affinity"]
     torch.testing.assert_close(losses["loss"], total)
@@ -216,9 +222,9 @@ def test_frozen_parts_stay_frozen_and_only_student_and_adapters_change():
 
 
 def test_switched_off_terms_are_not_built():
-    task, _, _ = _tiny_task(adapt_weight=0.0, affinity_weight=1.0)
-    assert task.adapter is None and task.affinity_adapter is not None
-    task, _, _ = _tiny_task(adapt_weight=0.0, affinity_weight=0.0)
+    task, _, _ = _tiny_task({"adapt": {"weight": 0.0}, "affinity": {"weight": 1.0}})
+    assert list(task.loss_modules) == ["affinity"] and list(task.terms) == ["affinity"]
+    task, _, _ = _tiny_task({})
     losses = task(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))
     assert set(losses) == {"loss", "ce"} and torch.equal(losses["loss"], losses["ce"])
 
@@ -253,7 +259,7 @@ def test_adapter_is_a_3x3_conv_bn_relu_by_hand():
 
 
 def test_bf16_autocast_step_matches_fp32():
-    task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0, affinity_impl="gram")
+    task, _, _ = _tiny_task({"adapt": {}, "affinity": {"impl": "gram"}})
     task.eval()  # same BN behaviour in both passes
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     with torch.no_grad():
@@ -336,12 +342,13 @@ def test_distill_refuses_a_latent_of_another_scale():
     student = build_model("tiny-student", 3, output_stride=8)
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
     task = DistillTask(student=student, teacher=teacher, encoder=ae.encoder, latent_channels=16,
-                       affinity_weight=0.0)
+                       config=DistillConfig(losses={"adapt": {}}))
     with pytest.raises(ValueError, match="another feature stride"):
         task(torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64)))
     # the right pair at an input size that is not a multiple of 16 trains as usual
     right = DistillTask(student=build_model("tiny-student", 3), teacher=teacher,
-                        encoder=ae.encoder, latent_channels=16, affinity_weight=0.0)
+                        encoder=ae.encoder, latent_channels=16,
+                        config=DistillConfig(losses={"adapt": {}}))
     out = right(torch.randn(2, 3, 72, 72), torch.randint(0, 3, (2, 72, 72)))
     assert torch.isfinite(out["loss"])
 
@@ -355,7 +362,7 @@ def test_ratio_diagnostic_is_zero_when_ce_is_exactly_zero():
 
 def test_confident_student_on_an_easy_batch_gives_finite_diagnostics():
     """CE of exactly 0 in float32: every logged entry stays finite (no inf ratio)."""
-    task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0)
+    task, _, _ = _tiny_task()
     task.train()
     head = task.student.net.segmentation_head[0]
     with torch.no_grad():  # class 0 wins everywhere by a margin that makes CE exactly 0
@@ -369,10 +376,8 @@ def test_confident_student_on_an_easy_batch_gives_finite_diagnostics():
 
 
 def test_distill_task_on_a_batch_without_labels_is_finite_with_every_term():
-    from kaseg.kd_losses import resolve_losses
     names = ["kd", "fitnet", "skd", "cwd", "ifvd"]
-    task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0,
-                            extra=resolve_losses(names))
+    task, _, _ = _tiny_task({"adapt": {}, "affinity": {}, **{n: {} for n in names}})
     task.train()
     x, y = torch.randn(2, 3, 32, 32), torch.full((2, 32, 32), 255)
     losses = task(x, y)
@@ -385,13 +390,11 @@ def test_distill_task_on_a_batch_without_labels_is_finite_with_every_term():
 
 
 def test_task_defaults_are_the_configs():
-    from kaseg.config import DistillConfig
     task, _, _ = _tiny_task()
-    d = DistillConfig()
-    assert (task.adapt_weight, task.affinity_weight) == (d.adapt_weight, d.affinity_weight)
-    assert (task.adapt_reduction, task.affinity_reduction) == (d.adapt_reduction,
-                                                               d.affinity_reduction)
-    assert task.affinity_weight == 30.0  # the documented default, not 1.0
+    assert task.terms == {"adapt": (50.0, {"reduction": "element", "p": 2.0, "q": 2.0}),
+                          "affinity": (30.0, {"reduction": "mse", "impl": "auto",
+                                              "dense_max_positions": 1024})}
+    assert task.terms["affinity"][0] == 30.0  # the documented default, not 1.0
 
 
 @pytest.mark.parametrize("side", [4, 40])  # 16 positions (dense) and 1600 (Gram)
@@ -409,7 +412,7 @@ def test_unlabelled_terms_share_the_weight_of_the_labelled_ones():
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
     u, uv = torch.randn(6, 3, 32, 32), torch.zeros(6, 32, 32, dtype=torch.long)
     for weight, share in ((None, 6 / 8), (0.5, 0.5), (1.0, 1.0)):
-        task, _, _ = _tiny_task(adapt_weight=50.0, affinity_weight=30.0, unlabeled_weight=weight)
+        task, _, _ = _tiny_task(unlabeled_weight=weight)
         task.eval()
         losses = task(x, y, u, uv)
         want = losses["ce"]

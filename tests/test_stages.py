@@ -58,7 +58,7 @@ def test_stage_commands_and_clear_errors(tmp_path, capsys):
     # ablation: adaptation only
     assert main(["distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
                  str(tmp_path / "d"), *TINY, f"teacher.weights={teacher}",
-                 f"ae.weights={tmp_path / 'ae'}", "distill.affinity_weight=0"]) == 0
+                 f"ae.weights={tmp_path / 'ae'}", "distill.losses.affinity.weight=0"]) == 0
     logged = [json.loads(l) for l in (tmp_path / "d" / "history.jsonl").read_text().splitlines()
               if "loss" in l]
     assert "adapt" in logged[0] and "affinity" not in logged[0]
@@ -73,29 +73,107 @@ def test_stage_commands_and_clear_errors(tmp_path, capsys):
     with pytest.raises(KasegError, match="teacher.tap 'nope'"):
         distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}", "teacher.tap=nope"),
                 tmp_path / "d2")
-    with pytest.raises(KasegError, match="adapt_reduction must be one of"):
+    with pytest.raises(KasegError, match=r"distill.losses.adapt: reduction must be one of "
+                       r"\('element', 'paper'\), got 'mean'"):
         distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
-                    "distill.adapt_reduction=mean"), tmp_path / "d3")
+                    "distill.losses.adapt.reduction=mean"), tmp_path / "d3")
     assert not (tmp_path / "d2").exists() and not (tmp_path / "d3").exists()
     # the field's other losses, without an autoencoder, and combined with ours
     assert main(["distill", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
                  str(tmp_path / "kd"), *TINY, f"teacher.weights={teacher}",
-                 "distill.adapt_weight=0", "distill.affinity_weight=0",
-                 "distill.extra_losses=[kd, fitnet]",
-                 "distill.loss_options={kd: {temperature: 2}}"]) == 0
+                 "distill.losses={kd: {temperature: 2}, fitnet: {}}"]) == 0
     logged = [json.loads(l) for l in (tmp_path / "kd" / "history.jsonl").read_text().splitlines()
               if "loss" in l]
     assert {"kd", "fitnet"} <= set(logged[0]) and "adapt" not in logged[0]
     load_model(tmp_path / "kd")  # strict load: the student alone, no regressor in its weights
-    with pytest.raises(KasegError, match="unknown loss \\['nope'\\]"):
+    with pytest.raises(KasegError, match="unknown loss 'nope'"):
         distill(cfg(f"teacher.weights={teacher}", f"ae.weights={tmp_path / 'ae'}",
-                    "distill.extra_losses=[kd, nope]"), tmp_path / "d4")
+                    "distill.losses.nope.weight=1"), tmp_path / "d4")
 
 
 def test_pipeline_rejects_a_bad_distill_setting_before_training_anything(tmp_path, capsys):
     run = tmp_path / "p"
     assert main(["pipeline", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
-                 str(run), *TINY, "distill.extra_losses=[nope]"]) == 2
+                 str(run), *TINY, "distill.losses.nope.weight=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown loss ['nope']; known: ['af_dcd', 'cirkd_batch', 'cirkd_memory', 'cwd', 'dist', 'fitnet', 'ifvd', 'kd', 'skd']" in err[0]
+    assert len(err) == 1 and "unknown loss 'nope'; known: ['adapt', 'af_dcd', 'affinity', 'cirkd_batch', 'cirkd_memory', 'cwd', 'dist', 'fitnet', 'ifvd', 'kd', 'skd']" in err[0]
     assert not run.exists()  # no teacher was trained
+
+
+# the distill section as kaseg 0.1.0 wrote it into a run folder's config.yaml (before the method's
+# terms were registered losses), transcribed from a `kaseg demo` run of that release (ka_kd arm)
+OLD_DISTILL = """\
+distill:
+  student_tap: pre_logits
+  adapt_weight: 15.0
+  adapt_reduction: element
+  p: 2.0
+  q: 2.0
+  affinity_weight: 9.0
+  affinity_reduction: mse
+  affinity_impl: auto
+  dense_max_positions: 1024
+  warmup_iters: 0
+  control: none
+  extra_losses:
+  - kd
+  loss_weights: {}
+  loss_options:
+    kd:
+      temperature: 2.0
+  unlabeled_batch_size: null
+  unlabeled_weight: null
+  pseudo_labels: false
+  pseudo_threshold: 0.0
+"""
+
+
+def test_a_run_folder_of_the_previous_release_resumes_to_the_same_weights(tmp_path, monkeypatch,
+                                                                           caplog):
+    """A run killed midway under the old config keys (``distill.adapt_weight``, ...) and the old
+    checkpoint names of the adapters (``adapter.*``, ``affinity_adapter.*``) is read by the
+    upgrade step and resumes: it ends with the weights of the same run never interrupted."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from kaseg.tasks import DistillTask
+
+    teacher, ae = tmp_path / "t", tmp_path / "ae"
+    assert main(["train", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
+                 str(teacher), *TINY, "model.name=tiny-teacher"]) == 0
+    assert main(["train-ae", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
+                 str(ae), *TINY, f"teacher.weights={teacher}"]) == 0
+    terms = "distill.losses={adapt: {weight: 15.0}, affinity: {weight: 9.0}, kd: {temperature: 2.0}}"
+    args = [f"teacher.weights={teacher}", f"ae.weights={ae}", "train.iters=4", "train.val_every=2",
+            terms]
+    distill(cfg(*args), tmp_path / "whole")
+    forward, old = DistillTask.forward, tmp_path / "old"
+
+    def killed_at_3(self, *a, **kw):  # once iteration 2 is checkpointed
+        if (old / "checkpoint.pt").exists():
+            raise RuntimeError("killed")
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(DistillTask, "forward", killed_at_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        distill(cfg(*args), tmp_path / "old")
+    monkeypatch.undo()
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    assert saved["distill"]["losses"]["kd"] == {"weight": 1.0, "temperature": 2.0}
+    saved["distill"] = yaml.safe_load(OLD_DISTILL)["distill"]  # as the old release wrote it
+    (old / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    ckpt = torch.load(old / "checkpoint.pt", weights_only=True)
+    assert ckpt["iter"] == 2
+    renamed = {k.replace("loss_modules.adapt.", "adapter.").replace(
+        "loss_modules.affinity.", "affinity_adapter."): v for k, v in ckpt["task"].items()}
+    assert sum(k.startswith("adapter.") for k in renamed) == 6  # conv, BN (weight, bias, 3 stats)
+    torch.save({**ckpt, "task": renamed}, old / "checkpoint.pt")
+    caplog.set_level("INFO")
+    distill(cfg(*args), old)
+    assert any("resuming" in r.getMessage() and "iteration 2" in r.getMessage()
+               for r in caplog.records)
+    assert any("read the old distillation keys adapt_weight" in r.getMessage()
+               for r in caplog.records)
+    a, b = load_file(tmp_path / "whole" / "last.safetensors"), load_file(old / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

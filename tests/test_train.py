@@ -398,7 +398,7 @@ class _Overflowing(SegmentationTask):
         self.at, self.weight, self.steps = at, weight, 0
 
     def term_weights(self):
-        return {"kd": (self.weight, "distill.loss_weights.kd")}
+        return {"kd": (self.weight, "distill.losses.kd.weight")}
 
     def forward(self, images, targets):
         out = super().forward(images, targets)
@@ -412,8 +412,8 @@ class _Overflowing(SegmentationTask):
 def test_a_weight_that_overflows_is_named_with_its_term_not_a_diagnostic(tmp_path):
     ds = SyntheticScenes("train", count=4, size=32, transform=EvalTransform())
     with pytest.raises(KasegError, match=r"loss term 'kd' is 0.5 but its weight "
-                       r"distill.loss_weights.kd=1e\+300 times it .* overflows the loss at "
-                       r"iteration 2: lower distill.loss_weights.kd") as e:
+                       r"distill.losses.kd.weight=1e\+300 times it .* overflows the loss at "
+                       r"iteration 2: lower distill.losses.kd.weight") as e:
         fit(_Overflowing(build_model("tiny-student", 8), at=2), ds, tiny_config().train,
             tmp_path, seed=0, validate=lambda: {"miou": 0}, export=lambda w: None)
     assert "kd_ratio" not in str(e.value) and "train.lr" not in str(e.value)

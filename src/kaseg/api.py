@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import AEConfig, Config, DistillConfig, TeacherConfig, TrainConfig, to_dict
 from .errors import KasegError
+from .kd_losses import needs_autoencoder
 from .method import FeatureAutoencoder
 from .runtime import seed_everything
 from .stages import build_distill_task, fit_autoencoder, fit_distillation, load_autoencoder
@@ -53,19 +54,22 @@ def distill(student, teacher, train_set, val_set, run: str | Path, *,
             autoencoder: FeatureAutoencoder | None = None, distill: DistillConfig | None = None,
             train: TrainConfig | None = None, tap: str = "pre_logits", seed: int = 0,
             unlabeled_set=None, num_workers: int = 0, force: bool = False) -> dict:
-    """Stage 2: train ``student`` with CE + the method's terms (+ ``distill.extra_losses``)
-    against the frozen ``teacher``; ``run`` gets the student's ``best``/``last`` weights and
-    ``metrics.json``, which is returned. Without an autoencoder, set the method's two weights to
-    0 (e.g. KD alone: ``DistillConfig(adapt_weight=0, affinity_weight=0, extra_losses=["kd"])``).
+    """Stage 2: train ``student`` with CE + the terms of ``distill.losses`` (default: the
+    method's two) against the frozen ``teacher``; ``run`` gets the student's ``best``/``last``
+    weights and ``metrics.json``, which is returned. Without an autoencoder, select terms that
+    do not read it (e.g. KD alone: ``DistillConfig(losses={"kd": {"temperature": 2.0}})``).
     ``unlabeled_set``: images without labels, items ``(image, validity mask)``
     (:class:`kaseg.data.UnlabeledImages`)."""
     d, train = distill or DistillConfig(), train or TrainConfig()
     _check_taps(teacher, tap, "teacher")
     _check_taps(student, d.student_tap, "student")
-    uses_method = d.adapt_weight > 0 or d.affinity_weight > 0
+    try:
+        uses_method = needs_autoencoder(d.losses)
+    except ValueError as e:
+        raise KasegError(f"api.distill: {e}") from None
     if uses_method and autoencoder is None:
-        raise KasegError("api.distill: pass autoencoder= (from api.autoencoder) or set "
-                         "adapt_weight=0 and affinity_weight=0")
+        raise KasegError("api.distill: pass autoencoder= (from api.autoencoder), or select "
+                         "distill.losses that do not read it (the method's adapt / affinity do)")
     cfg = replace(Config(), seed=seed, distill=d, train=train,
                   teacher=replace(TeacherConfig(), name=teacher.spec.name, tap=tap))
     ae = autoencoder if uses_method else None

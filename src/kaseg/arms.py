@@ -11,10 +11,13 @@ or define their own in their YAML::
         kd_t2:
         ka:
         my_kd_t3:                  # a new arm: label, distill / data changes, autoencoder
-          label: "+ logit KD (T = 3)"
-          distill: {adapt_weight: 0, affinity_weight: 0, extra_losses: [kd],
-                    loss_options: {kd: {temperature: 3.0}}}
+          label: "CE + logit KD (T = 3)"
+          distill: {losses: {kd: {temperature: 3.0}}}
           tuned: [kd]              # its KD weight tuned on the tuning seeds, like the method's
+
+An arm's ``distill.losses`` names the terms it trains with (none: CE only); each term's settings
+start from the comparison config's for that term (or the loss's defaults) and the arm's entry
+changes them. An arm without ``losses`` trains the config's terms.
 
 Every arm is built into a full config and checked before anything trains (:func:`arm_config`).
 """
@@ -25,13 +28,21 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 
 from .config import Config, DataConfig, DistillConfig
-from .experiment import check_config
+from .experiment import check_config, upgrade_distill
 from .errors import KasegError
-from .kd_losses import resolve_losses
+from .kd_losses import canonical_losses, method_terms, needs_autoencoder, resolve_losses
 
 BASELINE = "baseline"
-_OFF = {"adapt_weight": 0.0, "affinity_weight": 0.0}
-_KD2 = {"extra_losses": ["kd"], "loss_options": {"kd": {"temperature": 2.0}}}
+_OFF = {"losses": {}}  # CE only
+_METHOD = {"adapt": {}, "affinity": {}}  # the method's two terms, as the config sets them
+
+
+def _with(**terms) -> dict:
+    """An arm's distillation changes: these terms (and only these)."""
+    return {"losses": terms}
+
+
+_KD2 = _with(kd={"temperature": 2.0})
 _NO_UNLABELED = {"unlabeled_split": None, "unlabeled_root": None, "unlabeled_count": 0}
 
 
@@ -54,14 +65,35 @@ class Arm:
     # method then meets CE only at its best weight, not only ours
     tuned: tuple[str, ...] = ()
 
+    def losses(self, base: DistillConfig, scale: float = 1.0) -> dict[str, dict]:
+        """The terms this arm trains with, written out in full (:func:`arm_losses`)."""
+        return arm_losses(base.losses, self.distill.get("losses"), scale)
+
     def uses_method(self, base: DistillConfig) -> bool:
         """Whether the arm trains with the method's terms (and so needs an autoencoder)."""
-        d = replace(base, **self.distill)
-        return d.adapt_weight > 0 or d.affinity_weight > 0
+        return needs_autoencoder(self.losses(base))
 
     def uses_teacher(self, base: DistillConfig) -> bool:
-        d = replace(base, **self.distill)
-        return self.uses_method(base) or bool(d.extra_losses) or d.pseudo_labels
+        return bool(self.losses(base)) or bool(self.distill.get("pseudo_labels",
+                                                                base.pseudo_labels))
+
+
+def arm_losses(base: dict, changes: dict | None, scale: float = 1.0) -> dict[str, dict]:
+    """The terms of an arm: the config's ``base`` terms when the arm names none (``changes`` is
+    None), else the arm's terms, each starting from the config's settings for it (or the
+    loss's defaults). The method's terms are weighted x ``scale`` (the comparison's tuned
+    weight scale), unless the arm fixes that term's weight itself."""
+    if changes is None:
+        chosen, fixed = canonical_losses(base), set()
+    else:
+        given = canonical_losses(base)
+        chosen = canonical_losses({name: {**given.get(name, {}), **(entry or {})}
+                                   for name, entry in changes.items()})
+        fixed = {name for name, entry in changes.items() if entry and "weight" in entry}
+    for name in method_terms(chosen):
+        if name not in fixed:
+            chosen[name]["weight"] = chosen[name]["weight"] * scale
+    return chosen
 
 
 # the autoencoder variants an arm may use besides the comparison's own
@@ -83,10 +115,16 @@ def _check_changes(arm: Arm, where: str) -> None:
         if bad:
             raise KasegError(f"{where} '{arm.name}': unknown {section} key(s) {bad}; known: "
                              f"{', '.join(sorted(known))}")
-    unknown = sorted(set(arm.tuned) - set(arm.distill.get("extra_losses") or ()))
+    unknown = sorted(set(arm.tuned) - set(arm.distill.get("losses") or ()))
     if unknown:
         raise KasegError(f"{where} '{arm.name}': tuned loss(es) {unknown} are not among its "
-                         f"distill.extra_losses")
+                         f"distill.losses")
+    if not isinstance(arm.distill.get("losses", {}), dict):
+        raise KasegError(f"{where} '{arm.name}': distill.losses must be a mapping of terms")
+    try:
+        resolve_losses(arm.distill.get("losses"))
+    except ValueError as e:
+        raise KasegError(f"{where} '{arm.name}': {e}") from None
     if arm.ae is not None and arm.ae not in AE_VARIANTS:
         raise KasegError(f"{where} '{arm.name}': unknown autoencoder variant '{arm.ae}'; known: "
                          f"{', '.join(AE_VARIANTS)}")
@@ -103,50 +141,50 @@ def register_arm(arm: Arm) -> Arm:
 
 
 for _arm in [
-    Arm(BASELINE, "student (CE only)", _OFF),
-    Arm("kd", "+ logit KD (T = 4)", {**_OFF, "extra_losses": ["kd"],
-                                    "loss_options": {"kd": {"temperature": 4.0}}}),
-    Arm("kd_t2", "+ logit KD (T = 2)", {**_OFF, **_KD2}),
-    Arm("kd_t6", "+ logit KD (T = 6)", {**_OFF, "extra_losses": ["kd"],
-                                       "loss_options": {"kd": {"temperature": 6.0}}}),
-    Arm("fitnet", "+ FitNet (feature L2)", {**_OFF, "extra_losses": ["fitnet"]}),
-    Arm("skd", "+ SKD pair-wise", {**_OFF, "extra_losses": ["skd"]}),
-    Arm("cwd", "+ CWD (logits)", {**_OFF, "extra_losses": ["cwd"]}),
-    Arm("ifvd", "+ IFVD", {**_OFF, "extra_losses": ["ifvd"]}),
-    Arm("dist", "+ DIST (class relations)", {**_OFF, "extra_losses": ["dist"]},
-        tuned=("dist",)),
+    Arm(BASELINE, "CE only", _OFF),
+    Arm("kd", "CE + logit KD (T = 4)", _with(kd={"temperature": 4.0})),
+    Arm("kd_t2", "CE + logit KD (T = 2)", _KD2),
+    Arm("kd_t6", "CE + logit KD (T = 6)", _with(kd={"temperature": 6.0})),
+    Arm("fitnet", "CE + FitNet (feature L2)", _with(fitnet={})),
+    Arm("skd", "CE + SKD pair-wise", _with(skd={})),
+    Arm("cwd", "CE + CWD (channel-wise logits)", _with(cwd={})),
+    Arm("ifvd", "CE + IFVD (intra-class variation)", _with(ifvd={})),
+    Arm("dist", "CE + DIST (class relations)", _with(dist={}), tuned=("dist",)),
     # CIRKD and Af-DCD as their authors train them: their terms beside logit KD at T = 1
-    Arm("cirkd", "+ CIRKD (cross-image relations)", {
-        **_OFF, "extra_losses": ["kd", "cirkd_batch", "cirkd_memory"],
-        "loss_options": {"kd": {"temperature": 1.0}}}, tuned=("cirkd_batch", "cirkd_memory")),
-    Arm("af_dcd", "+ Af-DCD (dense contrastive)", {
-        **_OFF, "extra_losses": ["kd", "af_dcd"], "loss_options": {"kd": {"temperature": 1.0}}},
-        tuned=("af_dcd",)),
-    Arm("adapt", "+ adaptation", {"affinity_weight": 0.0}),
-    Arm("affinity", "+ affinity", {"adapt_weight": 0.0}),
-    Arm("ka", "+ both (the method)"),
-    Arm("ka_kd", "the method + KD (T = 2)", dict(_KD2)),
-    Arm("ka_warmup", "the method, 50-iteration warm-up", {"warmup_iters": 50}),
-    Arm("ka_student_encoder", "the method on the student's encoder map",
-        {"student_tap": "encoder"}),
-    Arm("ka_paper", "the method, paper-literal reductions",
-        {"adapt_reduction": "paper", "affinity_reduction": "paper", "affinity_weight": 1.0}),
-    Arm("ka_ae_plateau", "the method, autoencoder trained to a plateau", ae="plateau"),
-    Arm("ka_teacher_encoder", "the method on the teacher's encoder map", ae="encoder"),
+    Arm("cirkd", "CE + CIRKD (cross-image relations) + KD (T = 1)", _with(
+        kd={"temperature": 1.0}, cirkd_batch={}, cirkd_memory={}),
+        tuned=("cirkd_batch", "cirkd_memory")),
+    Arm("af_dcd", "CE + Af-DCD (dense contrastive) + KD (T = 1)", _with(
+        kd={"temperature": 1.0}, af_dcd={}), tuned=("af_dcd",)),
+    Arm("adapt", "CE + adaptation (the method's first term)", _with(adapt={})),
+    Arm("affinity", "CE + affinity (the method's second term)", _with(affinity={})),
+    Arm("ka", "CE + the method (adaptation + affinity)", _with(**_METHOD)),
+    Arm("ka_kd", "CE + the method + KD (T = 2)", _with(**_METHOD, kd={"temperature": 2.0})),
+    Arm("ka_warmup", "CE + the method, 50-iteration warm-up", {**_with(**_METHOD),
+                                                               "warmup_iters": 50}),
+    Arm("ka_student_encoder", "CE + the method on the student's encoder map",
+        {**_with(**_METHOD), "student_tap": "encoder"}),
+    Arm("ka_paper", "CE + the method, paper-literal reductions and weights", _with(
+        adapt={"reduction": "paper"}, affinity={"reduction": "paper", "weight": 1.0})),
+    Arm("ka_ae_plateau", "CE + the method, autoencoder trained to a plateau", _with(**_METHOD),
+        ae="plateau"),
+    Arm("ka_teacher_encoder", "CE + the method on the teacher's encoder map", _with(**_METHOD),
+        ae="encoder"),
     Arm("ctrl_random_ae", "control: the method with an untrained encoder",
-        {"control": "random_encoder"}, control=True),
+        {**_with(**_METHOD), "control": "random_encoder"}, control=True),
     Arm("ctrl_constant", "control: adapters fitted to a constant target",
-        {"control": "constant_target"}, control=True),
+        {**_with(**_METHOD), "control": "constant_target"}, control=True),
     Arm("ce_matched", "control: CE only, as much training compute as the costliest arm", _OFF,
         control=True, matched=True),
     # few labels (data with labeled_count and an unlabelled source): the arms above use the
     # unlabelled images wherever a term can; these change the data
-    Arm("pseudo", "+ teacher's pseudo-labels on unlabelled images", {**_OFF,
-                                                                     "pseudo_labels": True}),
-    Arm("kd_t2_labeled", "+ logit KD (T = 2), labelled images only", {**_OFF, **_KD2},
+    Arm("pseudo", "CE + the teacher's pseudo-labels on unlabelled images",
+        {**_OFF, "pseudo_labels": True}),
+    Arm("kd_t2_labeled", "CE + logit KD (T = 2), labelled images only", _KD2,
         data=dict(_NO_UNLABELED)),
-    Arm("ka_labeled", "+ both (the method), labelled images only", data=dict(_NO_UNLABELED)),
-    Arm("all_labels", "student (CE only), every image labelled", _OFF,
+    Arm("ka_labeled", "CE + the method, labelled images only", _with(**_METHOD),
+        data=dict(_NO_UNLABELED)),
+    Arm("all_labels", "CE only, every image labelled", _OFF,
         data={"labeled_count": None, "labeled_fraction": None, **_NO_UNLABELED}),
 ]:
     register_arm(_arm)
@@ -203,7 +241,8 @@ def arm_from_yaml(name: str, spec, source: str) -> Arm:
     tuned = spec.get("tuned") or []
     if not isinstance(tuned, list) or not all(isinstance(t, str) for t in tuned):
         raise KasegError(f"{source}: compare.arms.{name}.tuned must be a list of loss names")
-    arm = Arm(name, str(spec.get("label") or name), dict(spec.get("distill") or {}),
+    distill = upgrade_distill(dict(spec.get("distill") or {}), f"{source}: compare.arms.{name}")
+    arm = Arm(name, str(spec.get("label") or name), distill,
               dict(spec.get("data") or {}), spec.get("ae"), bool(spec.get("control", False)),
               tuned=tuple(tuned))
     _check_changes(arm, f"{source}: compare.arms")
@@ -223,23 +262,37 @@ def tune_weights(cfg: Config, arm: Arm, scale: float) -> Config:
     one run whether or not a comparison tunes."""
     if scale == 1.0 or not arm.tuned:
         return cfg
-    d = cfg.distill
-    base = resolve_losses(list(arm.tuned), d.loss_weights, d.loss_options)
-    weights = {**d.loss_weights, **{n: scale * w for n, (w, _) in base.items()}}
-    return replace(cfg, distill=replace(d, loss_weights=weights))
+    losses = canonical_losses(cfg.distill.losses)
+    for name in arm.tuned:
+        losses[name]["weight"] = scale * losses[name]["weight"]
+    return replace(cfg, distill=replace(cfg.distill, losses=losses))
 
 
-def arm_config(cfg: Config, arm: Arm | str, seed: int) -> Config:
-    """The full config of ``arm`` (an :class:`Arm` or a registered name) at ``seed``, checked
-    like any config (a bad loss, key or value is a one-line error naming the arm)."""
+def arm_config(cfg: Config, arm: Arm | str, seed: int, scale: float = 1.0) -> Config:
+    """The full config of ``arm`` (an :class:`Arm` or a registered name) at ``seed``, the
+    method's weights x ``scale``, checked like any config (a bad loss, key or value is a
+    one-line error naming the arm)."""
     arm = get_arm(arm) if isinstance(arm, str) else arm
     try:
+        changes = {**arm.distill, "losses": arm.losses(cfg.distill, scale)}
         data = replace(cfg.data, **arm.data)
-        out = replace(cfg, seed=seed, data=data, distill=replace(cfg.distill, **arm.distill))
-    except TypeError as e:
+        out = replace(cfg, seed=seed, data=data, distill=replace(cfg.distill, **changes))
+    except (TypeError, ValueError) as e:
         raise KasegError(f"arm '{arm.name}': {e}") from None
     check_config(out, f"arm '{arm.name}'")
     return out
+
+
+def method_weights(cfg: Config, scale: float = 1.0) -> dict[str, float]:
+    """``{term: weight}`` of the method's terms at the weight ``scale`` (what the arm ``ka``
+    trains with): what reports state as "the method's weights"."""
+    return {name: entry["weight"] for name, entry in ARMS["ka"].losses(cfg.distill, scale).items()}
+
+
+def with_method_weights(cfg: Config, scale: float) -> Config:
+    """``cfg`` training the method's terms at the weight ``scale`` (the weights the arms
+    trained with, for a report)."""
+    return replace(cfg, distill=replace(cfg.distill, losses=ARMS["ka"].losses(cfg.distill, scale)))
 
 
 def ae_variant_config(cfg: Config, variant: str | None) -> Config:

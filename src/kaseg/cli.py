@@ -234,6 +234,10 @@ def _cmd_info(args) -> int:
         from .arms import listing
         print(listing())
         return 0
+    if args.losses:
+        from .kd_losses import listing
+        print(listing())
+        return 0
     if args.list or not args.model:
         print("\n".join(list_models()))
         return 0
@@ -423,6 +427,9 @@ def _args_info(i) -> None:
     i.add_argument("--list", action="store_true")
     i.add_argument("--arms", action="store_true",
                    help="list the comparison's registered arms and arm groups")
+    i.add_argument("--losses", action="store_true",
+                   help="list the distillation terms (distill.losses), their default weight "
+                        "and options")
     i.add_argument("--json", action="store_true")
 
 

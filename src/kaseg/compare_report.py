@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .arms import BASELINE, MATCHED
+from .arms import BASELINE, MATCHED, method_weights
 from .checkpoint import load_model, save_model
 from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
@@ -266,10 +266,9 @@ def _tuning_lines(got: dict, spec: CompareSpec, cfg: Config) -> list[str]:
         return _arm_tuning_lines(got, spec)
     if scale is None:
         return ["The method's weights: tuning unfinished.", ""]
-    d = cfg.distill
-    head = (f"The method's weights: adaptation {scale * d.adapt_weight:g}, affinity "
-            f"{scale * d.affinity_weight:g} (x{scale:g} the config's {d.adapt_weight:g} and "
-            f"{d.affinity_weight:g})")
+    now, given = method_weights(cfg, scale), method_weights(cfg)
+    head = (f"The method's weights: adaptation {now['adapt']:g}, affinity {now['affinity']:g} "
+            f"(x{scale:g} the config's {given['adapt']:g} and {given['affinity']:g})")
     if not got["tuning"]:
         return [head + ".", ""]
     table = ["| scale | " + " | ".join(f"seed {s}" for s in spec.tune_seeds) + " | mean |",

@@ -179,13 +179,6 @@ def _check_shared(out: Path, stage: Stage) -> None:
             "it, or choose another --out")
 
 
-def scaled(cfg: Config, scale: float) -> Config:
-    """``cfg`` with the method's two weights scaled (the tuning knob)."""
-    d = cfg.distill
-    return replace(cfg, distill=replace(d, adapt_weight=scale * d.adapt_weight,
-                                        affinity_weight=scale * d.affinity_weight))
-
-
 def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage], Config,
                                                                       dict[str, Config]]:
     """Teacher, autoencoder(s) and start -> (stages, ``cfg`` pointing at them, the config of
@@ -242,7 +235,7 @@ def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
     stages = []
     for seed in spec.tune_seeds:
         stages += [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
-                         arm_config(scaled(cfg, k), ka, seed), TUNE_ARM, seed, phase="tuning")
+                         arm_config(cfg, ka, seed, k), TUNE_ARM, seed, phase="tuning")
                    for k in (spec.weight_scales if method else [])]
         stages += [Stage(f"tuning/{arm.name}-x{k:g}-s{seed}", "distill",
                          tune_weights(arm_config(cfg, arm, seed), arm, k), arm.name, seed,
@@ -297,8 +290,7 @@ def _last_miou(run: Path) -> float:
 def scale_dependent(cfg: Config, arm: Arm) -> bool:
     """Whether the arm's config changes with the method's weight scale (its runs at another
     scale are other runs)."""
-    return to_dict(arm_config(scaled(cfg, 1.0), arm, 0)) != to_dict(
-        arm_config(scaled(cfg, 2.0), arm, 0))
+    return to_dict(arm_config(cfg, arm, 0, 1.0)) != to_dict(arm_config(cfg, arm, 0, 2.0))
 
 
 def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
@@ -319,7 +311,7 @@ def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
         for arm in spec.arms:
             base = variants[arm.ae] if arm.ae else cfg
             tag = tags[arm.name]
-            c = arm_config(scaled(base, scale), arm, seed)
+            c = arm_config(base, arm, seed, scale)
             if arm.name in own:
                 c = tune_weights(c, arm, own[arm.name])
             if arm.matched:
@@ -359,7 +351,7 @@ def step_flops(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Co
     for arm in spec.arms:
         if arm.matched:
             continue
-        c = arm_config(scaled(variants[arm.ae] if arm.ae else cfg, scale), arm, spec.seeds[0])
+        c = arm_config(variants[arm.ae] if arm.ae else cfg, arm, spec.seeds[0], scale)
         key = json.dumps(to_dict(replace(c, seed=0)), sort_keys=True)
         if arm.name not in cache or cache[arm.name]["config"] != key:
             cache[arm.name] = {"config": key, "flops": estimate_step_flops(c)}

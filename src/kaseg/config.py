@@ -132,35 +132,30 @@ class AEConfig:
     patience: int | None = 2
 
 
+def _method_terms() -> dict[str, dict]:
+    return {"adapt": {}, "affinity": {}}
+
+
 @dataclass
 class DistillConfig:
-    """Stage 2: L = L_ce + adapt_weight * L_adapt + affinity_weight * L_aff. Weight 0 = term off.
+    """Stage 2: L = L_ce + sum of weight x term over ``losses``; a term absent or weighted 0 is off.
 
-    The paper's weights (50, 1) only mean something with a stated reduction; the defaults are a
-    balanced pair (docs/method.md, "Magnitudes"), ``*_reduction: paper`` is the literal reading.
+    ``losses`` maps each term of the loss registry (``kaseg info --losses``: the method's
+    ``adapt`` and ``affinity``, and the field's ``kd``, ``cwd``, ``dist``, ...) to its weight and
+    options, each defaulting to the loss's own (the method's: adapt 50, affinity 30, a balanced
+    pair; the paper's 50 and 1 pair with ``reduction: paper``, docs/method.md "Magnitudes"), e.g.
+    ``losses: {adapt: {}, affinity: {weight: 10}, kd: {temperature: 2.0}}``. When a config is read
+    it is written out in full (every weight and option), as saved beside each run.
     """
 
     student_tap: str = "pre_logits"
-    adapt_weight: float = 50.0  # beta [paper]
-    adapt_reduction: str = "element"  # "element" (mean of |d|^p) or "paper" (mean of p-norms)
-    p: float = 2.0  # norm of the adaptation difference [ours: paper reads ||.||_p]
-    q: float = 2.0  # per-position normalisation [ours]
-    affinity_weight: float = 30.0  # gamma; the paper's 1 pairs with reduction "paper"
-    affinity_reduction: str = "mse"  # "mse" (resolution-free), "paper" (row l2), "element"
-    affinity_impl: str = "auto"  # "dense" (m x m matrices), "gram" (never builds them), "auto"
-    dense_max_positions: int = 1024  # auto: dense up to this many positions, Gram above
+    losses: dict[str, dict] = field(default_factory=_method_terms)
     # ramp every distillation weight linearly from 0 to its value over the first N iterations
     # (the adapters catch up with the targets before they steer the student); 0 = off
     warmup_iters: int = 0
     # negative controls for studies: "random_encoder" (an untrained E: no teacher knowledge in
     # the target), "constant_target" (the adapters are fitted to a constant map); "none" = the method
     control: str = "none"
-    # the field's other losses (kaseg.kd_losses.LOSSES: "kd", "fitnet", "skd", "cwd", "ifvd"),
-    # added to the terms above, each at its authors' weight and options unless overridden here,
-    # e.g. loss_weights: {kd: 2.0}, loss_options: {kd: {temperature: 2.0}}
-    extra_losses: list[str] = field(default_factory=list)
-    loss_weights: dict[str, float] = field(default_factory=dict)
-    loss_options: dict[str, dict] = field(default_factory=dict)
     # the unlabelled stream (data.unlabeled_*): images per step, global like train.batch_size
     # (None: the same as train.batch_size); every label-free term is computed on them too
     unlabeled_batch_size: int | None = None
@@ -203,8 +198,8 @@ RANGES: dict[str, str] = {
     "ae.latent_channels": ">= 1", "ae.alpha": ">= 0", "ae.epochs": "> 0", "ae.lr": "> 0",
     "ae.weight_decay": ">= 0", "ae.grad_clip": "> 0", "ae.min_iters": ">= 0",
     "ae.val_every_epochs": "> 0", "ae.patience": ">= 1",
-    "distill.adapt_weight": ">= 0", "distill.affinity_weight": ">= 0",
-    "distill.dense_max_positions": ">= 1", "distill.unlabeled_weight": "[0, 1]",
+    "distill.warmup_iters": ">= 0", "distill.unlabeled_batch_size": ">= 1",
+    "distill.unlabeled_weight": "[0, 1]", "distill.pseudo_threshold": "[0, 1)",
 }
 
 

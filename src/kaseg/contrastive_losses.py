@@ -100,7 +100,7 @@ class CirkdMemory(nn.Module):
                            ("region_memory_size", region_memory_size),
                            ("pixel_update", pixel_update)):
             if int(value) < 1:
-                raise ValueError(f"distill.loss_options.cirkd_memory.{key} must be >= 1, "
+                raise ValueError(f"distill.losses.cirkd_memory.{key} must be >= 1, "
                                  f"got {value}")
         ct = teacher_channels
         self.project = nn.Sequential(nn.Conv2d(student_channels, ct, 1, bias=False),
@@ -236,7 +236,7 @@ class AfDcdHead(nn.Module):
             self.project = nn.Sequential(nn.Conv2d(ct, ct, 3, padding=1), nn.ReLU(True),
                                          nn.Conv2d(ct, ct, 3, padding=1))
         else:
-            raise ValueError(f"distill.loss_options.af_dcd.projector must be 'enhanced' or "
+            raise ValueError(f"distill.losses.af_dcd.projector must be 'enhanced' or "
                              f"'plain', got {projector!r}")
 
 
@@ -244,7 +244,7 @@ def af_dcd_check(teacher_channels: int, groups: int = 16, **_) -> str | None:
     """What keeps Af-DCD from running on a teacher map of ``teacher_channels`` (None: nothing)."""
     if groups < 1 or teacher_channels % groups:
         return (f"the teacher's map has {teacher_channels} channels, not a multiple of "
-                f"distill.loss_options.af_dcd.groups={groups}")
+                f"distill.losses.af_dcd.groups={groups}")
     return None
 
 
@@ -260,7 +260,7 @@ def feature_mask(shape: tuple[int, int, int, int], ratio: float, kind: str,
         mask = torch.ones((b, 1, h, w), device=device)
         mask[:, :, h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 0
         return mask
-    raise ValueError(f"distill.loss_options.af_dcd.mask must be 'random' or 'center', got {kind!r}")
+    raise ValueError(f"distill.losses.af_dcd.mask must be 'random' or 'center', got {kind!r}")
 
 
 def _tokens(x: torch.Tensor, groups: int, ph: int, pw: int) -> torch.Tensor:

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .arms import BASELINE
+from .arms import BASELINE, with_method_weights
 from .checkpoint import load_model
 from .files import atomic_write_text
 from .compare import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
                       paired_rows)
-from .comparison import run, scaled
+from .comparison import run
 from .config import Config
 from .cost import measure_latency, model_cost
 from .data import build_dataset
@@ -45,7 +45,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
     t0 = time.perf_counter()
     stages, scale, _, cfg = run(out, cfg, spec, force, desc="demo", lockstep=lockstep,
                                  retry_failed=retry_failed)
-    cfg = scaled(cfg, scale)  # the weights the arms trained with, for the report
+    cfg = with_method_weights(cfg, scale)  # the weights the arms trained with, for the report
     log.info("demo: trained in %.0fs; evaluating", time.perf_counter() - t0)
     runs = {s.name: (s.arm, s.seed) for s in stages if s.done(out)}  # not those that diverged
     records = evaluate_runs(out, cfg, {"teacher": ("teacher", 0), "init": ("init", 0), **runs})
@@ -93,7 +93,8 @@ def write_report(out: Path, cfg: Config, records: list[dict], seeds: int, quick:
         f"trained with CE for {init_iters} iterations on *other* scenes (data seed 1; {init:.2f} "
         f"mIoU here), then is fine-tuned for {cfg.train.iters} iterations (batch "
         f"{cfg.train.batch_size}, lr {cfg.train.lr}) with its arm's losses; the method's weights "
-        f"adaptation {cfg.distill.adapt_weight:g}, affinity {cfg.distill.affinity_weight:g} "
+        f"adaptation {cfg.distill.losses['adapt']['weight']:g}, affinity "
+        f"{cfg.distill.losses['affinity']['weight']:g} "
         f"(x{TUNED_WEIGHT_SCALE:g} the defaults: the scale `kaseg study` chose on its tuning "
         f"seeds). {seeds} paired seeds"
         f"{' (--quick)' if quick else ''}: a seed fixes the data order, every augmentation and "

@@ -14,47 +14,90 @@ from typing import Any
 
 import yaml
 
-from .config import Config, DistillConfig, _merge, check_ranges, from_dict, parse_overrides
+from .config import Config, _merge, check_ranges, from_dict, parse_overrides
 from .data import DATASETS
 from .distributed import check_global_batch
 from .errors import KasegError
-from .kd_losses import LOSSES, resolve_losses
+from .kd_losses import LOSSES, canonical_losses, resolve_losses
 from .method import check_distill_options
 from .models import check_model_name
 
 log = logging.getLogger(__name__)
 
 
-def upgrade_legacy(data: dict, source: str = "config") -> dict:
-    """A config written before the loss registry (``distill.kd_weight``, ``distill.kd_temperature``,
-    ``distill.skd_pool``, ...) in today's form (``distill.loss_weights`` / ``loss_options``), so
-    that old experiment files keep working and old runs resume. A value equal to the registry's
-    default is dropped (it is what today's config means when it names nothing)."""
+# the method's keys before its terms were registered losses: old key -> (term, option)
+_METHOD_KEYS = {"adapt_weight": ("adapt", "weight"), "adapt_reduction": ("adapt", "reduction"),
+                "p": ("adapt", "p"), "q": ("adapt", "q"),
+                "affinity_weight": ("affinity", "weight"),
+                "affinity_reduction": ("affinity", "reduction"),
+                "affinity_impl": ("affinity", "impl"),
+                "dense_max_positions": ("affinity", "dense_max_positions")}
+_LIST_KEYS = ("extra_losses", "loss_weights", "loss_options")
+
+
+def _old_distill_keys(distill: dict) -> list[str]:
+    """The keys of ``distill`` that name a loss's setting the old way."""
+    old = [k for k in distill if k in _METHOD_KEYS or k in _LIST_KEYS]
+    for name, spec in LOSSES.items():  # before the registry: kd_weight, kd_temperature, ...
+        old += [f"{name}_{o}" for o in ("weight", *spec.options) if f"{name}_{o}" in distill
+                and f"{name}_{o}" not in _METHOD_KEYS]
+    return old
+
+
+def _losses_from_old_keys(distill: dict, old: list[str]) -> dict:
+    """``distill.losses`` of a config written with the old keys (``adapt_weight``, ``p``,
+    ``extra_losses`` + ``loss_weights`` + ``loss_options``, ``kd_temperature``, ...), starting
+    from its ``losses`` if it has them, else from the method's two terms (the old default)."""
+    losses = {k: dict(v or {}) for k, v in (distill.get("losses") or
+                                             {"adapt": {}, "affinity": {}}).items()}
+    weights, options = distill.get("loss_weights") or {}, distill.get("loss_options") or {}
+    for name in distill.get("extra_losses") or []:
+        entry = losses.setdefault(name, {})
+        if name in weights:
+            entry["weight"] = weights[name]
+        entry.update(options.get(name) or {})
+    for key in old:
+        if key in _METHOD_KEYS:
+            term, option = _METHOD_KEYS[key]
+            losses.setdefault(term, {})[option] = distill[key]
+        elif key not in _LIST_KEYS:  # name_option of a loss the config selects
+            name = next(n for n in LOSSES if key.startswith(n + "_")
+                        and key[len(n) + 1:] in ("weight", *LOSSES[n].options))
+            if name in losses:
+                losses[name][key[len(name) + 1:]] = distill[key]
+    return losses
+
+
+def upgrade_distill(distill: dict, source: str = "config") -> dict:
+    """A ``distill`` section (or an arm's changes to one) with the old loss keys read as
+    ``losses``; unchanged when it has none."""
+    old = _old_distill_keys(distill)
+    if not old:
+        return distill
+    distill = dict(distill)
+    distill["losses"] = _losses_from_old_keys(distill, old)
+    for key in old:
+        distill.pop(key)
+    log.warning("%s: read the old distillation keys %s as distill.losses", source, ", ".join(old))
+    return distill
+
+
+def upgrade_config(data: dict, source: str = "config") -> dict:
+    """A config's dict in today's form, so that old experiment files keep working and old runs
+    resume: the loss settings of earlier releases (``distill.adapt_weight``, ``p``,
+    ``affinity_impl``, ``extra_losses`` / ``loss_weights`` / ``loss_options``, ``kd_temperature``,
+    ...) become ``distill.losses``, and ``distill.losses`` is written out in full
+    (:func:`~kaseg.kd_losses.canonical_losses`), so that two configs that train the same terms
+    read the same. A bad loss entry is left for the config check to name."""
     distill = data.get("distill")
     if not isinstance(distill, dict):
         return data
-    distill, moved = dict(distill), []
-    own = {f.name for f in dataclasses.fields(DistillConfig)}  # today's keys are never "old"
-    weights = dict(distill.get("loss_weights") or {})
-    options = {k: dict(v) for k, v in (distill.get("loss_options") or {}).items()}
-    for name, spec in LOSSES.items():
-        for option, default in [("weight", spec.weight), *spec.options.items()]:
-            old = f"{name}_{option}"
-            if old not in distill or old in own:
-                continue
-            value = distill.pop(old)
-            moved.append(old)
-            if value == default:
-                continue
-            if option == "weight":
-                weights.setdefault(name, value)
-            else:
-                options.setdefault(name, {}).setdefault(option, value)
-    if not moved:
-        return data
-    log.warning("%s: read the old distillation keys %s as distill.loss_weights / loss_options",
-                source, ", ".join(moved))
-    distill["loss_weights"], distill["loss_options"] = weights, options
+    distill = upgrade_distill(distill, source)
+    if isinstance(distill.get("losses"), dict):
+        try:
+            distill["losses"] = canonical_losses(distill["losses"])
+        except ValueError:
+            pass  # check_config says what is wrong, naming the file
     return {**data, "distill": distill}
 
 
@@ -74,13 +117,24 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
         if not isinstance(data, dict):
             raise KasegError(f"{path}: the top level must be a mapping of config keys")
         data.pop("compare", None)  # `kaseg compare`'s own section (read_section), not a run's
-    if overrides:
-        data = _merge(data, parse_overrides(list(overrides)))
     if cls is Config:
-        data = upgrade_legacy(data, source)
+        data = upgrade_config(data, source)
+    for item in overrides:
+        given = parse_overrides([item])
+        if cls is Config and "losses" in (given.get("distill") or {}):
+            distill = data.setdefault("distill", {})
+            if item.split("=", 1)[0].strip() == "distill.losses":  # the whole set of terms
+                distill.pop("losses", None)
+            else:  # one term's setting: the other terms stay as the file has them
+                distill.setdefault("losses", {"adapt": {}, "affinity": {}})
+        data = _merge(data, given)
+    if cls is Config:
+        data = upgrade_config(data, source)
     cfg = from_dict(cls, data, source)
     if isinstance(cfg, Config):
         check_config(cfg, source)
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(
+            cfg.distill, losses=canonical_losses(cfg.distill.losses)))
     return cfg
 
 
@@ -109,11 +163,8 @@ def check_config(cfg: Config, source: str = "config") -> None:
                          f"{', '.join(DATASETS)}")
     d = cfg.distill
     try:
-        resolve_losses(d.extra_losses, d.loss_weights, d.loss_options)
-        check_distill_options(adapt_reduction=d.adapt_reduction,
-                              affinity_reduction=d.affinity_reduction,
-                              affinity_impl=d.affinity_impl, p=d.p, q=d.q,
-                              warmup_iters=d.warmup_iters, control=d.control)
+        resolve_losses(d.losses)
+        check_distill_options(warmup_iters=d.warmup_iters, control=d.control)
     except ValueError as e:
         raise KasegError(f"{source}: {e}") from None
     for key, name in (("model.name", cfg.model.name), ("teacher.name", cfg.teacher.name)):

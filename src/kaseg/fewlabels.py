@@ -14,10 +14,10 @@ import logging
 import time
 from pathlib import Path
 
-from .arms import ARMS
+from .arms import ARMS, with_method_weights
 from .files import atomic_write_text
 from .compare import code_version, evaluate_runs, machine, markdown_table, paired_rows
-from .comparison import run, scaled
+from .comparison import run
 from .presets import LABELED_COUNT, LIMITED_ARMS, demo_config, limited_spec
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def run_limited_labels(out: str | Path = "demo_out", quick: bool = False,
     t0 = time.perf_counter()
     stages, scale, _, cfg = run(folder, cfg, spec, force, desc="limited labels",
                                  lockstep=lockstep, retry_failed=retry_failed)
-    cfg = scaled(cfg, scale)  # the weights the arms trained with, for the report
+    cfg = with_method_weights(cfg, scale)  # the weights the arms trained with, for the report
     runs = {s.name: (s.arm, s.seed) for s in stages if s.done(folder)}  # not diverged ones
     records = (evaluate_runs(out, cfg, {"teacher": ("teacher", 0), "init": ("init", 0)})
                + evaluate_runs(folder, cfg, runs))
@@ -70,8 +70,8 @@ def write_report(folder: Path, cfg, records: list[dict], seeds: int, init_iters:
         f"'with the unlabelled images' (and the pseudo-label arm) also take a batch of "
         f"{cfg.distill.unlabeled_batch_size or cfg.train.batch_size} of the other "
         f"{n_train - labeled} scenes, without their labels, at every step. The method's "
-        f"weights: adaptation {cfg.distill.adapt_weight:g}, affinity "
-        f"{cfg.distill.affinity_weight:g}. {seeds} paired seeds; mIoU in % of the last "
+        f"weights: adaptation {cfg.distill.losses['adapt']['weight']:g}, affinity "
+        f"{cfg.distill.losses['affinity']['weight']:g}. {seeds} paired seeds; mIoU in % of the last "
         "checkpoint on the validation scenes; Δ is the paired difference to the CE-only student "
         "on the same labels, with its 95% CI; the verdict follows the interval.", "",
         *markdown_table(rows), "",

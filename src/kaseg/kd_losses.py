@@ -1,6 +1,8 @@
-"""The field's other segmentation-distillation losses, to compare with ours (:mod:`kaseg.method`)
-on the same footing: same networks, data, recipe and loop, each term selectable and weighted in the
-distillation config (``distill.extra_losses``) and combinable with the method's two terms.
+"""Every distillation loss kaseg trains with, in one registry (:data:`LOSSES`): the method's two
+terms (``adapt``, ``affinity``; their formulas are :mod:`kaseg.method`) and the field's other
+segmentation-distillation losses, on the same footing: same networks, data, recipe and loop, each
+term selected, weighted and configured the same way (``distill.losses: {name: {weight, option:
+value}}``) and combinable with any other.
 
 Every function is a pure loss on tensors. Teacher tensors get no gradient (callers pass them from a
 frozen teacher; the functions also detach them). ``valid`` is an optional ``(B, H, W)`` bool mask at
@@ -13,9 +15,9 @@ them all on Cityscapes with one recipe) used; each is given with its source belo
 
 **Adding a loss** is one function and one entry in :data:`LOSSES` at the end of this file: the
 entry names what the term reads from the student and teacher outputs (:class:`Outputs`), its
-default weight and options, and (if it trains a module of its own, like FitNet's regressor) how
-to build that module. The config then knows it (``distill.extra_losses: [name]``,
-``distill.loss_weights``, ``distill.loss_options``) and the distillation task computes it.
+default weight and options, and (if it trains a module of its own, like FitNet's regressor or the
+method's adapters) how to build that module. The config then knows it (``distill.losses: {name:
+{weight: 2.0, option: value}}``) and the distillation task computes it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import IGNORE_INDEX
+from .method import (ADAPT_REDUCTIONS, AFFINITY_IMPLS, AFFINITY_REDUCTIONS, Adapter,
+                     adaptation_loss, affinity_loss, to_latent_size)
 from .contrastive_losses import (AfDcdHead, CirkdMemory, af_dcd_check, af_dcd_loss,
                                  cirkd_batch_loss, cirkd_memory_loss)
 from .tensors import at_least_f32, full_precision, kl_from_logits, masked_mean, resize
@@ -291,6 +295,16 @@ class Outputs:
     module: nn.Module | None = None
     student_stride: int | None = None  # the tapped maps' strides in input pixels
     teacher_stride: int | None = None
+    # E(F_t), the trained encoder's code of the teacher's map (the method's target): computed
+    # on first use and shared by every term of the step that reads it
+    teacher_latent: Callable[[], torch.Tensor] | None = None
+
+    def latent(self) -> torch.Tensor:
+        """The teacher's map in the autoencoder's latent space (``LossSpec.needs_autoencoder``)."""
+        if self.teacher_latent is None:
+            raise ValueError("this step has no autoencoder: a loss that reads its latent needs "
+                             "LossSpec(needs_autoencoder=True)")
+        return self.teacher_latent()
 
     def _stride(self, like: torch.Tensor) -> int | None:
         """The stride of a map of ``like``'s size: 1 at the input's size, else the tapped map's
@@ -334,6 +348,10 @@ class LossSpec:
             unlabelled images it runs only with pseudo-labels.
         check: ``check(teacher_channels, **options) -> message or None``: what keeps the loss
             from running on a teacher map of that many channels, asked before anything trains.
+        validate: ``validate(**options) -> message or None``: what is wrong with the options'
+            values, asked when a config is read.
+        needs_autoencoder: the loss reads the trained autoencoder's latent code of the teacher's
+            map (:meth:`Outputs.latent`; the method's terms): a run with it needs ``ae.weights``.
     """
 
     compute: Callable[..., torch.Tensor]
@@ -342,34 +360,36 @@ class LossSpec:
     module: Callable[..., nn.Module] | None = None
     needs_labels: bool = False
     check: Callable[..., str | None] | None = None
+    validate: Callable[..., str | None] | None = None
+    needs_autoencoder: bool = False
 
 
 def build_loss_module(name: str, student_channels: int, teacher_channels: int, num_classes: int,
-                      options: dict) -> nn.Module:
+                      options: dict, latent_channels: int | None = None) -> nn.Module:
     """The module of loss ``name``, given what its factory's signature asks for (channels
-    always; ``num_classes`` and any of the loss's options by name)."""
+    always; ``num_classes``, ``latent_channels`` and any of the loss's options by name)."""
     factory = LOSSES[name].module
     params = inspect.signature(factory).parameters
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    context = {"num_classes": num_classes, **options}
+    context = {"num_classes": num_classes, "latent_channels": latent_channels, **options}
     kwargs = {k: v for k, v in context.items() if takes_all or k in params}
     return factory(student_channels, teacher_channels, **kwargs)
 
 
-# names the distillation task gives its own terms and their logged entries: a loss of the
-# registry may not take them (it would overwrite the term, or swallow its config keys)
-RESERVED_NAMES = frozenset({"loss", "ce", "adapt", "affinity", "pseudo", "distill", "distill_scale",
-                            "skipped", "lr", "iter"})
+# names the distillation task gives its own logged entries: a loss may not take them (it would
+# overwrite the entry, or swallow its config keys)
+RESERVED_NAMES = frozenset({"loss", "ce", "pseudo", "distill", "distill_scale", "skipped", "lr",
+                            "iter", "weight"})
 
 
 class LossRegistry(dict):
-    """``{name: LossSpec}``; a name the method's own terms use is refused (see ``RESERVED_NAMES``)."""
+    """``{name: LossSpec}``; a name the task's own entries use is refused (``RESERVED_NAMES``)."""
 
     def __setitem__(self, name: str, spec: LossSpec) -> None:
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"a loss name must be an identifier, not {name!r}")
         if name in RESERVED_NAMES or name.startswith("ce_") or name.endswith(("_ratio", "_unlabeled")):
-            raise ValueError(f"the loss name '{name}' is reserved for the method's own terms "
+            raise ValueError(f"the loss name '{name}' is reserved for the task's own entries "
                              f"({', '.join(sorted(RESERVED_NAMES))}, ce_*, *_ratio, *_unlabeled)")
         if not isinstance(spec, LossSpec):
             raise ValueError(f"loss '{name}': expected a LossSpec, got {type(spec).__name__}")
@@ -386,13 +406,60 @@ class LossRegistry(dict):
 
 
 def register_loss(name: str, spec: LossSpec) -> LossSpec:
-    """Add a loss to :data:`LOSSES` (a reserved or non-identifier name is a ``ValueError``)."""
+    """Add a loss to :data:`LOSSES` (a name already registered, reserved or not an identifier
+    is a ``ValueError``)."""
+    if name in LOSSES:
+        raise ValueError(f"a loss named '{name}' is already registered")
     LOSSES[name] = spec
     return spec
 
 
+def _adapter(student_channels: int, teacher_channels: int, latent_channels: int) -> Adapter:
+    """C_f or C_a: the student's map to the autoencoder's latent channels."""
+    return Adapter(student_channels, latent_channels)
+
+
+def _adapt(o: Outputs, reduction: str, p: float, q: float) -> torch.Tensor:
+    zt = o.latent()
+    zs = to_latent_size(o.module(o.student_features), zt.shape[-2:])
+    return adaptation_loss(zs, zt, p, q, reduction)
+
+
+def _affinity(o: Outputs, reduction: str, impl: str, dense_max_positions: int) -> torch.Tensor:
+    zt = o.latent()
+    zs = to_latent_size(o.module(o.student_features), zt.shape[-2:])
+    return affinity_loss(zs, zt, reduction, impl, dense_max_positions)
+
+
+def _one_of(key: str, value, allowed) -> str | None:
+    return None if value in allowed else f"{key} must be one of {tuple(allowed)}, got {value!r}"
+
+
+def _check_adapt(reduction: str, p: float, q: float) -> str | None:
+    if p < 1 or q < 1:
+        return f"p and q must be >= 1 (norms), got p={p}, q={q}"
+    return _one_of("reduction", reduction, ADAPT_REDUCTIONS)
+
+
+def _check_affinity(reduction: str, impl: str, dense_max_positions: int) -> str | None:
+    if dense_max_positions < 1:
+        return f"dense_max_positions must be >= 1, got {dense_max_positions}"
+    return (_one_of("reduction", reduction, AFFINITY_REDUCTIONS)
+            or _one_of("impl", impl, AFFINITY_IMPLS))
+
+
 LOSSES: LossRegistry = LossRegistry()
 LOSSES.update({
+    # the method (He et al., CVPR 2019): the adapted student map matched to E(F_t), and the
+    # pairwise affinity of the two; each term trains its own adapter. Weights: docs/method.md,
+    # "Magnitudes" (the paper's 50 and 1 pair with reduction "paper")
+    "adapt": LossSpec(_adapt, weight=50.0, module=_adapter, validate=_check_adapt,
+                      needs_autoencoder=True,
+                      options={"reduction": "element", "p": 2.0, "q": 2.0}),
+    "affinity": LossSpec(_affinity, weight=30.0, module=_adapter, validate=_check_affinity,
+                         needs_autoencoder=True,
+                         options={"reduction": "mse", "impl": "auto",
+                                  "dense_max_positions": 1024}),
     "kd": LossSpec(lambda o, temperature: kd_loss(o.student_logits, o.teacher_logits, temperature,
                                                   o.valid_on(o.teacher_logits)),
                    weight=1.0, options={"temperature": 4.0}),
@@ -455,22 +522,77 @@ def _labels_on_common_grid(o: Outputs) -> torch.Tensor:
     return o.labels_on(_common_grid_like(o))
 
 
-def resolve_losses(names: list[str], weights: dict | None = None,
-                   options: dict | None = None) -> dict[str, tuple[float, dict]]:
-    """``{name: (weight, options)}`` of the selected losses, defaults overridden; an unknown
-    name or option is a ``ValueError`` listing the known ones."""
-    weights, options = weights or {}, options or {}
-    for where, keys in (("distill.extra_losses", names), ("distill.loss_weights", weights),
-                        ("distill.loss_options", options)):
-        unknown = sorted(set(keys) - set(LOSSES))
-        if unknown:
-            raise ValueError(f"{where}: unknown loss {unknown}; known: {sorted(LOSSES)}")
-    for name, opts in options.items():
-        if not isinstance(opts, dict):
-            raise ValueError(f"distill.loss_options.{name} must be a mapping, got {opts!r}")
-        bad = sorted(set(opts) - set(LOSSES[name].options))
+def resolve_losses(losses: dict | None) -> dict[str, tuple[float, dict]]:
+    """``{name: (weight, options)}`` of the terms ``distill.losses`` selects (``{name: {weight:
+    w, option: value}}``, an empty entry: the loss's defaults), in the registry's order, those
+    weighted 0 left out (switched off). An unknown name or option, or a bad value, is a
+    ``ValueError`` naming the key and what it takes."""
+    out = {}
+    for name, entry in (losses or {}).items():
+        where = f"distill.losses.{name}"
+        if name not in LOSSES:
+            raise ValueError(f"distill.losses: unknown loss '{name}'; known: {sorted(LOSSES)}")
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a mapping (weight, options), got {entry!r}")
+        spec = LOSSES[name]
+        bad = sorted(set(entry) - {"weight", *spec.options})
         if bad:
-            raise ValueError(f"distill.loss_options.{name}: unknown option {bad}; "
-                             f"{name} takes {sorted(LOSSES[name].options) or 'none'}")
-    return {name: (float(weights.get(name, LOSSES[name].weight)),
-                   {**LOSSES[name].options, **(options.get(name) or {})}) for name in names}
+            raise ValueError(f"{where}: unknown option {bad}; {name} takes weight and "
+                             f"{', '.join(spec.options) or 'no options'}")
+        weight = entry.get("weight", spec.weight)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"{where}.weight must be a number >= 0, got {weight!r}")
+        options = {**spec.options, **{k: _option(f"{where}.{k}", v, spec.options[k])
+                                      for k, v in entry.items() if k != "weight"}}
+        problem = spec.validate and spec.validate(**options)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+        if weight > 0:
+            out[name] = (float(weight), options)
+    return {name: out[name] for name in LOSSES if name in out}
+
+
+def _option(key: str, value, default):
+    """An option's value, of its default's type (an int where a float is expected is read as
+    one); another type is a ``ValueError`` naming the key."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, float) and number:
+        return float(value)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
+            and value.is_integer():
+        return int(value)
+    if default is not None and not isinstance(value, type(default)) or (
+            isinstance(value, bool) and not isinstance(default, bool)):
+        raise ValueError(f"{key} must be {type(default).__name__}, got {value!r}")
+    return value
+
+
+def canonical_losses(losses: dict | None) -> dict[str, dict]:
+    """``distill.losses`` written out in full: every selected term with its weight and every
+    option, in the registry's order, those weighted 0 dropped. Two configs that train the same
+    terms then read the same, whatever defaults either left unsaid."""
+    return {name: {"weight": w, **o} for name, (w, o) in resolve_losses(losses).items()}
+
+
+def needs_autoencoder(losses: dict | None) -> bool:
+    """Whether ``distill.losses`` selects a term that reads the autoencoder's latent code (the
+    method's): the one test of "this run needs a trained autoencoder"."""
+    return any(LOSSES[name].needs_autoencoder for name in resolve_losses(losses))
+
+
+def method_terms(losses: dict | None) -> list[str]:
+    """The selected terms that read the autoencoder's latent code: the method's, whose weights a
+    comparison tunes together."""
+    return [name for name in resolve_losses(losses) if LOSSES[name].needs_autoencoder]
+
+
+def listing() -> str:
+    """Every registered term with its default weight and options: what ``kaseg info --losses``
+    prints, i.e. what ``distill.losses`` takes."""
+    lines = ["distill.losses terms (weight, options; * reads the autoencoder, the method's):"]
+    for name, spec in LOSSES.items():
+        opts = ", ".join(f"{k}: {v}" for k, v in spec.options.items())
+        mark = "*" if spec.needs_autoencoder else " "
+        lines.append(f" {mark}{name:<13} weight {spec.weight:g}" + (f"; {opts}" if opts else ""))
+    return "\n".join(lines)

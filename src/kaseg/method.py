@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gram import AFFINITY_REDUCTIONS, affinity_loss_gram
-from .tensors import at_least_f32
+from .tensors import at_least_f32, resize
 
 ADAPT_REDUCTIONS = ("element", "paper")
 AFFINITY_IMPLS = ("auto", "dense", "gram")
@@ -95,6 +95,17 @@ class Adapter(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+def to_latent_size(z: torch.Tensor, size) -> torch.Tensor:
+    """An adapter's output at the latent's size. Only the rounding of odd input sizes may differ
+    (the student's and the encoder's strided convolutions round differently): at most one
+    position per side. More means the autoencoder was made for another pair."""
+    if max(abs(a - b) for a, b in zip(z.shape[-2:], size)) > 1:
+        raise ValueError(f"distill: the student's adapted map is {tuple(z.shape[-2:])} but the "
+                         f"autoencoder's latent is {tuple(size)}: the autoencoder was trained "
+                         "for a student of another feature stride")
+    return resize(z, size)
 
 
 def _safe_root(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -191,17 +202,9 @@ def affinity_loss(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "mse", im
     return affinity_loss_gram(fs, ft, reduction)
 
 
-def check_distill_options(*, adapt_reduction: str, affinity_reduction: str, affinity_impl: str,
-                          p: float, q: float, warmup_iters: int, control: str) -> None:
-    """The method's options, checked where a config is read and again where a task is built."""
-    if adapt_reduction not in ADAPT_REDUCTIONS:
-        raise ValueError(f"distill.adapt_reduction must be one of {ADAPT_REDUCTIONS}")
-    if affinity_reduction not in AFFINITY_REDUCTIONS:
-        raise ValueError(f"distill.affinity_reduction must be one of {AFFINITY_REDUCTIONS}")
-    if affinity_impl not in AFFINITY_IMPLS:
-        raise ValueError(f"distill.affinity_impl must be one of {AFFINITY_IMPLS}")
-    if p < 1 or q < 1:
-        raise ValueError(f"distill.p and distill.q must be >= 1 (norms), got p={p}, q={q}")
+def check_distill_options(*, warmup_iters: int, control: str) -> None:
+    """The distillation task's own options (the terms' are their losses'), checked where a
+    config is read and again where a task is built."""
     if warmup_iters < 0:
         raise ValueError(f"distill.warmup_iters must be >= 0, got {warmup_iters}")
     if control not in CONTROLS:

@@ -11,7 +11,7 @@ import yaml
 
 from .files import atomic_write_text
 from .config import Config, diff_configs, to_dict
-from .experiment import upgrade_legacy
+from .experiment import upgrade_config
 from .data import build_dataset
 from .distributed import barrier, is_main
 from .errors import KasegError
@@ -58,6 +58,9 @@ RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safeten
                  "history.jsonl", "metrics.json", "failed.json", "cost.json", "tb")
 
 
+# config keys that hold a mapping of the user's own entries (terms), never filled key by key
+MAPPINGS = frozenset({"losses"})
+
 # keys whose default changed when they were added: a run written before them ran like this
 LEGACY = {"ae": {"min_iters": 0}}
 
@@ -69,6 +72,8 @@ def with_defaults(old: dict, defaults: dict) -> dict:
     for key, value in defaults.items():
         if key not in out:
             out[key] = value
+        elif key in MAPPINGS:  # a mapping of user entries, not a section: kept as it is
+            continue
         elif isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = with_defaults(out[key], value)
     return out
@@ -80,10 +85,11 @@ def config_changes(run: Path, config: dict) -> list[str]:
     cfg_path = Path(run) / "config.yaml"
     if not cfg_path.exists():
         return []
-    old = upgrade_legacy(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
+    old = upgrade_config(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
     if "api" not in config:  # keys added since the run started mean what they meant then
-        old = with_defaults(with_defaults(old, LEGACY), to_dict(Config()))
-    return [k for k in diff_configs(old, config) if k not in RUNTIME_KEYS]
+        old = upgrade_config(with_defaults(with_defaults(old, LEGACY), to_dict(Config())))
+    new = upgrade_config(config)
+    return [k for k in diff_configs(old, new) if k not in RUNTIME_KEYS]
 
 
 def prepare_run(run: Path, config: dict, force: bool = False) -> None:

@@ -20,7 +20,7 @@ from .files import atomic_write_text
 from .config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
 from .errors import KasegError
 from .evaluate import evaluate
-from .kd_losses import LOSSES, resolve_losses
+from .kd_losses import LOSSES, needs_autoencoder, resolve_losses
 from .tasks import AutoencoderTask, DistillTask, memos_off, share_frozen, unshare_frozen
 from .method import FeatureAutoencoder, ae_strides
 from .models import SegModel, build_model
@@ -194,6 +194,11 @@ def fit_autoencoder(teacher: SegModel, student_stride: int, train_set, val_set, 
     return result
 
 
+NEEDS_AE = ("ae.weights must name a trained autoencoder (`kaseg train-ae`): distill.losses selects "
+            "terms that read its latent code (the method's adapt / affinity); drop them or set "
+            "their weight to 0 to distil without one")
+
+
 @dataclass
 class DistillRun:
     """A distillation run built and checked, not yet trained: what :func:`fit_distillation`
@@ -227,9 +232,8 @@ def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
     unlabeled_set = build_unlabeled(cfg.data, train_set)
     teacher, _ = load_teacher(cfg, train_set.num_classes)
     dcfg = cfg.distill
-    if (dcfg.adapt_weight > 0 or dcfg.affinity_weight > 0) and not cfg.ae.weights:
-        raise KasegError("ae.weights must name a trained autoencoder (`kaseg train-ae`), or set "
-                         "distill.adapt_weight=0 and distill.affinity_weight=0")
+    if needs_autoencoder(dcfg.losses) and not cfg.ae.weights:
+        raise KasegError(NEEDS_AE)
     student = build_student(cfg, train_set.num_classes)
     ae, ae_meta = load_autoencoder(cfg.ae.weights) if cfg.ae.weights else (None, None)
     task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "")
@@ -252,9 +256,8 @@ def check_losses_fit(cfg: Config, source: str = "config") -> None:
     (:attr:`LossSpec.check`, e.g. Af-DCD's channel groups), is a one-line error naming
     ``source`` before anything trains: the architectures are built untrained."""
     d, t, m = cfg.distill, cfg.teacher, cfg.model
-    losses = {n: o for n, (w, o) in resolve_losses(d.extra_losses, d.loss_weights,
-                                                    d.loss_options).items() if w > 0}
-    if not losses and d.adapt_weight <= 0 and d.affinity_weight <= 0:
+    losses = {n: o for n, (_, o) in resolve_losses(d.losses).items()}
+    if not losses:
         return  # CE only (or pseudo-labels): no tapped map is read
     teacher = _feature_info(t.name, t.output_stride, t.decoder_channels)
     student = _feature_info(m.name, m.output_stride, m.decoder_channels)
@@ -284,7 +287,7 @@ def estimate_step_flops(cfg: Config) -> int:
         student = build_student(replace(cfg, model=replace(cfg.model, init_weights=None,
                                                            pretrained=False)), k)
         encoder, latent = torch.nn.Identity(), 1
-        if d.adapt_weight > 0 or d.affinity_weight > 0:
+        if needs_autoencoder(d.losses):
             ti, si = teacher.feature_info[t.tap], student.feature_info[d.student_tap]
             latent = cfg.ae.latent_channels or max(1, ti.channels // 2)
             try:
@@ -425,13 +428,11 @@ def _student_io(student: SegModel, train_set, val_set, run: Path, train: TrainCo
 
 
 def _describe(task: DistillTask, train_set, unlabeled_set) -> None:
-    log.info("distill: CE + %g * adapt + %g * affinity%s",
-             task.adapt_weight if task.adapter is not None else 0,
-             task.affinity_weight if task.affinity_adapter is not None else 0,
-             "".join(f" + {w:g} * {k} {o or ''}" for k, (w, o) in task.extra.items()))
+    log.info("distill: CE%s", "".join(f" + {w:g} * {k} {o or ''}"
+                                      for k, (w, o) in task.terms.items()))
     if unlabeled_set is not None:
         log.info("distill: %d labelled + %d unlabelled training images%s", len(train_set),
-                 len(unlabeled_set), ", pseudo-labels" if task.pseudo_labels else "")
+                 len(unlabeled_set), ", pseudo-labels" if task.config.pseudo_labels else "")
 
 
 def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
@@ -467,9 +468,8 @@ def build_distill_task(cfg: Config, student: SegModel, teacher: SegModel,
     checks that the autoencoder fits this teacher map and student stride, builds the untrained
     encoder of ``distill.control=random_encoder``, and seeds the adapters by ``cfg.seed``."""
     dcfg = cfg.distill
-    if (dcfg.adapt_weight > 0 or dcfg.affinity_weight > 0) and autoencoder is None:
-        raise KasegError("ae.weights must name a trained autoencoder (`kaseg train-ae`), or set "
-                         "distill.adapt_weight=0 and distill.affinity_weight=0")
+    if needs_autoencoder(dcfg.losses) and autoencoder is None:
+        raise KasegError(NEEDS_AE)
     if autoencoder is None:
         encoder, latent = torch.nn.Identity(), 1
     else:
@@ -491,18 +491,10 @@ def distill_task(cfg: Config, student: SegModel, teacher: SegModel, encoder: tor
                  latent_channels: int) -> DistillTask:
     """A :class:`DistillTask` from a config (no checks, no seeding: see
     :func:`build_distill_task`)."""
-    dcfg = cfg.distill
     try:
-        return DistillTask(
-            student=student, teacher=teacher, encoder=encoder, latent_channels=latent_channels,
-            teacher_tap=cfg.teacher.tap, student_tap=dcfg.student_tap, adapt_weight=dcfg.adapt_weight,
-            affinity_weight=dcfg.affinity_weight, adapt_reduction=dcfg.adapt_reduction,
-            affinity_reduction=dcfg.affinity_reduction, p=dcfg.p, q=dcfg.q, affinity_impl=dcfg.affinity_impl,
-            dense_max_positions=dcfg.dense_max_positions,
-            extra=resolve_losses(dcfg.extra_losses, dcfg.loss_weights, dcfg.loss_options),
-            warmup_iters=dcfg.warmup_iters, control=dcfg.control,
-            pseudo_labels=dcfg.pseudo_labels, pseudo_threshold=dcfg.pseudo_threshold,
-            unlabeled_weight=dcfg.unlabeled_weight)
+        return DistillTask(student=student, teacher=teacher, encoder=encoder,
+                           latent_channels=latent_channels, config=cfg.distill,
+                           teacher_tap=cfg.teacher.tap)
     except ValueError as e:
         raise KasegError(str(e)) from None
 

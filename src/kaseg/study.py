@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import KasegError
 from .files import atomic_write_text
-from .arms import AE_VARIANTS, ARM_GROUPS, ARMS
+from .arms import AE_VARIANTS, ARM_GROUPS, ARMS, method_weights
 from .compare import (code_version, context_table, evaluate_runs, machine, markdown_table,
                       paired_rows, with_matched)
 from .comparison import run
@@ -174,15 +174,13 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
             m = json.loads(path.read_text())
             ae_errors[variant or "default"] = {"rel_error": m["val"]["rel_error"],
                                                "iters": m["iters"]}
-    d = cfg.distill
     result = {"name": regime.name, "note": regime.note, "size": regime.size,
               "ladder": regime.ladder,
               "pretrained": regime.pretrained, "iters": regime.iters, "seeds": seeds,
               "labeled_count": regime.labeled_count, "code": code_version(),
               "date": time.strftime("%Y-%m-%d"), "machine": machine(device),
               "weight_scale": scale, "tuning": tuning, "ae": ae_errors,
-              "adapt_weight": scale * d.adapt_weight,
-              "affinity_weight": scale * d.affinity_weight,
+              **{f"{term}_weight": w for term, w in method_weights(cfg, scale).items()},
               "failed": {s.name: s.failure(rdir) for s in stages if s.failure(rdir)},
               "rows": with_matched(paired_rows(records, regime.arms), records, regime.arms),
               "context_rows": paired_rows(records, regime.arms, key="context_iou"),

@@ -1,6 +1,7 @@
 """The training tasks :func:`kaseg.train.fit` runs, side by side: the supervised CE task, the
-autoencoder task (stage 1) and the distillation task (stage 2: CE + the method's two terms + any
-of the field's other losses, with unlabelled batches, pseudo-labels, warm-up and controls).
+autoencoder task (stage 1) and the distillation task (stage 2: CE + any terms of the loss
+registry, the method's two among them, with unlabelled batches, pseudo-labels, warm-up and
+controls).
 
 A task is an ``nn.Module`` whose ``forward(images, targets, ...)`` returns a dict of scalar losses;
 ``"loss"`` is the one optimised, every other entry is logged.
@@ -16,11 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DistillConfig
-from .kd_losses import LOSSES, Outputs, build_loss_module
+from .kd_losses import LOSSES, Outputs, build_loss_module, resolve_losses
 from .labels import IGNORE_INDEX
-from .method import (Adapter, adaptation_loss, affinity_loss, autoencoder_loss,
-                     check_distill_options)
-from .tensors import resize
+from .method import autoencoder_loss, check_distill_options
 
 log = logging.getLogger(__name__)
 
@@ -182,151 +181,90 @@ class AutoencoderTask(nn.Module):
 
 
 class DistillTask(nn.Module):
-    """Stage 2: ``L = L_ce + beta * L_adapt + gamma * L_aff`` [paper], plus any of the field's
-    other losses (:data:`kaseg.kd_losses.LOSSES`), so that every method and every combination
+    """Stage 2: ``L = L_ce + sum_k w_k * L_k`` over the terms ``config.losses`` selects: the
+    method's (``beta * L_adapt + gamma * L_aff`` [paper]) and any of the field's
+    (:data:`kaseg.kd_losses.LOSSES`, one registry), so that every method and every combination
     trains in the same loop.
 
-    Trained: the student, C_f, C_a (and the modules of the other losses, e.g. FitNet's regressor).
-    Frozen, without autograd: the teacher and E. A term whose weight is 0 is neither built nor
-    computed (ablations). Returns every term and, for each weighted term, its ratio to CE
-    (``*_ratio``), which the first iterations also log. :func:`kaseg.stages.build_distill_task` builds
-    one from a config.
+    Trained: the student and each term's module (the method's adapters C_f and C_a, FitNet's
+    regressor, ...). Frozen, without autograd: the teacher and E. A term whose weight is 0 is
+    neither built nor computed (ablations). Returns every term and, for each, its weighted ratio
+    to CE (``*_ratio``), which the first iterations also log.
 
     Args:
         student: the network trained (a :class:`~kaseg.models.SegModel`).
         teacher: the trained teacher; frozen here.
-        encoder: the trained autoencoder's encoder E; frozen here.
+        encoder: the trained autoencoder's encoder E; frozen here (any module for a run whose
+            terms do not read it).
         latent_channels: E's output channels (the adapters' output).
-        teacher_tap, student_tap: the distilled feature maps.
-        adapt_weight, affinity_weight: beta and gamma; 0 switches a term off.
-        adapt_reduction, affinity_reduction: see :func:`adaptation_loss`, :func:`affinity_loss`.
-        p, q: the adaptation loss's difference norm and per-position normalisation (>= 1).
-        affinity_impl, dense_max_positions: dense or Gram affinity (:func:`affinity_loss`).
+        config: the ``distill`` section (:class:`kaseg.config.DistillConfig`): the terms, the
+            student's tapped map, warm-up, negative control, unlabelled images and
+            pseudo-labels; its docstring says what each key does.
+        teacher_tap: the teacher's distilled map (``teacher.tap``).
         ignore_index: the label that takes no part in CE and the masked losses.
-        extra: ``{name: (weight, options)}`` of the other losses
-            (:func:`kaseg.kd_losses.resolve_losses`).
-        warmup_iters: every distillation weight ramps from 0 over this many steps.
-        control: ``"none"``, or a negative control (``"random_encoder"`` is set up by the
-            caller; ``"constant_target"`` replaces E(F_t) by a constant map).
-        pseudo_labels, pseudo_threshold: on unlabelled images, CE against the teacher's argmax
-            where its confidence reaches the threshold (self-training); IFVD then uses them too.
-        unlabeled_weight: with unlabelled images, each label-free term is
-            ``(1 - u) * term(labelled batch) + u * term(unlabelled batch)``; None (default): u is
-            the unlabelled batch's share of the step's images, so the term is its mean over every
-            image and turning unlabelled images on leaves the distillation-to-CE balance as it was.
-
-    Every default is :class:`kaseg.config.DistillConfig`'s: a task built here and one built from
-    a config are the same task.
     """
 
     def __init__(self, *, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
-                 latent_channels: int, teacher_tap: str = "pre_logits",
-                 student_tap: str = DistillConfig.student_tap,
-                 adapt_weight: float = DistillConfig.adapt_weight,
-                 affinity_weight: float = DistillConfig.affinity_weight,
-                 adapt_reduction: str = DistillConfig.adapt_reduction,
-                 affinity_reduction: str = DistillConfig.affinity_reduction,
-                 p: float = DistillConfig.p, q: float = DistillConfig.q,
-                 affinity_impl: str = DistillConfig.affinity_impl,
-                 dense_max_positions: int = DistillConfig.dense_max_positions,
-                 ignore_index: int = IGNORE_INDEX,
-                 extra: dict[str, tuple[float, dict]] | None = None,
-                 warmup_iters: int = DistillConfig.warmup_iters,
-                 control: str = DistillConfig.control,
-                 pseudo_labels: bool = DistillConfig.pseudo_labels,
-                 pseudo_threshold: float = DistillConfig.pseudo_threshold,
-                 unlabeled_weight: float | None = DistillConfig.unlabeled_weight):
+                 latent_channels: int, config: DistillConfig | None = None,
+                 teacher_tap: str = "pre_logits", ignore_index: int = IGNORE_INDEX):
         super().__init__()
-        check_distill_options(adapt_reduction=adapt_reduction,
-                              affinity_reduction=affinity_reduction, affinity_impl=affinity_impl,
-                              p=p, q=q, warmup_iters=warmup_iters, control=control)
-        unknown = sorted(set(extra or {}) - set(LOSSES))
-        if unknown:
-            raise ValueError(f"distill.extra_losses: unknown {unknown}; known: {sorted(LOSSES)}")
+        cfg = config if config is not None else DistillConfig()
+        check_distill_options(warmup_iters=cfg.warmup_iters, control=cfg.control)
+        if cfg.unlabeled_weight is not None and not 0.0 <= cfg.unlabeled_weight <= 1.0:
+            raise ValueError(f"distill.unlabeled_weight must be in [0, 1] (or null), got "
+                             f"{cfg.unlabeled_weight}")
+        self.config, self.terms = cfg, resolve_losses(cfg.losses)
         self.student = student
         self.teacher, self.encoder = Frozen(teacher), Frozen(encoder)
-        cs = student.feature_info[student_tap].channels
-        ct = teacher.feature_info[teacher_tap].channels
-        self.adapter = Adapter(cs, latent_channels) if adapt_weight > 0 else None
-        self.affinity_adapter = Adapter(cs, latent_channels) if affinity_weight > 0 else None
-        self.teacher_tap, self.student_tap = teacher_tap, student_tap
-        self.adapt_weight, self.affinity_weight = adapt_weight, affinity_weight
-        self.adapt_reduction, self.affinity_reduction = adapt_reduction, affinity_reduction
-        self.p, self.q, self.affinity_impl = p, q, affinity_impl
-        self.dense_max_positions, self.ignore_index = dense_max_positions, ignore_index
-        self.extra = {k: (float(w), dict(o)) for k, (w, o) in (extra or {}).items() if w > 0}
-        self.loss_modules = loss_modules(self.extra, cs, ct, student.num_classes)
-        self.warmup_iters, self.control = warmup_iters, control
-        self.pseudo_labels, self.pseudo_threshold = pseudo_labels, pseudo_threshold
-        if unlabeled_weight is not None and not 0.0 <= unlabeled_weight <= 1.0:
-            raise ValueError(f"distill.unlabeled_weight must be in [0, 1] (or null), got "
-                             f"{unlabeled_weight}")
-        self.unlabeled_weight = unlabeled_weight
-        self.student_stride = student.feature_info[student_tap].stride
-        self.teacher_stride = teacher.feature_info[teacher_tap].stride
+        self.teacher_tap, self.student_tap, self.ignore_index = teacher_tap, cfg.student_tap, ignore_index
+        s_info, t_info = student.feature_info[cfg.student_tap], teacher.feature_info[teacher_tap]
+        self.student_stride, self.teacher_stride = s_info.stride, t_info.stride
+        self.loss_modules = loss_modules(self.terms, s_info.channels, t_info.channels,
+                                         student.num_classes, latent_channels)
         # training steps taken: in the state dict, so a resumed run continues the warm-up
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.calls = 0
+        self._register_load_state_dict_pre_hook(_upgrade_task_state)
 
     @property
     def uses_teacher(self) -> bool:
         """Whether any term needs the teacher (and so can learn from unlabelled images)."""
-        return (self.adapter is not None or self.affinity_adapter is not None
-                or bool(self.extra) or self.pseudo_labels)
+        return bool(self.terms) or self.config.pseudo_labels
 
     def term_weights(self) -> dict[str, tuple[float, str]]:
         """``{term: (weight, the config key that sets it)}`` of every weighted term: what an
         error about a term that overflowed names."""
-        weights = {}
-        if self.adapter is not None:
-            weights["adapt"] = (self.adapt_weight, "distill.adapt_weight")
-        if self.affinity_adapter is not None:
-            weights["affinity"] = (self.affinity_weight, "distill.affinity_weight")
-        for name, (weight, _) in self.extra.items():
-            weights[name] = (weight, f"distill.loss_weights.{name}")
-        return weights
+        return {name: (weight, f"distill.losses.{name}.weight")
+                for name, (weight, _) in self.terms.items()}
 
     def distill_scale(self) -> float:
         """The warm-up factor of every distillation weight at this step: ``min(1, step / N)``,
         the step counted from 1 (the first step already distils a little)."""
-        if self.warmup_iters <= 0:
-            return 1.0
-        return min(1.0, int(self.step) / self.warmup_iters)
+        n = self.config.warmup_iters
+        return 1.0 if n <= 0 else min(1.0, int(self.step) / n)
 
-    def _at_latent_size(self, z: torch.Tensor, size) -> torch.Tensor:
-        """The adapter's output at the latent's size. Only the rounding of odd input sizes may
-        differ (the student's and the encoder's strided convolutions round differently): at
-        most one position per side. More means the autoencoder was made for another pair."""
-        if max(abs(a - b) for a, b in zip(z.shape[-2:], size)) > 1:
-            raise ValueError(f"distill: the student's adapted map is {tuple(z.shape[-2:])} but the "
-                             f"autoencoder's latent is {tuple(size)}: the autoencoder was trained "
-                             "for a student of another feature stride")
-        return resize(z, size)
+    def _latent_target(self, teacher_map: torch.Tensor):
+        """E(F_t) of one part of the batch, computed on first use (the method's target)."""
+        kept: list[torch.Tensor] = []
 
-    def _method_terms(self, fs: torch.Tensor, teacher_map: torch.Tensor) -> dict:
-        """The paper's two terms (those switched on), unweighted."""
-        zt = self.encoder(teacher_map)
-        if self.control == "constant_target":  # the same vector at every position
-            zt = torch.ones_like(zt)
-        terms = {}
-        if self.adapter is not None:
-            zs = self._at_latent_size(self.adapter(fs), zt.shape[-2:])
-            terms["adapt"] = adaptation_loss(zs, zt, self.p, self.q, self.adapt_reduction)
-        if self.affinity_adapter is not None:
-            zs = self._at_latent_size(self.affinity_adapter(fs), zt.shape[-2:])
-            terms["affinity"] = affinity_loss(zs, zt, self.affinity_reduction,
-                                              self.affinity_impl, self.dense_max_positions)
-        return terms
+        def latent() -> torch.Tensor:
+            if not kept:
+                zt = self.encoder(teacher_map)
+                if self.config.control == "constant_target":  # one vector at every position
+                    zt = torch.ones_like(zt)
+                kept.append(zt)
+            return kept[0]
+
+        return latent
 
     def forward(self, images, targets, unlabeled=None, unlabeled_valid=None) -> dict:
         """Losses of one step. ``unlabeled`` (optional): images without labels, and their
         validity mask (0 = a real pixel, ignore = padding); both batches go through each network
         in one pass, and every label-free term is computed on each batch (``*_unlabeled``), the
-        two mixed by ``unlabeled_weight``."""
+        two mixed by ``distill.unlabeled_weight``."""
         if self.training:
             self.step += 1
-        scale = self.distill_scale()
-        n = images.shape[0]
+        scale, n = self.distill_scale(), images.shape[0]
         both = images if unlabeled is None else torch.cat([images, unlabeled])
         out = self.student(both)
         ce = ce_or_zero(out["logits"][:n], targets, self.ignore_index)
@@ -335,40 +273,49 @@ class DistillTask(nn.Module):
         parts = [("", slice(0, n), targets != self.ignore_index, targets)]
         share = 0.0
         if unlabeled is not None:
-            labels = None
-            if self.pseudo_labels:
-                labels = pseudo_labels(t_out["logits"][n:], unlabeled_valid,
-                                       self.pseudo_threshold, self.ignore_index)
-                losses["ce_pseudo_unlabeled"] = ce_or_zero(out["logits"][n:], labels,
-                                                           self.ignore_index)
-                total = total + losses["ce_pseudo_unlabeled"]
+            labels, share, pseudo_ce = self._unlabeled_part(out, t_out, n, unlabeled,
+                                                            unlabeled_valid)
+            if pseudo_ce is not None:
+                losses["ce_pseudo_unlabeled"] = pseudo_ce
+                total = total + pseudo_ce
             parts.append(("_unlabeled", slice(n, None), unlabeled_valid != self.ignore_index,
                           labels))
-            m = unlabeled.shape[0]
-            share = m / (n + m) if self.unlabeled_weight is None else self.unlabeled_weight
         # a term that needs labels (without pseudo-labels) has no unlabelled counterpart to mix
-        labelled_only = set() if self.pseudo_labels else {
-            name for name in self.extra if LOSSES[name].needs_labels}
+        labelled_only = set() if self.config.pseudo_labels else {
+            name for name in self.terms if LOSSES[name].needs_labels}
         for suffix, part, valid, labels in parts:
-            terms = self._distill_terms(out, t_out, part, valid, labels)
-            for name, (weight, term) in terms.items():
+            for name, (weight, term) in self._distill_terms(out, t_out, part, valid, labels).items():
                 losses[name + suffix] = term
                 if not suffix:
                     losses[f"{name}_ratio"] = ratio(weight * term, ce)
-                if len(parts) == 1 or name in labelled_only:
-                    mix = 1.0
-                else:
-                    mix = share if suffix else 1.0 - share
+                mix = 1.0 if len(parts) == 1 or name in labelled_only else (
+                    share if suffix else 1.0 - share)
                 total = total + scale * weight * mix * term
-        if self.warmup_iters > 0:
+        if self.config.warmup_iters > 0:
             losses["distill_scale"] = torch.tensor(scale)
         losses["loss"] = total
+        self._log_first_steps(losses, ce)
+        return losses
+
+    def _unlabeled_part(self, out: dict, t_out: dict | None, n: int, unlabeled, valid):
+        """(labels, share, pseudo-label CE or None) of the unlabelled half of a step: the
+        teacher's confident argmax with ``pseudo_labels`` (else no labels), and the weight
+        ``u`` of every label-free term's unlabelled half."""
+        cfg, labels, pseudo_ce = self.config, None, None
+        if cfg.pseudo_labels:
+            labels = pseudo_labels(t_out["logits"][n:], valid, cfg.pseudo_threshold,
+                                   self.ignore_index)
+            pseudo_ce = ce_or_zero(out["logits"][n:], labels, self.ignore_index)
+        m = unlabeled.shape[0]
+        share = m / (n + m) if cfg.unlabeled_weight is None else cfg.unlabeled_weight
+        return labels, share, pseudo_ce
+
+    def _log_first_steps(self, losses: dict, ce: torch.Tensor) -> None:
         self.calls += 1
         if self.training and self.calls in (1, 10):
             log.info("distill iteration %d: CE %.4f%s", self.calls, float(ce.detach()), "".join(
                 f", {k.replace('_ratio', '')} x weight / CE = {float(v):.3f}"
                 for k, v in losses.items() if k.endswith("_ratio")))
-        return losses
 
     def _distill_terms(self, out: dict, t_out: dict | None, part: slice, valid: torch.Tensor,
                        labels: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
@@ -380,31 +327,45 @@ class DistillTask(nn.Module):
             return weighted
         fs = out["features"][self.student_tap][part]
         ft = t_out["features"][self.teacher_tap][part]
-        if self.adapter is not None or self.affinity_adapter is not None:
-            for name, term in self._method_terms(fs, ft).items():
-                weighted[name] = (getattr(self, f"{name}_weight"), term)
-        for name, (weight, options) in self.extra.items():
+        latent = self._latent_target(ft)
+        for name, (weight, options) in self.terms.items():
             spec = LOSSES[name]
             if spec.needs_labels and labels is None:
                 continue
             given = Outputs(out["logits"][part], t_out["logits"][part], fs, ft,
                             labels if spec.needs_labels else None, valid, self.ignore_index,
                             self.loss_modules[name] if name in self.loss_modules else None,
-                            self.student_stride, self.teacher_stride)
+                            self.student_stride, self.teacher_stride, latent)
             weighted[name] = (weight, spec.compute(given, **options))
         return weighted
 
 
-def loss_modules(extra: dict[str, tuple[float, dict]], cs: int, ct: int,
-                 num_classes: int) -> nn.ModuleDict:
-    """The trained (or stateful) modules of the selected losses, after each loss's check that
+# where the method's adapters were kept before every term lived in ``loss_modules``
+_OLD_MODULE_NAMES = {"adapter.": "loss_modules.adapt.", "affinity_adapter.": "loss_modules.affinity."}
+
+
+def _upgrade_task_state(state_dict, prefix, *args) -> None:
+    """A checkpoint written before the method's terms were registered losses (``adapter.*``,
+    ``affinity_adapter.*``) loads into today's task: its keys are renamed in place."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in _OLD_MODULE_NAMES.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                break
+
+
+def loss_modules(terms: dict[str, tuple[float, dict]], cs: int, ct: int, num_classes: int,
+                 latent_channels: int | None = None) -> nn.ModuleDict:
+    """The trained (or stateful) modules of the selected terms, after each loss's check that
     it can run on a teacher map of ``ct`` channels (a ``ValueError`` naming the loss if not)."""
-    for name, (_, options) in extra.items():
+    for name, (_, options) in terms.items():
         problem = LOSSES[name].check and LOSSES[name].check(ct, **options)
         if problem:
-            raise ValueError(f"distill.extra_losses: {name}: {problem}")
-    return nn.ModuleDict({name: build_loss_module(name, cs, ct, num_classes, options)
-                          for name, (_, options) in extra.items() if LOSSES[name].module})
+            raise ValueError(f"distill.losses.{name}: {problem}")
+    return nn.ModuleDict({name: build_loss_module(name, cs, ct, num_classes, options,
+                                                  latent_channels)
+                          for name, (_, options) in terms.items() if LOSSES[name].module})
 
 
 def ratio(weighted_term: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
