@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from kaseg.method import affinity_loss_dense
-from kaseg.gram import affinity_loss_gram
+from kaseg.losses.method import affinity_loss_dense
+from kaseg.losses.gram import affinity_loss_gram
 
 
 def run(fn, fs, ft, reduction, device, repeats):

@@ -1,6 +1,6 @@
 """What lockstep saves: the per-iteration time of k distilling arms (the method, KD T = 2, the
 method + KD) trained side by side on one batch (one teacher and encoder forward, shared through
-:func:`kaseg.tasks.share_frozen`), against the same arms one after another (each runs the teacher),
+:func:`kaseg.engine.tasks.share_frozen`), against the same arms one after another (each runs the teacher),
 and against the floor: one teacher + encoder forward and k CE-only student steps.
 
     python benchmarks/compare_cost.py [--pairs tiny paper] [--device auto] [--runs 5]
@@ -24,13 +24,13 @@ import itertools
 
 import torch
 
-from kaseg.bench import lockstep_iteration
-from kaseg.cost import median_seconds
-from kaseg.config import DistillConfig
-from kaseg.method import FeatureAutoencoder, ae_strides
-from kaseg.models import build_model
-from kaseg.runtime import resolve_device
-from kaseg.tasks import DistillTask, SegmentationTask, share_frozen, unshare_frozen
+from kaseg.engine.bench import lockstep_iteration
+from kaseg.nets.cost import median_seconds
+from kaseg.core.config import DistillConfig
+from kaseg.losses.method import FeatureAutoencoder, ae_strides
+from kaseg.nets.models import build_model
+from kaseg.core.runtime import resolve_device
+from kaseg.engine.tasks import DistillTask, SegmentationTask, share_frozen, unshare_frozen
 
 PAIRS = {"tiny": ("tiny-teacher", "tiny-student", 96, 8),
          "paper": ("paper-teacher", "paper-student", 128, 2)}

@@ -14,9 +14,9 @@ import argparse
 
 import torch
 
-from kaseg.bench import train_times
-from kaseg.models import build_model
-from kaseg.runtime import resolve_device
+from kaseg.engine.bench import train_times
+from kaseg.nets.models import build_model
+from kaseg.core.runtime import resolve_device
 
 PAIRS = {"tiny": ("tiny-teacher", "tiny-student"), "paper": ("paper-teacher", "paper-student")}
 

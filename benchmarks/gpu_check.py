@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from kaseg.compare import code_version
-from kaseg.cost import median_seconds
-from kaseg.config import DistillConfig
-from kaseg.method import FeatureAutoencoder, ae_strides
-from kaseg.models import build_model
-from kaseg.tasks import DistillTask, SegmentationTask
+from kaseg.compare.tables import code_version
+from kaseg.nets.cost import median_seconds
+from kaseg.core.config import DistillConfig
+from kaseg.losses.method import FeatureAutoencoder, ae_strides
+from kaseg.nets.models import build_model
+from kaseg.engine.tasks import DistillTask, SegmentationTask
 
 
 def amp_steps(out: Path, dry: bool) -> dict:
@@ -106,8 +106,8 @@ def _measure(task, alone, teacher, x, y, dtype, device, runs) -> dict:
 def study_regime(out: Path, dry: bool) -> dict:
     """The study's first regime (the demo's: CE-pretrained start, 150 iterations) at 256 px,
     the ladder's arms, three seeds (dry run: 32 px, two iterations, one seed, three arms)."""
-    from kaseg import presets, study
-    from kaseg.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
+    from kaseg.presets import recipes as presets, study
+    from kaseg.core.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
 
     device = "cpu" if dry else "cuda"
     regime = study.REGIMES[0]
@@ -139,7 +139,7 @@ def study_regime(out: Path, dry: bool) -> dict:
 
 def bench_part(out: Path, dry: bool) -> dict:
     """``kaseg bench`` of the paper pair at 512 px on the GPU (dry run: tiny pair, 64 px, CPU)."""
-    from kaseg.bench import bench
+    from kaseg.engine.bench import bench
 
     if dry:
         r = bench("tiny-teacher", "tiny-student", (32, 32), "cpu", batch=2, runs=1, workers=0)
@@ -243,7 +243,7 @@ def summarize(out: Path) -> dict:
                   f"`{t['command']}`: exit {t['exit']}, {t['seconds']:.0f} s; "
                   f"summary: {json.dumps(t.get('summary'))}", ""]
     if parts["bench"]:
-        from kaseg.bench import format_bench
+        from kaseg.engine.bench import format_bench
 
         lines += ["## kaseg bench", "", "```", format_bench(parts["bench"]["result"]), "```", ""]
     if parts["study"]:

@@ -3,7 +3,7 @@
 docs/method.md ("Magnitudes"): the paper's weights (50, 1) mean something only with a reduction. This
 prints, for every reduction, the term's value, weight x value / CE, and how it moves when the
 resolution doubles, so a default pair can be chosen by measurement. The field's other losses
-(:mod:`kaseg.kd_losses`) are measured beside them, each at its authors' default weight.
+(:mod:`kaseg.losses.registry`) are measured beside them, each at its authors' default weight.
 
     python benchmarks/magnitudes.py [--teacher paper-teacher|WEIGHTS] [--student paper-student]
                                     [--ae AE_RUN] [--sizes 128 256] [--classes 21] [--json]
@@ -20,13 +20,13 @@ import json
 import torch
 import torch.nn.functional as F
 
-from kaseg.checkpoint import load_model
+from kaseg.nets.checkpoint import load_model
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import EvalTransform
-from kaseg.kd_losses import LOSSES, Outputs
-from kaseg.method import Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss
-from kaseg.models import build_model
-from kaseg.stages import load_autoencoder
+from kaseg.losses.registry import LOSSES, Outputs
+from kaseg.losses.method import Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss
+from kaseg.nets.models import build_model
+from kaseg.engine.stages import load_autoencoder
 
 WEIGHTS = {"adapt": 50.0, "affinity_paper": 1.0}
 

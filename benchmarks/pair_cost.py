@@ -10,8 +10,8 @@ import argparse
 
 import torch
 
-from kaseg.cost import count_flops, count_params, measure_latency
-from kaseg.models import build_model
+from kaseg.nets.cost import count_flops, count_params, measure_latency
+from kaseg.nets.models import build_model
 
 
 def main() -> None:

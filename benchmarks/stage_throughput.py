@@ -6,7 +6,7 @@ matmul in the same run; and the data loader's images/s beside what each step con
 
 Stages (the demo's networks and batch): teacher training, autoencoder training, the CE start
 (the student alone), one distilling arm (the method), the demo's four arms in lockstep (one
-teacher forward for all, :func:`kaseg.tasks.share_frozen`), evaluation; each in the default
+teacher forward for all, :func:`kaseg.engine.tasks.share_frozen`), evaluation; each in the default
 memory layout and channels-last. Every ratio is measured in one process.
 """
 
@@ -18,15 +18,15 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kaseg.bench import lockstep_iteration
-from kaseg.cost import median_seconds
+from kaseg.engine.bench import lockstep_iteration
+from kaseg.nets.cost import median_seconds
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import TrainTransform
-from kaseg.config import DistillConfig
-from kaseg.method import FeatureAutoencoder, ae_strides
-from kaseg.models import build_model
-from kaseg.tasks import AutoencoderTask, DistillTask, SegmentationTask, share_frozen
-from kaseg.train import InfiniteSampler, SeededSamples
+from kaseg.core.config import DistillConfig
+from kaseg.losses.method import FeatureAutoencoder, ae_strides
+from kaseg.nets.models import build_model
+from kaseg.engine.tasks import AutoencoderTask, DistillTask, SegmentationTask, share_frozen
+from kaseg.engine.train import InfiniteSampler, SeededSamples
 
 KD = {"kd": {"temperature": 2.0}}  # distill.losses of logit KD at T = 2
 

@@ -21,15 +21,15 @@ from dataclasses import replace
 
 import torch
 
-from kaseg.arms import ARM_GROUPS, arm_config
-from kaseg.bench import lockstep_iteration
-from kaseg.cost import median_seconds, train_step_flops
-from kaseg.experiment import load_config
-from kaseg.kd_losses import needs_autoencoder
-from kaseg.method import FeatureAutoencoder, ae_strides
-from kaseg.models import build_model
-from kaseg.runtime import resolve_device
-from kaseg.stages import distill_task
+from kaseg.compare.arms import ARM_GROUPS, arm_config
+from kaseg.engine.bench import lockstep_iteration
+from kaseg.nets.cost import median_seconds, train_step_flops
+from kaseg.engine.experiment import load_config
+from kaseg.losses.registry import needs_autoencoder
+from kaseg.losses.method import FeatureAutoencoder, ae_strides
+from kaseg.nets.models import build_model
+from kaseg.core.runtime import resolve_device
+from kaseg.engine.stages import distill_task
 
 PAIRS = {"tiny": ("tiny-teacher", "tiny-student", 96, 8),
          "paper": ("paper-teacher", "paper-student", 512, 8)}

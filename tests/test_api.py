@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from kaseg import api
-from kaseg.checkpoint import load_model
+from kaseg.nets.checkpoint import load_model
 from kaseg.cli import main
-from kaseg.config import AEConfig, DataConfig, DistillConfig, TrainConfig
+from kaseg.core.config import AEConfig, DataConfig, DistillConfig, TrainConfig
 from kaseg.data import build_dataset
-from kaseg.errors import KasegError
-from kaseg.method import FeatureAutoencoder, ae_strides
-from kaseg.models import build_model
-from kaseg.runtime import seeded
-from kaseg.stages import CONTROL_SEED_OFFSET
+from kaseg.core.errors import KasegError
+from kaseg.losses.method import FeatureAutoencoder, ae_strides
+from kaseg.nets.models import build_model
+from kaseg.core.runtime import seeded
+from kaseg.engine.stages import CONTROL_SEED_OFFSET
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = TrainConfig(iters=2, batch_size=2, val_every=2, val_batch_size=2, device="cpu",

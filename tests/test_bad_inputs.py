@@ -161,9 +161,9 @@ def test_every_command_refuses_a_bad_value_before_anything_trains(tmp_path, caps
 def test_under_torchrun_a_global_batch_that_does_not_split_is_refused_when_read(monkeypatch):
     """3 processes: train.batch_size 8 (and an unlabelled batch of 4) cannot be split evenly;
     refused when the config is read, before any process trains."""
-    import kaseg.distributed as dist_mod
-    from kaseg.errors import KasegError
-    from kaseg.experiment import load_config
+    import kaseg.core.distributed as dist_mod
+    from kaseg.core.errors import KasegError
+    from kaseg.engine.experiment import load_config
 
     monkeypatch.setattr(dist_mod, "world_size", lambda: 3)
     with pytest.raises(KasegError, match=r"synthetic_pipeline.yaml: train.batch_size=8 \(the "

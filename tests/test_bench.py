@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from kaseg.bench import bench, format_bench
+from kaseg.engine.bench import bench, format_bench
 from kaseg.cli import main
-from kaseg.cost import count_flops, median_seconds
-from kaseg.models import build_model
+from kaseg.nets.cost import count_flops, median_seconds
+from kaseg.nets.models import build_model
 
 
 def test_bench_reports_costs_steps_and_loader(capsys):

@@ -4,10 +4,10 @@ import os
 import pytest
 import torch
 
-from kaseg.checkpoint import load_model, load_state, save_model, save_state
-from kaseg.files import atomic_write_bytes
-from kaseg.errors import KasegError
-from kaseg.models import build_model
+from kaseg.nets.checkpoint import load_model, load_state, save_model, save_state
+from kaseg.core.files import atomic_write_bytes
+from kaseg.core.errors import KasegError
+from kaseg.nets.models import build_model
 
 
 def test_round_trip_gives_identical_logits(tmp_path):

@@ -18,10 +18,10 @@ import yaml
 from safetensors.torch import load_file
 
 from kaseg.cli import main
-from kaseg.cluster import ComparisonJob, wait_for
-from kaseg.comparison import spec_from
-from kaseg.errors import KasegError
-from kaseg.experiment import load_config, read_section
+from kaseg.compare.cluster import ComparisonJob, wait_for
+from kaseg.compare.runner import spec_from
+from kaseg.core.errors import KasegError
+from kaseg.engine.experiment import load_config, read_section
 
 SLURM = {"time_min": 10, "cpus_per_task": 2, "mem_gb": 1, "gpus_per_node": 0,
          "array_parallelism": 2}

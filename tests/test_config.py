@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from kaseg.config import Config, diff_configs, dump_config, parse_overrides, to_dict
-from kaseg.experiment import load_config
-from kaseg.errors import KasegError
+from kaseg.core.config import Config, diff_configs, dump_config, parse_overrides, to_dict
+from kaseg.engine.experiment import load_config
+from kaseg.core.errors import KasegError
 
 
 def test_yaml_and_dotted_overrides(tmp_path):
@@ -135,7 +135,7 @@ def test_old_distillation_keys_are_read_in_todays_form(tmp_path: Path):
 
 
 def test_a_run_started_with_old_keys_resumes_under_the_same_config(tmp_path: Path):
-    from kaseg.runs import prepare_run
+    from kaseg.engine.runs import prepare_run
 
     run = tmp_path / "run"
     run.mkdir()
@@ -158,7 +158,7 @@ def dump_config_dict(d: dict) -> str:
 
 
 def test_a_run_started_before_a_key_existed_resumes_when_the_key_is_at_its_default(tmp_path):
-    from kaseg.runs import prepare_run
+    from kaseg.engine.runs import prepare_run
 
     run = tmp_path / "run"
     run.mkdir()

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from kaseg.cost import count_flops, count_params, model_cost
-from kaseg.models import build_model
+from kaseg.nets.cost import count_flops, count_params, model_cost
+from kaseg.nets.models import build_model
 
 
 def test_conv_flops_by_hand():
@@ -38,7 +38,7 @@ def test_a_training_steps_flops_by_hand_and_nothing_of_the_task_moves():
     task's weights, BatchNorm statistics and the global RNG are as before."""
     import torch
 
-    from kaseg.cost import train_step_flops, train_step_seconds
+    from kaseg.nets.cost import train_step_flops, train_step_seconds
 
     torch.manual_seed(0)
     task = _LinearTask()
@@ -60,7 +60,7 @@ def test_a_grouped_convolutions_backward_is_counted_once_per_gradient():
     own formula counts a depthwise conv's input gradient 32x over)."""
     import torch
 
-    from kaseg.cost import flop_counter
+    from kaseg.nets.cost import flop_counter
 
     for conv in (nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1, groups=32),
                  nn.ConvTranspose2d(32, 16, 3, padding=1, groups=4)):
@@ -83,8 +83,8 @@ def test_timing_a_model_on_another_device_leaves_it_trainable():
     """A model moved to the device inside inference mode gets inference-tensor weights, and the
     next training step fails ("Inplace update to inference tensor", seen on a GPU). ``meta``
     stands in for the GPU: the move happens, unlike a CPU-to-CPU move."""
-    from kaseg.bench import forward_time
-    from kaseg.cost import measure_latency
+    from kaseg.engine.bench import forward_time
+    from kaseg.nets.cost import measure_latency
     for timer in (lambda m: measure_latency(m, (32, 32), "meta", runs=1, warmup=0),
                   lambda m: forward_time(m, (32, 32), torch.device("meta"), 1, runs=1)):
         model = build_model("tiny-student", 3)

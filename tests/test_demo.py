@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import kaseg.demo as demo
-import kaseg.presets as presets
+import kaseg.presets.demo as demo
+import kaseg.presets.recipes as presets
 from kaseg.cli import main
-from kaseg.presets import DEMO_ARMS as DEFAULT_ARMS, MORE_ARMS, demo_arms as arms
+from kaseg.presets.recipes import DEMO_ARMS as DEFAULT_ARMS, MORE_ARMS, demo_arms as arms
 
 
 def tiny_demo_config(quick=False, device="cpu"):
@@ -48,7 +48,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys, monkeypatch, run_fol
     base = {r["seed"]: 100 * r["miou"] for r in runs if r["arm"] == "baseline"}
     ka = {r["seed"]: 100 * r["miou"] for r in runs if r["arm"] == "ka"}
     delta = sum(ka[s] - base[s] for s in base) / len(base)
-    line = next(l for l in report.splitlines() if l.startswith("| + both (the method) | `ka` |"))
+    line = next(l for l in report.splitlines() if l.startswith("| CE + the method (adaptation + affinity) | `ka` |"))
     assert f"| {delta:+.2f} |" in line and "[" in line
     assert "Target (the method >= CE-only + 2.5 mIoU, 95% CI above 0)" in report
     # pictures decode; the curves are a grid readable at screen size, not one long row

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kaseg.config import DistillConfig
-from kaseg.tasks import DistillTask, pseudo_labels
-from kaseg.models import build_model
+from kaseg.core.config import DistillConfig
+from kaseg.engine.tasks import DistillTask, pseudo_labels
+from kaseg.nets.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_pseudo_labels_below_the_threshold_are_ignored():
 
 def _task(**kw):
     torch.manual_seed(3)
-    from kaseg.method import FeatureAutoencoder, ae_strides
+    from kaseg.losses.method import FeatureAutoencoder, ae_strides
 
     teacher, student = build_model("tiny-teacher", 3), build_model("tiny-student", 3)
     ae = FeatureAutoencoder(64, 16, ae_strides(4))
@@ -94,7 +94,7 @@ def _distill_args(teacher, out, unlabeled):
 
 def test_distill_with_an_unlabelled_folder_trains_both_streams_and_resumes_in_place(
         tmp_path, monkeypatch):
-    import kaseg.train as train
+    import kaseg.engine.train as train
     from safetensors.torch import load_file
 
     from kaseg.cli import main

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 
-from kaseg.checkpoint import load_model
+from kaseg.nets.checkpoint import load_model
 from kaseg.cli import main
-from kaseg.train import InfiniteSampler
+from kaseg.engine.train import InfiniteSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=6",

@@ -5,9 +5,9 @@ import re
 import pytest
 import torch
 
-from kaseg.checkpoint import save_model
+from kaseg.nets.checkpoint import save_model
 from kaseg.cli import main
-from kaseg.models import build_model
+from kaseg.nets.models import build_model
 
 
 @pytest.mark.slow

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from kaseg.checkpoint import load_model, load_weights_into, save_model
-from kaseg.errors import KasegError
-from kaseg.external import TappedModel, build_torchvision
-from kaseg.config import DistillConfig
-from kaseg.tasks import DistillTask
-from kaseg.method import FeatureAutoencoder, ae_strides
-from kaseg.models import build_model, check_model_name
+from kaseg.nets.checkpoint import load_model, load_weights_into, save_model
+from kaseg.core.errors import KasegError
+from kaseg.nets.external import TappedModel, build_torchvision
+from kaseg.core.config import DistillConfig
+from kaseg.engine.tasks import DistillTask
+from kaseg.losses.method import FeatureAutoencoder, ae_strides
+from kaseg.nets.models import build_model, check_model_name
 
 # (pre_logits channels, stride), (encoder channels, stride), from torchvision's architectures:
 # DeepLabV3 heads end in a 256-ch 3x3 conv; FCN's in a 512-ch one; ResNets are dilated to OS 8

@@ -6,10 +6,10 @@ import json
 import pytest
 import yaml
 
-import kaseg.fewlabels as fewlabels
-import kaseg.presets as presets
+import kaseg.presets.fewlabels as fewlabels
+import kaseg.presets.recipes as presets
 from kaseg.cli import main
-from kaseg.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
+from kaseg.core.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
 
 
 def tiny_config(quick=False, device="cpu"):

@@ -6,8 +6,8 @@ from torch import nn
 
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import EvalTransform
-from kaseg.evaluate import evaluate
-from kaseg.inference import MS_SCALES, predict, protocol_name, sliding_window
+from kaseg.engine.evaluate import evaluate
+from kaseg.nets.inference import MS_SCALES, predict, protocol_name, sliding_window
 
 
 class Pointwise(nn.Module):

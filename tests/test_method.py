@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kaseg.method import (Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss,
+from kaseg.losses.method import (Adapter, FeatureAutoencoder, adaptation_loss, ae_strides, affinity_loss,
                           affinity_loss_dense, affinity_matrix, autoencoder_loss)
-from kaseg.config import DistillConfig
-from kaseg.tasks import DistillTask, Frozen
-from kaseg.gram import affinity_loss_gram
-from kaseg.models import build_model
+from kaseg.core.config import DistillConfig
+from kaseg.engine.tasks import DistillTask, Frozen
+from kaseg.losses.gram import affinity_loss_gram
+from kaseg.nets.models import build_model
 
 REDUCTIONS = ["mse", "paper", "element"]
 
@@ -355,7 +355,7 @@ def test_distill_refuses_a_latent_of_another_scale():
 
 # --------------------------------------------------------------------------- second review
 def test_ratio_diagnostic_is_zero_when_ce_is_exactly_zero():
-    from kaseg.tasks import ratio
+    from kaseg.engine.tasks import ratio
     assert ratio(torch.tensor(3.5), torch.tensor(0.0)).item() == 0.0
     assert ratio(torch.tensor(3.0), torch.tensor(2.0)).item() == 1.5
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kaseg.metrics import ConfusionMatrix, metrics_from_confusion
+from kaseg.engine.metrics import ConfusionMatrix, metrics_from_confusion
 
 
 def test_known_confusion_matrix():

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from kaseg.errors import KasegError
-from kaseg.models import ALIASES, build_model
+from kaseg.core.errors import KasegError
+from kaseg.nets.models import ALIASES, build_model
 
 
 @pytest.mark.parametrize("name,os_", [

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kaseg.checkpoint import save_model
+from kaseg.nets.checkpoint import save_model
 from kaseg.cli import main
 from kaseg.data.transforms import normalize
-from kaseg.models import build_model
+from kaseg.nets.models import build_model
 
 PALETTE = [[0, 0, 0], [200, 10, 10], [10, 200, 10]]
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]

@@ -10,11 +10,21 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_layout_lists_every_module():
+def test_layout_is_one_line_per_subpackage_naming_every_module():
     layout = README[README.index("## Layout"):]
-    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src" / "kaseg").rglob("*.py")
-                     if p.name != "__init__.py")
-    missing = [m for m in modules if m not in layout]
+    block = layout[layout.index("```\n") + 4:layout.index("\n```", layout.index("```\n") + 4)]
+    lines = {line.split()[0].rstrip(","): line for line in block.splitlines()}
+    package = ROOT / "src" / "kaseg"
+    for sub in sorted(p for p in package.iterdir() if (p / "__init__.py").exists()):
+        line = lines.get(f"src/kaseg/{sub.name}/")
+        assert line, f"README Layout has no line for src/kaseg/{sub.name}/"
+        missing = [p.name for p in sorted(sub.glob("*.py"))
+                   if p.name != "__init__.py" and p.name not in line]
+        assert not missing, f"README Layout's line for {sub.name}/ lacks {missing}"
+    top = " ".join(line for key, line in lines.items() if key.startswith("src/kaseg/") and
+                   key.endswith(".py"))
+    missing = [p.name for p in sorted(package.glob("*.py"))
+               if p.name != "__init__.py" and p.name not in top]
     assert not missing, f"README Layout lacks {missing}"
 
 

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from kaseg.checkpoint import load_model
+from kaseg.nets.checkpoint import load_model
 from kaseg.cli import main
-from kaseg.experiment import load_config
-from kaseg.errors import KasegError
-from kaseg.stages import distill, load_autoencoder, pipeline, train_autoencoder
+from kaseg.engine.experiment import load_config
+from kaseg.core.errors import KasegError
+from kaseg.engine.stages import distill, load_autoencoder, pipeline, train_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
@@ -137,7 +137,7 @@ def test_a_run_folder_of_the_previous_release_resumes_to_the_same_weights(tmp_pa
     import yaml
     from safetensors.torch import load_file
 
-    from kaseg.tasks import DistillTask
+    from kaseg.engine.tasks import DistillTask
 
     teacher, ae = tmp_path / "t", tmp_path / "ae"
     assert main(["train", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",

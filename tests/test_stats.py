@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from kaseg.stats import paired, summarize, t_critical, verdict
+from kaseg.core.stats import paired, summarize, t_critical, verdict
 
 
 def test_t_critical_table_and_expansion():

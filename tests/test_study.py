@@ -5,11 +5,11 @@ import re
 
 import pytest
 
-import kaseg.arms as arms_mod
-import kaseg.presets as presets
-import kaseg.study as study
+import kaseg.compare.arms as arms_mod
+import kaseg.presets.recipes as presets
+import kaseg.presets.study as study
 from kaseg.cli import main
-from kaseg.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
+from kaseg.core.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
 
 
 def tiny_config(quick=False, device="cpu"):

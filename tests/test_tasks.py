@@ -4,7 +4,7 @@ networks may share it."""
 import torch
 from torch import nn
 
-from kaseg.tasks import ForwardMemo, Frozen, same_network, share_frozen, unshare_frozen
+from kaseg.engine.tasks import ForwardMemo, Frozen, same_network, share_frozen, unshare_frozen
 
 
 class Counting(nn.Module):
@@ -67,9 +67,9 @@ def test_the_encoder_memo_serves_both_halves_of_a_step_with_unlabelled_images():
     half of the teacher's map; the second arm of a lockstep pair gets both from the memo (one
     entry would hold only the last half, and every call would miss), with the outputs it would
     compute itself."""
-    from kaseg.method import FeatureAutoencoder, ae_strides
-    from kaseg.models import build_model
-    from kaseg.tasks import DistillTask
+    from kaseg.losses.method import FeatureAutoencoder, ae_strides
+    from kaseg.nets.models import build_model
+    from kaseg.engine.tasks import DistillTask
 
     torch.manual_seed(0)
     teacher = build_model("tiny-teacher", 3)

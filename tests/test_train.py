@@ -3,15 +3,15 @@ import json
 import pytest
 import torch
 
-from kaseg.config import Config, TrainConfig
-from kaseg.experiment import load_config
+from kaseg.core.config import Config, TrainConfig
+from kaseg.engine.experiment import load_config
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import EvalTransform
-from kaseg.errors import KasegError
-from kaseg.models import build_model
-from kaseg.supervised import train_segmenter
-from kaseg.tasks import SegmentationTask
-from kaseg.train import InfiniteSampler, fit, poly_lr
+from kaseg.core.errors import KasegError
+from kaseg.nets.models import build_model
+from kaseg.engine.supervised import train_segmenter
+from kaseg.engine.tasks import SegmentationTask
+from kaseg.engine.train import InfiniteSampler, fit, poly_lr
 
 
 def tiny_config(**over) -> Config:
@@ -143,7 +143,7 @@ def test_augmentation_depends_on_sample_position_only_not_on_workers_or_resume()
     from torch.utils.data import DataLoader
 
     from kaseg.data.transforms import TrainTransform
-    from kaseg.train import SeededSamples
+    from kaseg.engine.train import SeededSamples
 
     ds = SyntheticScenes("train", count=6, size=32, transform=TrainTransform(24, 0.5, 2.0, True, 0.2))
 
@@ -214,7 +214,7 @@ def _train_cmd(out, *extra):
 _PAUSE_AFTER_FIRST_CHECKPOINT = """
 import sys, time
 from pathlib import Path
-import kaseg.train as train
+import kaseg.engine.train as train
 real_save = train.save_state
 def save_then_wait(path, state):
     real_save(path, state)
@@ -354,7 +354,7 @@ def _same(a: dict, b: dict) -> bool:
 def test_validation_draws_nothing_from_the_global_rng(tmp_path):
     """A dropout student ends with the same weights whether it validates every 2 iterations or
     only at the end: evaluation's loader has its own generator."""
-    from kaseg.evaluate import evaluate
+    from kaseg.engine.evaluate import evaluate
 
     ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
     val = SyntheticScenes("val", count=4, size=32, transform=EvalTransform())
@@ -371,7 +371,7 @@ def test_validation_draws_nothing_from_the_global_rng(tmp_path):
 def test_a_fresh_job_after_a_resumed_one_starts_from_the_callers_rng(tmp_path):
     """Job.rng=None means the caller's RNG state, whatever the job before it resumed to: a
     fresh dropout job beside a resumed one ends as it does alone."""
-    from kaseg.train import Job, fit_lockstep, rng_state, set_rng_state
+    from kaseg.engine.train import Job, fit_lockstep, rng_state, set_rng_state
 
     ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
     cfg = tiny_config(**{"train.val_every": 3}).train
@@ -423,7 +423,7 @@ def test_a_weight_that_overflows_is_named_with_its_term_not_a_diagnostic(tmp_pat
 
 
 def test_a_diverging_job_stops_alone_and_the_others_finish_as_they_would_alone(tmp_path):
-    from kaseg.train import Job, fit_lockstep
+    from kaseg.engine.train import Job, fit_lockstep
 
     ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
     cfg = tiny_config(**{"train.val_every": 3}).train

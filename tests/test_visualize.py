@@ -2,7 +2,7 @@
 
 import json
 
-import kaseg.visualize as visualize
+import kaseg.engine.visualize as visualize
 
 
 def _history(folder, iters, terms, miou):

@@ -13,7 +13,8 @@ same with ``--arms field --controls``).
 
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
-A report that does not exist leaves its section as it is.
+A report that does not exist leaves its section as it is. The ``compare`` and ``study``
+sections were superseded by later runs and live in docs/results/history.md (``--into`` it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The command line builds everything from a config; these two functions take the objects instead:
 any kaseg model (an alias, ``arch:encoder``, ``torchvision:NAME``, or your own module wrapped in
-:class:`kaseg.external.TappedModel`) as teacher and student, and any dataset whose items are
+:class:`kaseg.nets.external.TappedModel`) as teacher and student, and any dataset whose items are
 ``(image tensor, mask tensor)`` (255 = ignore). Training is kaseg's own loop: run folders that
 resume, seeded per-sample augmentation, TensorBoard logs, checkpoints of the student alone::
 
@@ -16,12 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 
 
-from .config import AEConfig, Config, DistillConfig, TeacherConfig, TrainConfig, to_dict
-from .errors import KasegError
-from .kd_losses import needs_autoencoder
-from .method import FeatureAutoencoder
-from .runtime import seed_everything
-from .stages import build_distill_task, fit_autoencoder, fit_distillation, load_autoencoder
+from .core.config import AEConfig, Config, DistillConfig, TeacherConfig, TrainConfig, to_dict
+from .core.errors import KasegError
+from .losses.registry import needs_autoencoder
+from .losses.method import FeatureAutoencoder
+from .core.runtime import seed_everything
+from .engine.stages import build_distill_task, fit_autoencoder, fit_distillation, load_autoencoder
 
 
 def _check_taps(model, tap: str, role: str) -> None:

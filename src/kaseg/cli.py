@@ -10,15 +10,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import KasegError
+from .core.errors import KasegError
 
 log = logging.getLogger("kaseg")
 
 
 def _cmd_train(args) -> int:
-    from .experiment import load_config
-    from .metrics import format_table
-    from .supervised import train_segmenter
+    from .engine.experiment import load_config
+    from .engine.metrics import format_table
+    from .engine.supervised import train_segmenter
 
     cfg = load_config(args.config, args.overrides)
     result = train_segmenter(cfg, args.out, force=args.force)
@@ -27,8 +27,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_ae(args) -> int:
-    from .experiment import load_config
-    from .stages import train_autoencoder
+    from .engine.experiment import load_config
+    from .engine.stages import train_autoencoder
 
     result = train_autoencoder(load_config(args.config, args.overrides), args.out, args.force)
     v = result["val"]
@@ -39,9 +39,9 @@ def _cmd_train_ae(args) -> int:
 
 
 def _cmd_distill(args) -> int:
-    from .experiment import load_config
-    from .metrics import format_table
-    from .stages import distill
+    from .engine.experiment import load_config
+    from .engine.metrics import format_table
+    from .engine.stages import distill
 
     result = distill(load_config(args.config, args.overrides), args.out, args.force)
     print(format_table(result["val"], f"{args.out}: best val at iteration {result['best_iter']}"))
@@ -49,8 +49,8 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_pipeline(args) -> int:
-    from .experiment import load_config
-    from .stages import pipeline
+    from .engine.experiment import load_config
+    from .engine.stages import pipeline
 
     results = pipeline(load_config(args.config, args.overrides), args.out, args.force)
     print(f"{'stage':<12} {'val mIoU':>9}")
@@ -68,13 +68,13 @@ def _cmd_demo(args) -> int:
                          "CE, pseudo-labels, KD and the method, with and without the unlabelled "
                          "images); run them separately")
     if args.limited_labels:
-        from .fewlabels import run_limited_labels
+        from .presets.fewlabels import run_limited_labels
 
         run_limited_labels(args.out, args.quick, args.seeds, args.device, args.force,
                            not args.no_lockstep, args.retry_failed)
         print((Path(args.out) / "limited-labels" / "report.md").read_text())
         return 0
-    from .demo import run_demo
+    from .presets.demo import run_demo
 
     run_demo(args.out, args.quick, args.seeds, args.device, args.force, args.all_methods,
              not args.no_lockstep, args.retry_failed)
@@ -83,9 +83,9 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare_report import export_best, write_report
-    from .comparison import plan, run, spec_from
-    from .experiment import load_config, read_section
+    from .compare.report import export_best, write_report
+    from .compare.runner import plan, run, spec_from
+    from .engine.experiment import load_config, read_section
 
     cfg = load_config(args.config, args.overrides)
     spec = spec_from(read_section(args.config, "compare"), args.config, args.arms, args.seeds,
@@ -99,7 +99,7 @@ def _cmd_compare(args) -> int:
         raise KasegError("--export-best reads the finished runs: once the Slurm jobs have ended, "
                          "run the same command with --report --export-best")
     if args.executor == "slurm" and not (args.plan or args.report):
-        from .cluster import run_on_slurm
+        from .compare.cluster import run_on_slurm
 
         return run_on_slurm(out, cfg, spec, command, args.force, args.retry_failed,
                             args.dry_run, args.wait, not args.no_lockstep)
@@ -114,8 +114,8 @@ def _cmd_compare(args) -> int:
             retry_failed=args.retry_failed)
     jobs = None
     if (out / "slurm" / "jobs.json").exists():  # a comparison run on a cluster
-        from .cluster import missing_jobs
-        from .comparison import all_stages
+        from .compare.cluster import missing_jobs
+        from .compare.runner import all_stages
 
         first, arms, *_ = all_stages(out, cfg, spec)
         jobs = missing_jobs(out, first + (arms or []))
@@ -129,7 +129,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_study(args) -> int:
-    from .study import run_study
+    from .presets.study import run_study
 
     run_study(args.out, args.device, args.seeds, args.regimes, args.force,
               not args.no_lockstep, args.reuse, args.retune, args.retry_failed)
@@ -138,13 +138,13 @@ def _cmd_study(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .checkpoint import load_model, resolve_weights
-    from .experiment import load_config
+    from .nets.checkpoint import load_model, resolve_weights
+    from .engine.experiment import load_config
     from .data import build_dataset
-    from .evaluate import evaluate
-    from .inference import MS_SCALES, protocol_name
-    from .metrics import format_table
-    from .runtime import resolve_device
+    from .engine.evaluate import evaluate
+    from .nets.inference import MS_SCALES, protocol_name
+    from .engine.metrics import format_table
+    from .core.runtime import resolve_device
 
     weights = resolve_weights(args.checkpoint, args.which)
     cfg_path = Path(args.config) if args.config else weights.parent / "config.yaml"
@@ -171,9 +171,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .inference import MS_SCALES
-    from .predict import predict_files
-    from .runtime import resolve_device
+    from .nets.inference import MS_SCALES
+    from .engine.predict import predict_files
+    from .core.runtime import resolve_device
 
     summary = predict_files(
         args.checkpoint, args.inputs, args.out, resolve_device(args.device), args.which,
@@ -186,8 +186,8 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench, format_bench
-    from .runtime import resolve_device
+    from .engine.bench import bench, format_bench
+    from .core.runtime import resolve_device
 
     r = bench(args.teacher, args.student, tuple(args.size), resolve_device(args.device),
               args.batch, args.runs, args.workers, amp=args.amp)
@@ -196,7 +196,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import export_onnx
+    from .nets.export import export_onnx
 
     r = export_onnx(args.checkpoint, args.out, args.which, tuple(args.size), args.opset)
     print(f"{r['path']}: ONNX (opset {r['opset']}), dynamic batch and size; "
@@ -227,15 +227,15 @@ def _cmd_data_check(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    from .cost import model_cost
-    from .models import build_model, list_models
+    from .nets.cost import model_cost
+    from .nets.models import build_model, list_models
 
     if args.arms:
-        from .arms import listing
+        from .compare.arms import listing
         print(listing())
         return 0
     if args.losses:
-        from .kd_losses import listing
+        from .losses.registry import listing
         print(listing())
         return 0
     if args.list or not args.model:
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports' provenance
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.DEBUG if args.debug else logging.INFO)  # kaseg's own messages only
-    from .distributed import init_from_env, is_main
+    from .core.distributed import init_from_env, is_main
 
     init_from_env()  # torchrun: join the process group; otherwise nothing
     if not is_main():  # one process reports; the others only compute

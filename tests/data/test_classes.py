@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from kaseg.cli import main
-from kaseg.config import DataConfig
+from kaseg.core.config import DataConfig
 from kaseg.data import build_dataset
 from kaseg.data.classes import (flip_label_lut, flip_permutation, looks_paired,
                                 parse_class_file, read_class_file)
 from kaseg.data.transforms import random_flip
-from kaseg.errors import KasegError
-from kaseg.inference import predict
+from kaseg.core.errors import KasegError
+from kaseg.nets.inference import predict
 
 P = Path("classes.yaml")
 

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kaseg.config import DataConfig
+from kaseg.core.config import DataConfig
 from kaseg.data import build_dataset
 from kaseg.data.folder import FolderDataset
 from kaseg.data.io import default_palette
-from kaseg.errors import KasegError
+from kaseg.core.errors import KasegError
 
 
 def test_split_lists_classes_and_tensors(folder_dataset):

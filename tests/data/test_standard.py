@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from kaseg.config import DataConfig
+from kaseg.core.config import DataConfig
 from kaseg.data import build_dataset
 from kaseg.data.standard import (ADE20K_CLASSES, CITYSCAPES_LABELS, CONTEXT59_CLASSES, LAYOUTS,
                                  StandardDataset, cityscapes_lut, map_labels)
-from kaseg.errors import KasegError
+from kaseg.core.errors import KasegError
 
 from fake_layouts import (COUNTS, MAKERS, NUM_CLASSES, H, W, write_mask, make_ade, make_cityscapes,
                           make_camvid, make_context, make_voc)

@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from kaseg.cli import main
-from kaseg.config import DataConfig
-from kaseg.experiment import load_config
+from kaseg.core.config import DataConfig
+from kaseg.engine.experiment import load_config
 from kaseg.data import build_dataset, build_unlabeled
 from kaseg.data.synthetic import make_scene
 from kaseg.data.unlabeled import UnlabeledImages, labeled_indices
-from kaseg.errors import KasegError
+from kaseg.core.errors import KasegError
 
 def test_labeled_count_keeps_the_first_n_of_one_fixed_order():
     a, b = labeled_indices(100, 10, seed=3), labeled_indices(100, 10, seed=3)

@@ -1,18 +1,18 @@
-"""Datasets and their loaders, built from a :class:`~kaseg.config.DataConfig`."""
+"""Datasets and their loaders, built from a :class:`~kaseg.core.config.DataConfig`."""
 
 from __future__ import annotations
 
 import logging
 
-from ..config import DataConfig
-from ..errors import KasegError
+from ..core.config import DataConfig
+from ..core.errors import KasegError
 from .folder import FolderDataset
 from .base import SegmentationDataset
 from .classes import looks_paired
 from .standard import LAYOUTS, StandardDataset
 from .synthetic import SyntheticScenes
 from .unlabeled import Subset, UnlabeledImages, WithoutLabels, labeled_indices, unlabeled_rest
-from ..labels import IGNORE_INDEX
+from ..core.labels import IGNORE_INDEX
 from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import KasegError
+from ..core.errors import KasegError
 from .classes import looks_paired, read_class_file
 from .folder import split_images
 from .io import check_mask_size, read_image, read_label_file
 from .standard import Pair, get_layout, identity_lut, map_labels, scan
-from ..labels import IGNORE_INDEX
+from ..core.labels import IGNORE_INDEX
 
 
 @dataclass

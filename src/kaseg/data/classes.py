@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..errors import KasegError
+from ..core.errors import KasegError
 from .io import default_palette
 
 log = logging.getLogger(__name__)

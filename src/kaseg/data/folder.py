@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KasegError
-from ..labels import IGNORE_INDEX
+from ..core.errors import KasegError
+from ..core.labels import IGNORE_INDEX
 from .base import SegmentationDataset
 from .classes import read_class_file
 from .io import IMAGE_EXTS, check_mask_size, read_image, read_label_file

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KasegError
+from ..core.errors import KasegError
 from .base import SegmentationDataset
 from .io import IMAGE_EXTS, check_mask_size, default_palette, read_image, read_label_file
-from ..labels import IGNORE_INDEX
+from ..core.labels import IGNORE_INDEX
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",

@@ -56,22 +56,40 @@ def _line(h: int, w: int, rng: np.random.Generator, width: float) -> np.ndarray:
 
 
 def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: ``(image uint8 HxWx3, mask uint8 HxW)``, a pure function of its arguments."""
+    """One scene: ``(image uint8 HxWx3, mask uint8 HxW)``, a pure function of its arguments.
+    Its parts are drawn in a fixed order from one generator, so every scene is the same in
+    every run."""
     if split not in _SPLITS:
         raise ValueError(f"synthetic scenes have splits {list(_SPLITS)}, not '{split}'")
     rng = np.random.default_rng([seed, _SPLITS[split], index])
-    h = w = size
     s = size / 64.0  # sizes below are given for 64 px and scale with the image
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / size
+    img, mask = _background(size, rng)
+    _textured_regions(img, mask, rng, s)
+    mode, side, b = _beacon(img, mask, rng, s)
+    _twins(img, mask, rng, s, mode, side, b)
+    _thin_and_small(img, mask, rng, s)
+    img = img + rng.normal(0, 0.03, size=(size, size, 3))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), mask
 
-    # background: a smooth colour gradient with grain
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.mgrid[0:size, 0:size].astype(np.float32) / size
+
+
+def _background(size: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth colour gradient with grain, and an all-background mask."""
+    yy, xx = _grid(size)
     c0, c1 = rng.uniform(0.25, 0.6, size=(2, 3))
     g = rng.uniform(0, 1) * xx + (1 - rng.uniform(0, 1)) * yy
     img = c0 + (c1 - c0) * g[..., None] / max(float(g.max()), 1e-6)
-    img = img + rng.normal(0, 0.04, size=(h, w, 3))
-    mask = np.zeros((h, w), np.uint8)
+    img = img + rng.normal(0, 0.04, size=(size, size, 3))
+    return img, np.zeros((size, size), np.uint8)
 
-    # textured regions
+
+def _textured_regions(img, mask, rng, s: float) -> None:
+    """Grass (green, fine grain) and water (blue, horizontal waves) ellipses."""
+    h, w = mask.shape
+    yy, _ = _grid(h)
     for _ in range(rng.integers(1, 4)):
         cls = int(rng.integers(1, 3))
         region = _ellipse(h, w, rng, 0.15, 0.4)
@@ -79,12 +97,16 @@ def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray
             tex = np.array([0.25, 0.6, 0.25]) + rng.normal(0, 0.12, size=(h, w, 1))
         else:  # water: blue with horizontal waves
             period = rng.uniform(3, 5) * s
-            wave = 0.12 * np.sin(2 * np.pi * (yy * size) / period + rng.uniform(0, 6.3))
+            wave = 0.12 * np.sin(2 * np.pi * (yy * h) / period + rng.uniform(0, 6.3))
             tex = np.array([0.15, 0.3, 0.75]) + wave[..., None]
         img[region] = tex[region] if tex.ndim == 3 else tex
         mask[region] = cls
 
-    # the context: a beacon band along one edge of the image; its colour names the twins' class
+
+def _beacon(img, mask, rng, s: float) -> tuple[int, int, int]:
+    """The context: a band along one edge whose colour names the twins' class. -> (mode, side,
+    band width)."""
+    h, w = mask.shape
     mode = int(rng.integers(0, 2))  # 0 -> twin-red, 1 -> twin-blue
     b = max(2, int(round(4 * s)))
     side = int(rng.integers(0, 4))  # 0 top, 1 bottom, 2 left, 3 right
@@ -92,8 +114,12 @@ def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray
         if side == 1 else (slice(None), slice(0, b)) if side == 2 else (slice(None), slice(w - b, w))
     img[band] = (0.9, 0.1, 0.1) if mode == 0 else (0.1, 0.8, 0.9)
     mask[band] = 7
+    return mode, side, b
 
-    # twins: identical grey checkered boxes, kept in the half of the image away from the beacon
+
+def _twins(img, mask, rng, s: float, mode: int, side: int, b: int) -> None:
+    """Identical grey checkered boxes, kept in the half of the image away from the beacon."""
+    h, w = mask.shape
     twin_cls = CONTEXT_CLASSES[mode]
     far_y = (h // 2, h) if side == 0 else (0, h // 2) if side == 1 else (b, h - b)
     far_x = (w // 2, w) if side == 2 else (0, w // 2) if side == 3 else (b, w - b)
@@ -107,7 +133,10 @@ def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray
         img[y0:y1, x0:x1] = 0.45 + 0.2 * check[..., None]
         mask[y0:y1, x0:x1] = twin_cls
 
-    # thin structures and small objects, drawn last so they are never hidden
+
+def _thin_and_small(img, mask, rng, s: float) -> None:
+    """Wires and small dots, drawn last so they are never hidden."""
+    h, w = mask.shape
     for _ in range(rng.integers(1, 4)):
         wire = _line(h, w, rng, width=rng.uniform(1.0, 2.0) * s)
         img[wire] = 0.92
@@ -116,9 +145,6 @@ def make_scene(size: int, seed: int, split: str, index: int) -> tuple[np.ndarray
         dot = _ellipse(h, w, rng, 0.025, 0.05)
         img[dot] = (0.98, 0.85, 0.1)
         mask[dot] = 4
-
-    img = img + rng.normal(0, 0.03, size=(h, w, 3))
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), mask
 
 
 # Scenes are pure functions of their arguments and cost ~2 ms each; runs in one process (the demo's

@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from ..labels import IGNORE_INDEX
+from ..core.labels import IGNORE_INDEX
 from .classes import flip_label_lut
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import KasegError
+from ..core.errors import KasegError
 from .base import SegmentationDataset
 from .io import IMAGE_EXTS, read_image
 

@@ -1,0 +1,508 @@
+"""``kaseg compare``: does distillation make *this* student better on *this* data, and which
+method? The engine behind the command and its presets (``kaseg demo``, ``--limited-labels``,
+``kaseg study``).
+
+A comparison is a list of stages, each a resumable run folder under OUT:
+
+1. shared, once: the teacher (unless given), the autoencoder (and any variant an arm needs),
+   and optionally a shared CE-trained start (``init_iters``) for users without a pretrained
+   student;
+2. tuning: the method's two weights scaled by each of ``weight_scales`` on ``tune_seeds``, seeds
+   that are never reported; the scale with the best mean mIoU is used by every arm of the
+   method; each arm with losses of its own to tune (:attr:`kaseg.compare.arms.Arm.tuned`: DIST, CIRKD,
+   Af-DCD) is tuned the same way, on the same seeds, and trains at its own best scale;
+3. arms x seeds, seed-major (partial results stay paired): a seed fixes the student's initial
+   weights, data order and augmentation in every arm. The folder of an arm whose config depends
+   on the weight scale names the scale (``runs/ka-x0.3-s0``), so a re-tune that picks another
+   scale trains only those arms; the others (``runs/baseline-s0``) are reused.
+
+Faults: a run that diverges stops alone (its ``failed.json`` says why) while the other runs of
+its seed train on; a re-run does not retry it unless asked (``retry_failed``). ``force``
+restarts the tuning and arm runs, never a shared stage: every run is built on those, so a
+shared stage whose config changed is an error naming its folder.
+
+Each stage is exactly a ``kaseg train`` / ``train-ae`` / ``distill`` of a config written under
+``OUT/configs``, so :func:`plan` can hand the remaining ones to any scheduler, and
+:func:`collect` (``--report``) reads whatever has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from .arms import (BASELINE, CONTROL_ARMS, DEFAULT_ARMS, Arm, ae_variant_config, arm_config,
+                   arm_from_yaml, expand_groups, get_arm, tune_weights)
+from ..core.files import atomic_write_text
+from ..core.config import Config, SlurmConfig, from_dict, to_dict
+from ..engine.experiment import check_config
+from ..core.errors import KasegError
+from ..engine.runs import config_changes
+from ..engine.stages import (check_losses_fit, distill, distill_lockstep, estimate_step_flops, teacher_training_config,
+                     train_autoencoder)
+from ..engine.supervised import train_segmenter
+from ..engine.train import Diverged, failure
+
+log = logging.getLogger(__name__)
+
+TUNE_ARM = "ka"
+
+
+@dataclass
+class CompareSpec:
+    """What a comparison runs besides the config: arms, seeds, tuning and the shared start."""
+
+    arms: list[Arm]
+    seeds: list[int] = field(default_factory=lambda: list(range(5)))
+    tune_seeds: list[int] = field(default_factory=lambda: [100, 101])
+    weight_scales: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
+    init_iters: int = 0  # > 0: a shared CE-trained start for every arm
+    init_seed: int = 10_000  # its own seed, never one of the reported ones
+    init_data_seed: int | None = None  # synthetic scenes only: train the start on other scenes
+    shared_lr: float | None = None  # the shared stages' train.lr (None: the config's)
+    shared_dir: Path | None = None  # where the shared stages live (None: OUT); presets share
+    # DataConfig / TrainConfig changes of the arms and tuning runs only (e.g. few labels, or a
+    # longer fine-tuning): the shared stages keep the config's
+    arms_data: dict = field(default_factory=dict)
+    arms_train: dict = field(default_factory=dict)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # ``--executor slurm``'s jobs
+
+    def __post_init__(self):
+        names = [a.name for a in self.arms]
+        if BASELINE not in names:
+            raise KasegError(f"a comparison needs the '{BASELINE}' arm (CE only): every other "
+                             "arm is measured against it")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise KasegError(f"arm(s) {dup} named twice")
+        if not self.seeds:
+            raise KasegError("a comparison needs at least one seed")
+        overlap = sorted(set(self.seeds) & set(self.tune_seeds))
+        if overlap and self.tuning:
+            raise KasegError(f"seeds {overlap} are both reported and tuning seeds: choose the "
+                             "weights on seeds that are never reported")
+        if any(k <= 0 for k in self.weight_scales) or not self.weight_scales:
+            raise KasegError(f"weight scales must be > 0, got {self.weight_scales}")
+
+    @property
+    def tuning(self) -> bool:
+        return len(self.weight_scales) > 1
+
+
+@dataclass
+class Stage:
+    """One run folder of a comparison: ``command`` (train, train-ae, distill) on ``cfg``."""
+
+    name: str  # the folder, relative to OUT (or to the shared folder)
+    command: str
+    cfg: Config
+    arm: str | None = None
+    seed: int | None = None
+    phase: str = "arms"
+    root: Path | None = None  # the folder ``name`` is in, when not OUT
+
+    def folder(self, out: Path) -> Path:
+        return (self.root or out) / self.name
+
+    def done(self, out: Path) -> bool:
+        return (self.folder(out) / "metrics.json").exists()
+
+    def failure(self, out: Path) -> dict | None:
+        """Why the run diverged (its ``failed.json``), or None."""
+        return None if self.done(out) else failure(self.folder(out))
+
+    def run(self, out: Path, force: bool = False) -> dict:
+        fn = {"train": train_segmenter, "train-ae": train_autoencoder, "distill": distill}
+        return fn[self.command](self.cfg, self.folder(out), force)
+
+
+def lockstep_groups(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive distillation runs of one seed form a group (trained in lockstep where their
+    batches agree); every other stage is a group of its own."""
+    groups: list[list[Stage]] = []
+    for s in stages:
+        last = groups[-1] if groups else None
+        if (last and s.command == "distill" and last[0].command == "distill"
+                and last[0].seed == s.seed):
+            last.append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar,
+              retry_failed: bool = False) -> None:
+    """One lockstep group (or one stage): a run that diverged earlier is not retried unless
+    asked; a run that diverges now stops alone, unless it is a shared stage."""
+    shared = group[0].phase == "shared"
+    if shared:
+        _check_shared(out, group[0])
+    todo = []
+    for s in group:
+        why = s.failure(out)
+        if why and not (retry_failed or force or shared):  # a shared stage always runs: its
+            # error (again) is better than every later stage failing without it
+            log.warning("%s diverged earlier (%s); not retried (--retry-failed retries it)",
+                        s.folder(out), why.get("message", "?"))
+        else:
+            todo.append(s)
+    bar.set_postfix_str(group[0].name if len(group) == 1 else
+                        f"{len(group)} runs of seed {group[0].seed} in lockstep")
+    if lockstep and len(todo) > 1:
+        distill_lockstep([s.cfg for s in todo], [s.folder(out) for s in todo], force)
+    else:
+        for s in todo:
+            try:
+                s.run(out, force and not shared)
+            except Diverged as e:
+                if shared:  # every run is built on a shared stage: nothing can go on
+                    raise
+                log.error("%s", e)  # its failed.json is written; the seed's other runs go on
+    bar.update(len(group))
+
+
+def _check_shared(out: Path, stage: Stage) -> None:
+    """A shared stage is never restarted by ``--force``: a changed config is an error naming
+    the folder to delete."""
+    folder = stage.folder(out)
+    changed = config_changes(folder, to_dict(stage.cfg))
+    if changed:
+        raise KasegError(
+            f"{folder}: this shared stage was trained with a different config "
+            f"({', '.join(changed[:5])}); --force restarts tuning and arm runs, never a shared "
+            f"stage (every run of the comparison is built on it): delete {folder} to retrain "
+            "it, or choose another --out")
+
+
+def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage], Config,
+                                                                      dict[str, Config]]:
+    """Teacher, autoencoder(s) and start -> (stages, ``cfg`` pointing at them, the config of
+    each autoencoder variant the arms need)."""
+    stages: list[Stage] = []
+    base = cfg
+    root = spec.shared_dir or out
+    here = None if spec.shared_dir is None else spec.shared_dir
+    if spec.shared_lr is not None:
+        cfg = replace(cfg, train=replace(cfg.train, lr=spec.shared_lr))
+    t = cfg.teacher
+    given = t.weights or (t.pretrained and t.name.startswith("torchvision:"))
+    if not given:
+        stages.append(Stage("teacher", "train", teacher_training_config(cfg), phase="shared",
+                            root=here))
+        cfg = replace(cfg, teacher=replace(t, weights=str(root / "teacher")))
+    needs_ae = any(a.uses_method(base.distill) for a in spec.arms)
+    if needs_ae and not cfg.ae.weights:
+        stages.append(Stage("ae", "train-ae", cfg, phase="shared", root=here))
+        cfg = replace(cfg, ae=replace(cfg.ae, weights=str(root / "ae")))
+    variants = {}
+    for variant in sorted({a.ae for a in spec.arms if a.ae}):
+        vcfg = ae_variant_config(cfg, variant)
+        stages.append(Stage(f"ae-{variant}", "train-ae", vcfg, phase="shared", root=here))
+        variants[variant] = replace(vcfg, ae=replace(vcfg.ae,
+                                                     weights=str(root / f"ae-{variant}")))
+    if spec.init_iters > 0:
+        data = cfg.data if spec.init_data_seed is None else replace(
+            cfg.data, data_seed=spec.init_data_seed)
+        init = replace(cfg, seed=spec.init_seed, data=data,
+                       train=replace(cfg.train, iters=spec.init_iters, val_every=spec.init_iters))
+        stages.append(Stage("init", "train", init, phase="shared", root=here))
+        cfg = replace(cfg, model=replace(cfg.model, init_weights=str(root / "init" /
+                                                                    "last.safetensors")))
+    armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model,
+                    data=replace(base.data, **spec.arms_data),
+                    train=replace(base.train, **spec.arms_train))
+    variants = {k: replace(armed, teacher=v.teacher, ae=v.ae) for k, v in variants.items()}
+    return stages, armed, variants
+
+
+def tuned_arms(spec: CompareSpec) -> list[Arm]:
+    """The arms whose own losses a tuning comparison tunes (:attr:`Arm.tuned`)."""
+    return [a for a in spec.arms if a.tuned] if spec.tuning else []
+
+
+def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
+    """The method's weights x each scale, and each tuned arm's losses x each scale, on the
+    tuning seeds; seed-major, so the runs of one tuning seed train in lockstep."""
+    if not spec.tuning:
+        return []
+    ka = get_arm(TUNE_ARM)
+    method = any(a.uses_method(cfg.distill) for a in spec.arms)  # else nothing uses its weights
+    stages = []
+    for seed in spec.tune_seeds:
+        stages += [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
+                         arm_config(cfg, ka, seed, k), TUNE_ARM, seed, phase="tuning")
+                   for k in (spec.weight_scales if method else [])]
+        stages += [Stage(f"tuning/{arm.name}-x{k:g}-s{seed}", "distill",
+                         tune_weights(arm_config(cfg, arm, seed), arm, k), arm.name, seed,
+                         phase="tuning")
+                   for arm in tuned_arms(spec) for k in spec.weight_scales]
+    return stages
+
+
+def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage],
+                 arm: str = TUNE_ARM) -> tuple[float | None, dict]:
+    """The tuned scale of ``arm``'s weights (the method's by default; None while one of its
+    tuning runs is unfinished) and every scale's tuning mIoU (None for a run that diverged: its
+    scale is not chosen). Without tuning: the one weight scale for the method, x1 (the authors'
+    default) for another arm."""
+    if not spec.tuning:
+        return (spec.weight_scales[0] if arm == TUNE_ARM else 1.0), {}
+    mine = [s for s in tuning if s.name.startswith(f"tuning/{arm}-x")]
+    if not mine:  # no arm of the comparison uses these weights
+        return spec.weight_scales[0], {}
+    if not all(s.done(out) or s.failure(out) for s in mine):
+        return None, {}
+    scores = {f"{k:g}": [_last_miou(s.folder(out)) if s.done(out) else None for s in mine
+                         if s.name.startswith(f"tuning/{arm}-x{k:g}-s")]
+              for k in spec.weight_scales}
+    healthy = [k for k in spec.weight_scales if None not in scores[f"{k:g}"]]
+    if not healthy:
+        what = "the method" if arm == TUNE_ARM else f"arm '{arm}'"
+        raise KasegError(f"{out}: {what} diverged at every weight scale "
+                         f"{spec.weight_scales} on the tuning seeds (see tuning/*/failed.json): "
+                         "lower the weights or train.lr")
+    best = max(healthy, key=lambda k: sum(scores[f"{k:g}"]) / len(scores[f"{k:g}"]))
+    return best, scores
+
+
+def arm_scales(out: Path, spec: CompareSpec, tuning: list[Stage]) -> dict[str, tuple]:
+    """``{arm: (chosen scale or None while tuning, tuning scores)}`` of each tuned arm."""
+    return {a.name: chosen_scale(out, spec, tuning, a.name) for a in tuned_arms(spec)}
+
+
+def _last_miou(run: Path) -> float:
+    """The val mIoU of a run's last checkpoint (its last validation in ``history.jsonl``)."""
+    last = None
+    for line in (run / "history.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "val" in rec:
+            last = rec["val"]["miou"]
+    if last is None:
+        raise KasegError(f"{run}: no validation in history.jsonl")
+    return last
+
+
+def scale_dependent(cfg: Config, arm: Arm) -> bool:
+    """Whether the arm's config changes with the method's weight scale (its runs at another
+    scale are other runs)."""
+    return to_dict(arm_config(cfg, arm, 0, 1.0)) != to_dict(arm_config(cfg, arm, 0, 2.0))
+
+
+def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+               scale: float, out: Path | None = None,
+               own: dict[str, float] | None = None) -> list[Stage]:
+    """The arms x seeds; ``own``: the chosen scale of each tuned arm's losses (its folder names
+    it unless x1)."""
+    stages, own = [], own or {}
+    tags = {arm.name: f"-x{scale:g}" if scale_dependent(variants[arm.ae] if arm.ae else cfg, arm)
+            else "" for arm in spec.arms}
+    for name, k in own.items():
+        if k != 1.0:
+            tags[name] += f"-x{k:g}"
+    matched = None
+    if any(a.matched for a in spec.arms):
+        matched = matched_schedule(out, cfg, spec, variants, scale)
+    for seed in spec.seeds:  # seed-major: partial results are paired
+        for arm in spec.arms:
+            base = variants[arm.ae] if arm.ae else cfg
+            tag = tags[arm.name]
+            c = arm_config(base, arm, seed, scale)
+            if arm.name in own:
+                c = tune_weights(c, arm, own[arm.name])
+            if arm.matched:
+                c = replace(c, train=replace(c.train, **matched["train"]))
+                tag = f"-i{c.train.iters}"
+            stages.append(Stage(f"runs/{arm.name}{tag}-s{seed}", "distill", c, arm.name, seed))
+    return stages
+
+
+def matched_schedule(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+                     scale: float) -> dict:
+    """The compute-matched control's schedule: CE only for ``iters x r`` iterations, ``r`` the
+    largest ratio of a distilling arm's training FLOPs per iteration to CE only's (the same
+    schedule shape stretched: the poly decay over the longer run, validations as often in
+    proportion). -> ``{"train": TrainConfig changes, "ratio", "costliest", "gflops"}``."""
+    flops = step_flops(out, cfg, spec, variants, scale)
+    base = flops[BASELINE]
+    rivals = {a.name: flops[a.name] / base for a in spec.arms
+              if a.name != BASELINE and not a.control and a.name in flops}
+    costliest = max(rivals, key=rivals.get) if rivals else BASELINE
+    ratio = rivals.get(costliest, 1.0)
+    t = cfg.train
+    iters = max(t.iters, round(t.iters * ratio))
+    val_every = min(iters, max(1, round(t.val_every * iters / t.iters)))
+    return {"train": {"iters": iters, "val_every": val_every}, "ratio": ratio,
+            "costliest": costliest, "gflops": {k: v / 1e9 for k, v in flops.items()}}
+
+
+def step_flops(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+               scale: float) -> dict[str, int]:
+    """Training FLOPs per iteration of each arm (at its first seed), estimated from its config
+    with untrained networks (FLOPs do not depend on the weights); cached in ``OUT/costs.json``
+    by each arm's config."""
+    path = out / "costs.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    result, changed = {}, False
+    for arm in spec.arms:
+        if arm.matched:
+            continue
+        c = arm_config(variants[arm.ae] if arm.ae else cfg, arm, spec.seeds[0], scale)
+        key = json.dumps(to_dict(replace(c, seed=0)), sort_keys=True)
+        if arm.name not in cache or cache[arm.name]["config"] != key:
+            cache[arm.name] = {"config": key, "flops": estimate_step_flops(c)}
+            changed = True
+        result[arm.name] = cache[arm.name]["flops"]
+    if changed:
+        atomic_write_text(path, json.dumps(cache, indent=1))
+    return result
+
+
+def adopt_unscaled_folders(out: Path, stages: list[Stage]) -> list[str]:
+    """Rename the runs an earlier kaseg named without their scale (``runs/ka-s0``) to their
+    scaled name (``runs/ka-x0.3-s0``) when they were started with exactly this stage's config,
+    so a comparison made before the scale was in the names resumes and is not retrained."""
+    adopted = []
+    for s in stages:
+        if s.arm is None or "-x" not in s.name:
+            continue
+        new, old = s.folder(out), (s.root or out) / "runs" / f"{s.arm}-s{s.seed}"
+        if not new.exists() and (old / "config.yaml").exists() and not config_changes(
+                old, to_dict(s.cfg)):
+            old.rename(new)
+            adopted.append(s.name)
+    return adopted
+
+
+def check_arms(cfg: Config, spec: CompareSpec) -> None:
+    """Every arm built into a full config and checked before anything trains."""
+    for arm in spec.arms:
+        check_losses_fit(arm_config(cfg, arm, spec.seeds[0]), f"arm '{arm.name}'")
+
+
+def all_stages(out: Path, cfg: Config, spec: CompareSpec):
+    """-> (shared + tuning stages, arm stages or None while tuning is unfinished, scale,
+    tuning scores, the arms' config)."""
+    check_config(cfg, "compare")
+    shared, armed, variants = shared_stages(out, cfg, spec)
+    check_arms(armed, spec)
+    tuning = tuning_stages(armed, spec)
+    scale, scores = chosen_scale(out, spec, tuning)
+    own = {name: k for name, (k, _) in arm_scales(out, spec, tuning).items()}
+    ready = scale is not None and None not in own.values()
+    arms = arm_stages(armed, spec, variants, scale, out, own) if ready else None
+    if arms:
+        adopt_unscaled_folders(out, arms)
+    return shared + tuning, arms, scale, scores, armed
+
+
+def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: str = "compare",
+        lockstep: bool = True, retry_failed: bool = False):
+    """Every stage in order (finished ones are skipped, diverged ones too unless
+    ``retry_failed``); the runs of one seed in lockstep (``lockstep=False``: one after another;
+    the results are the same, bit for bit); -> (arm stages, scale, tuning scores, the arms'
+    config)."""
+    first, _, _, _, _ = all_stages(out, cfg, spec)
+    total = len(first) + len(spec.arms) * len(spec.seeds)
+    bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+    try:
+        for group in lockstep_groups(first):
+            run_group(out, group, force, lockstep, bar, retry_failed)
+        _, arms, scale, scores, armed = all_stages(out, cfg, spec)
+        for group in lockstep_groups(arms):
+            run_group(out, group, force, lockstep, bar, retry_failed)
+    finally:
+        bar.close()
+    return arms, scale, scores, armed
+
+
+def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> list[str]:
+    """``OUT/plan.txt``: one command per unfinished run, each on a config written to
+    ``OUT/configs``; phases in order (the lines within a phase are independent, except the
+    shared stages, which run in order). Each phase's lines also go to ``OUT/plan-PHASE.txt``."""
+    first, arms, scale, _, _ = all_stages(out, cfg, spec)
+    lines, cfg_dir = [], out / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("plan-*.txt"):  # a phase with nothing left to do has no file
+        old.unlink()
+    phases = [("shared", "shared stages, in this order"),
+              ("tuning", "tuning runs (independent of each other)"),
+              ("arms", "arms x seeds (independent of each other)")]
+    stages = first + (arms or [])
+    for phase, title in phases:
+        todo = [s for s in stages if s.phase == phase and not s.done(out)
+                and not s.failure(out)]  # a diverged run is retried only when asked
+        if not todo:
+            continue
+        lines.append(f"# {title}")
+        phase_lines = []
+        for s in todo:
+            path = cfg_dir / (s.name.replace("/", "__") + ".yaml")
+            atomic_write_text(path, yaml.safe_dump(to_dict(s.cfg), sort_keys=False))
+            phase_lines.append(f"{prefix} {s.command} --config {path} --out {s.folder(out)}")
+        lines += phase_lines
+        atomic_write_text(out / f"plan-{phase}.txt", "\n".join(phase_lines) + "\n")
+    diverged = [s.name for s in stages if s.failure(out)]
+    if diverged:
+        lines.append("# diverged, not listed (kaseg compare ... --retry-failed retries them): " +
+                     " ".join(diverged))
+    if arms is None:
+        lines.append("# then run the same `kaseg compare ... --plan` again: the arms' lines "
+                     "need the weight scales the tuning runs choose")
+    atomic_write_text(out / "plan.txt", "\n".join(lines) + "\n")
+    return lines
+
+
+SECTION_KEYS = ("arms", "seeds", "tune_seeds", "weight_scales", "controls", "init_iters",
+                "slurm")
+
+
+def spec_from(section: dict, source: str = "compare", arms: list[str] | None = None,
+              seeds: int | None = None, tune_seeds: list[int] | None = None,
+              weight_scales: list[float] | None = None, controls: bool = False,
+              init_iters: int | None = None) -> CompareSpec:
+    """A :class:`CompareSpec` from a config's ``compare:`` section, command-line values first."""
+
+    bad = sorted(set(section) - set(SECTION_KEYS))
+    if bad:
+        raise KasegError(f"{source}: compare: unknown key(s) {bad}; known: "
+                         f"{', '.join(SECTION_KEYS)}")
+    declared = section.get("arms")
+    defined: dict = {}
+    if isinstance(declared, dict):
+        defined = {name: arm_from_yaml(name, spec, source) for name, spec in declared.items()}
+        order = list(declared)
+    elif isinstance(declared, list):
+        order = [str(a) for a in declared]
+    elif declared is None:
+        order = list(DEFAULT_ARMS)
+    else:
+        raise KasegError(f"{source}: compare.arms must be a list of names or a mapping")
+    if arms:
+        order = list(arms)
+    order = expand_groups(order)  # a group name (e.g. "field") stands for its arms
+    if controls or section.get("controls"):
+        order += [a for a in CONTROL_ARMS if a not in order]
+    if BASELINE not in order:
+        order.insert(0, BASELINE)
+    chosen = [defined[n] if n in defined else get_arm(n, source) for n in order]
+    n_seeds = seeds if seeds is not None else section.get("seeds", 5)
+    seed_list = list(range(n_seeds)) if isinstance(n_seeds, int) else [int(s) for s in n_seeds]
+    kw = {}
+    if tune_seeds is not None or "tune_seeds" in section:
+        kw["tune_seeds"] = [int(s) for s in (tune_seeds if tune_seeds is not None
+                                             else section["tune_seeds"])]
+    if weight_scales is not None or "weight_scales" in section:
+        kw["weight_scales"] = [float(k) for k in (weight_scales if weight_scales is not None
+                                                  else section["weight_scales"])]
+    init = init_iters if init_iters is not None else section.get("init_iters", 0)
+    try:
+        kw["slurm"] = from_dict(SlurmConfig, section.get("slurm") or {}, source,
+                                "compare.slurm.")
+        return CompareSpec(chosen, seed_list, init_iters=int(init), **kw)
+    except (TypeError, ValueError) as e:
+        raise KasegError(f"{source}: compare: {e}") from None

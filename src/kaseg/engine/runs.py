@@ -1,0 +1,129 @@
+"""Run folders: what a run records, and how a folder becomes ready for a run (new, resumed or
+restarted). Every stage writes its results through these helpers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ..core.files import atomic_write_text
+from ..core.config import Config, diff_configs, to_dict
+from .experiment import upgrade_config
+from ..data import build_dataset
+from ..core.distributed import barrier, is_main
+from ..core.errors import KasegError
+
+
+def build_data(cfg: Config):
+    """(train set with augmentation, val set) - built first, so bad data fails before any write."""
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    return train_set, val_set
+
+
+def dataset_meta(dataset, num_classes: int | None = None) -> dict:
+    """What a checkpoint records about its classes, so it can be used without the dataset (a
+    user's own dataset without ``class_names``/``palette`` gets numbered names and VOC colours)."""
+    from ..data.io import default_palette
+
+    n = num_classes or len(getattr(dataset, "class_names", ()))
+    names = getattr(dataset, "class_names", None) or [f"class_{i}" for i in range(n)]
+    meta = {"class_names": list(names),
+            "palette": [list(c) for c in (getattr(dataset, "palette", None)
+                                          or default_palette(len(names)))],
+            "flip_pairs": [list(p) for p in getattr(dataset, "flip_pairs", ())]}
+    tf = getattr(dataset, "transform", None)
+    if hasattr(tf, "mean") and hasattr(tf, "std"):  # the input normalisation, for `kaseg predict`
+        meta.update(mean=list(tf.mean), std=list(tf.std))
+    return meta
+
+
+def write_result(run: Path, summary: dict, model_name: str) -> dict:
+    """``RUN/metrics.json``: the best validation of a segmentation run (what ``kaseg eval`` of its
+    best weights reproduces)."""
+    result = {"best_miou": summary["best"], "best_iter": summary["best_iter"],
+              "iters": summary["iters"], "model": model_name, "val": summary["best_metrics"]}
+    atomic_write_text(run / "metrics.json", json.dumps(result, indent=2))
+    return result
+
+
+# settings that change how a run is executed, not what it computes: a run may resume with others
+# (augmentation is seeded per sample, so the number of loader workers does not change results)
+RUNTIME_KEYS = {"data.num_workers", "train.device", "train.log_every"}
+
+RUN_ARTEFACTS = ("checkpoint.pt", "best.safetensors", "best.json", "last.safetensors", "last.json",
+                 "history.jsonl", "metrics.json", "failed.json", "cost.json", "tb")
+
+
+# config keys that hold a mapping of the user's own entries (terms), never filled key by key
+MAPPINGS = frozenset({"losses"})
+
+# keys whose default changed when they were added: a run written before them ran like this
+LEGACY = {"ae": {"min_iters": 0}}
+
+
+def with_defaults(old: dict, defaults: dict) -> dict:
+    """``old`` with every key it lacks taken from ``defaults`` (recursively): a run written
+    before a config key existed ran with that key's default."""
+    out = dict(old)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif key in MAPPINGS:  # a mapping of user entries, not a section: kept as it is
+            continue
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
+def config_changes(run: Path, config: dict) -> list[str]:
+    """The keys (runtime settings aside) in which ``config`` differs from the one ``run`` was
+    started with; [] when they agree or the folder records none."""
+    cfg_path = Path(run) / "config.yaml"
+    if not cfg_path.exists():
+        return []
+    old = upgrade_config(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
+    if "api" not in config:  # keys added since the run started mean what they meant then
+        old = upgrade_config(with_defaults(with_defaults(old, LEGACY), to_dict(Config())))
+    new = upgrade_config(config)
+    return [k for k in diff_configs(old, new) if k not in RUNTIME_KEYS]
+
+
+def prepare_run(run: Path, config: dict, force: bool = False) -> None:
+    """Make ``run`` ready for this config: new, resumable (same config), or restarted (``force``).
+
+    Call it only after every input has been checked, so a run that fails on bad input never
+    touches what an earlier run saved.
+    """
+    cfg_path = run / "config.yaml"
+    if run.exists() and not run.is_dir():
+        raise KasegError(f"{run}: exists and is not a folder")
+    if run.is_dir() and any(run.iterdir()) and not cfg_path.exists() and not force:
+        raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
+    if cfg_path.exists() and not force:
+        changed = config_changes(run, config)
+        if changed:
+            raise KasegError(
+                f"{run}: was started with a different config ({', '.join(changed[:5])}); "
+                f"use --force to start over or choose another --out"
+            )
+    # the checks above run everywhere (same answer); every rank has made them before rank 0
+    # writes anything, or another rank could see a half-made folder (a temporary file, no
+    # config.yaml yet) and refuse it
+    barrier()
+    if not is_main():  # rank 0 alone writes
+        barrier()
+        return
+    if force:
+        for name in RUN_ARTEFACTS:
+            p = run / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=False))
+    barrier()

@@ -1,0 +1,102 @@
+"""The package's shape: subpackages in layers, every import (lazy ones counted) running down the
+layers, no import circle between modules, and the paths of release 0.1.0 still importable."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "kaseg"
+# top to bottom: a module may import its own layer's and any lower layer's modules
+LAYERS = [["cli", "api", "__main__"], ["presets"], ["compare"], ["engine"], ["losses"], ["nets"],
+          ["data"], ["core", "__init__"]]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The kaseg modules ``name`` imports anywhere in its file (inside functions too)."""
+    package = name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)]
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            for alias in node.names:  # `from . import x` may name a module
+                sub = f"{target}.{alias.name}" if target else alias.name
+                found.add(sub if sub in known else (target or "__init__"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kaseg"):
+            found.add(node.module[len("kaseg."):] if node.module != "kaseg" else "__init__")
+    return {m if m in known else f"{m}.__init__" for m in found if m and m != name}
+
+
+def _layer(name: str) -> int:
+    head = name.split(".")[0]
+    return next(i for i, layer in enumerate(LAYERS) if head in layer)
+
+
+def test_the_top_of_the_package_is_a_few_subpackages_and_the_entry_points():
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
+    assert entries == ["__init__.py", "__main__.py", "api.py", "cli.py", "compare", "core",
+                       "data", "engine", "losses", "nets", "presets", "py.typed"]
+
+
+def test_every_import_runs_down_the_layers_and_none_makes_a_circle():
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    upward = [(a, b) for a, deps in graph.items() for b in deps
+              if b in modules and _layer(b) < _layer(a)]
+    assert not upward, f"imports that run up the layers: {upward}"
+    # no circle: a depth-first walk finds no module on its own path
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                raise AssertionError(f"import circle: {' -> '.join(path + [node, dep])}")
+            if dep not in state:
+                visit(dep, path + [node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+@pytest.mark.parametrize("old,new", [("kaseg.config", "kaseg.core.config"),
+                                     ("kaseg.models", "kaseg.nets.models"),
+                                     ("kaseg.kd_losses", "kaseg.losses.registry"),
+                                     ("kaseg.stages", "kaseg.engine.stages")])
+def test_an_old_import_path_still_works_with_a_deprecation_warning(old, new):
+    code = (f"import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+            f"import importlib, {new} as now\n"
+            f"try:\n    importlib.import_module('{old}')\n"
+            f"except DeprecationWarning as w:\n    print('warned:', w)\n"
+            f"warnings.simplefilter('ignore')\n"
+            f"old = importlib.import_module('{old}')\n"
+            f"assert old is now and now.__spec__.name == '{new}', (old, now.__spec__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"warned: {old} moved to {new}; the old path goes in the next release" in out.stdout
+
+
+def test_no_function_is_longer_than_50_lines():
+    """A function a newcomer reads in one screen: over 50 lines, split it (data tables are
+    module-level constants, not functions)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 50:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines})")
+    assert not long, long
