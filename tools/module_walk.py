@@ -2,8 +2,9 @@
 
 Runs ``kaseg distill`` on a tiny built-in config (teacher and autoencoder trained first, not
 counted) and records, from reading the config to the first training step, the kaseg module of
-every function called (a profile hook). Consecutive calls in one module are one visit; a visit to
-a module already visited and left is a re-entry. Prints the re-entries per module and in total,
+every function called with the config or one of its sections among its arguments (a profile
+hook): the path the config takes. Consecutive calls in one module are one visit; a visit to a
+module already visited and left is a re-entry. Prints the re-entries per module and in total,
 and the walk itself with --walk.
 
     python tools/module_walk.py [--walk]
@@ -38,11 +39,23 @@ def walk(out: Path) -> list[str]:
                  f"teacher.weights={out / 't'}"]) == 0
     visits: list[str] = []
 
+    from dataclasses import fields, is_dataclass
+
+    from kaseg.core.config import Config
+
+    sections = (Config, *(type(f.default_factory()) for f in fields(Config)
+                          if f.default_factory is not None and is_dataclass(f.default_factory)))
+
     def hook(frame, event, arg):
         if event != "call":
             return
         name = frame.f_globals.get("__name__", "")
-        if name.startswith("kaseg.") and (not visits or visits[-1] != name):
+        if not name.startswith("kaseg."):
+            return
+        code = frame.f_code
+        args = [frame.f_locals.get(v) for v in code.co_varnames[:code.co_argcount +
+                                                                code.co_kwonlyargcount]]
+        if any(isinstance(a, sections) for a in args) and (not visits or visits[-1] != name):
             visits.append(name)
 
     def stop(*args, **kwargs):
