@@ -100,7 +100,7 @@ def test_warmup_ramps_every_distillation_weight():
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     for it, scale in [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 1.0)]:
         out = task(x, y)
-        assert int(task.step) == it and out["distill_scale"].item() == scale
+        assert int(task.step) == it and out["warmup_factor"].item() == scale
         total = out["ce"] + scale * (50 * out["adapt"] + 10 * out["affinity"] + out["kd"])
         torch.testing.assert_close(out["loss"], total)
     task.eval()(x, y)  # evaluation does not move the schedule

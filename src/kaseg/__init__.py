@@ -53,7 +53,7 @@ MOVED = {
     "compare_report": "compare.report",
     "cluster": "compare.cluster",
     "demo": "presets.demo",
-    "fewlabels": "presets.fewlabels",
+    "fewlabels": "presets.limited_labels",
     "study": "presets.study",
 }
 

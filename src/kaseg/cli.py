@@ -68,7 +68,7 @@ def _cmd_demo(args) -> int:
                          "CE, pseudo-labels, KD and the method, with and without the unlabelled "
                          "images); run them separately")
     if args.limited_labels:
-        from .presets.fewlabels import run_limited_labels
+        from .presets.limited_labels import run_limited_labels
 
         run_limited_labels(args.out, args.quick, args.seeds, args.device, args.force,
                            not args.no_lockstep, args.retry_failed)

@@ -53,14 +53,20 @@ log = logging.getLogger(__name__)
 TUNE_ARM = "ka"
 
 
+# the comparison's defaults: where everything that names them reads them
+SEEDS = 5  # paired seeds 0..N-1, the reported ones
+TUNE_SEEDS = (100, 101)  # the tuning seeds: weights are chosen here, never reported
+WEIGHT_SCALES = (0.3, 1.0, 3.0)  # x each tuned weight (the method's, and a tuned arm's own)
+
+
 @dataclass
 class CompareSpec:
     """What a comparison runs besides the config: arms, seeds, tuning and the shared start."""
 
     arms: list[Arm]
-    seeds: list[int] = field(default_factory=lambda: list(range(5)))
-    tune_seeds: list[int] = field(default_factory=lambda: [100, 101])
-    weight_scales: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
+    seeds: list[int] = field(default_factory=lambda: list(range(SEEDS)))
+    tune_seeds: list[int] = field(default_factory=lambda: list(TUNE_SEEDS))
+    weight_scales: list[float] = field(default_factory=lambda: list(WEIGHT_SCALES))
     init_iters: int = 0  # > 0: a shared CE-trained start for every arm
     init_seed: int = 10_000  # its own seed, never one of the reported ones
     init_data_seed: int | None = None  # synthetic scenes only: train the start on other scenes

@@ -19,7 +19,7 @@ from torch import nn
 from ..core.config import DistillConfig
 from ..losses.registry import LOSSES, Outputs, build_loss_module, resolve_losses
 from ..core.labels import IGNORE_INDEX
-from ..losses.method import autoencoder_loss, check_distill_options
+from ..losses.method import FeatureAutoencoder, autoencoder_loss, check_distill_options
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class DistillTask(nn.Module):
         return {name: (weight, f"distill.losses.{name}.weight")
                 for name, (weight, _) in self.terms.items()}
 
-    def distill_scale(self) -> float:
+    def warmup_factor(self) -> float:
         """The warm-up factor of every distillation weight at this step: ``min(1, step / N)``,
         the step counted from 1 (the first step already distils a little)."""
         n = self.config.warmup_iters
@@ -264,7 +264,7 @@ class DistillTask(nn.Module):
         two mixed by ``distill.unlabeled_weight``."""
         if self.training:
             self.step += 1
-        scale, n = self.distill_scale(), images.shape[0]
+        scale, n = self.warmup_factor(), images.shape[0]
         both = images if unlabeled is None else torch.cat([images, unlabeled])
         out = self.student(both)
         ce = ce_or_zero(out["logits"][:n], targets, self.ignore_index)
@@ -292,7 +292,7 @@ class DistillTask(nn.Module):
                     share if suffix else 1.0 - share)
                 total = total + scale * weight * mix * term
         if self.config.warmup_iters > 0:
-            losses["distill_scale"] = torch.tensor(scale)
+            losses["warmup_factor"] = torch.tensor(scale)
         losses["loss"] = total
         self._log_first_steps(losses, ce)
         return losses

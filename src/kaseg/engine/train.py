@@ -36,7 +36,7 @@ UNLABELED_SEED = 104_729  # offset of the unlabelled stream's seed from the run'
 FAILED = "failed.json"  # in a run folder: the run diverged, and why (term, iteration, values)
 # entries of a task's loss dict that are diagnostics, never a term that is optimised
 DIAGNOSTIC_SUFFIXES = ("_ratio",)
-DIAGNOSTICS = {"loss", "distill_scale"}
+DIAGNOSTICS = {"loss", "warmup_factor"}
 
 
 class Diverged(KasegError):

@@ -378,7 +378,7 @@ def build_loss_module(name: str, student_channels: int, teacher_channels: int, n
 
 # names the distillation task gives its own logged entries: a loss may not take them (it would
 # overwrite the entry, or swallow its config keys)
-RESERVED_NAMES = frozenset({"loss", "ce", "pseudo", "distill", "distill_scale", "skipped", "lr",
+RESERVED_NAMES = frozenset({"loss", "ce", "pseudo", "distill", "warmup_factor", "skipped", "lr",
                             "iter", "weight"})
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-import kaseg.presets.fewlabels as fewlabels
+import kaseg.presets.limited_labels as limited_labels
 import kaseg.presets.recipes as presets
 from kaseg.cli import main
 from kaseg.core.config import AEConfig, Config, DataConfig, ModelConfig, TeacherConfig, TrainConfig
@@ -22,7 +22,7 @@ def tiny_config(quick=False, device="cpu"):
 
 @pytest.mark.slow
 def test_limited_labels_demo_end_to_end(tmp_path, monkeypatch, capsys, run_folder):
-    monkeypatch.setattr(fewlabels, "demo_config", tiny_config)
+    monkeypatch.setattr(limited_labels, "demo_config", tiny_config)
     monkeypatch.setattr(presets, "init_schedule", lambda quick: (2, 0.1))
     monkeypatch.setattr(presets, "LABELED_COUNT", 4)
     out = tmp_path / "d"
