@@ -6,7 +6,7 @@ and against the floor: one teacher + encoder forward and k CE-only student steps
     python benchmarks/compare_cost.py [--pairs tiny paper] [--device auto] [--runs 5]
         [--unlabeled N]
 
-``--unlabeled N``: each step also carries N unlabelled images (the few-labels regime); the
+``--unlabeled N``: each step also carries N unlabelled images (the limited-labels regime); the
 encoder then runs on the labelled and on the unlabelled half of the teacher's map, and the
 table's last columns show how many of the shared encoder's calls the memo served and the lockstep
 time with a one-entry encoder memo (kaseg before the memo held both halves: no call served).

@@ -29,7 +29,7 @@ def test_limited_labels_demo_end_to_end(tmp_path, monkeypatch, capsys, run_folde
     assert main(["demo", "--limited-labels", "--out", str(out), "--seeds", "2",
                  "--device", "cpu"]) == 0
     report = capsys.readouterr().out
-    assert "few labels, many pictures" in report and "Mean paired Δ vs CE only" in report
+    assert "limited labels, many pictures" in report and "Mean paired Δ vs CE only" in report
     runs = out / "limited-labels" / "runs"
     data = {arm: yaml.safe_load((run_folder(runs, arm, 0) / "config.yaml").read_text())["data"]
             for arm in presets.LIMITED_ARMS}

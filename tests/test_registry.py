@@ -10,9 +10,15 @@ import torch.nn.functional as F
 
 from kaseg.core.config import DistillConfig
 from kaseg.engine.experiment import load_config
-from kaseg.losses.registry import (LOSSES, FitNetRegressor, LossSpec, class_prototype_similarity,
-                             cwd_loss, dist_loss, fitnet_loss, ifvd_loss, kd_loss, kl_from_logits,
-                             skd_pairwise_loss, valid_mask)
+from kaseg.core.tensors import kl_from_logits
+from kaseg.losses.cwd import cwd_loss
+from kaseg.losses.dist import dist_loss
+from kaseg.losses.fitnet import FitNetRegressor, fitnet_loss
+from kaseg.losses.ifvd import class_prototype_similarity, ifvd_loss
+from kaseg.losses.kd import kd_loss
+from kaseg.losses.masks import valid_mask
+from kaseg.losses.registry import LOSSES, LossSpec
+from kaseg.losses.skd import skd_pairwise_loss
 from kaseg.engine.tasks import DistillTask
 from kaseg.losses.method import FeatureAutoencoder, ae_strides
 from kaseg.nets.models import build_model
@@ -336,7 +342,7 @@ def _padded_side(side: int, divisor: int, stride: int) -> int:
 def test_labels_sit_on_the_map_grid_by_its_geometry(side, stride, divisor):
     """An impulse at pixel (j*s, k*s) lands on map position (j, k); positions whose pixel lies in
     the padding are ignore, however the sides round."""
-    from kaseg.losses.registry import labels_at
+    from kaseg.losses.masks import labels_at
     h = _padded_side(side, divisor, stride)
     j = k = (side - 1) // stride  # the last position whose first pixel is inside the image
     y = torch.full((1, side, side), IGN)

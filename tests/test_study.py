@@ -52,7 +52,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch, capsys, run_fol
     assert "init" not in {r["arm"] for r in b["records"]}  # from scratch
     # the plateau autoencoder stopped by itself and its error is reported
     assert a["ae"]["plateau"]["iters"] <= 4 and a["ae"]["default"]["rel_error"] > 0
-    # few labels: the students keep 4 labelled scenes, the rest is unlabelled (where a term can
+    # limited labels: the students keep 4 labelled scenes, the rest is unlabelled (where a term can
     # use it); the upper bound keeps all
     import yaml
     ka = yaml.safe_load((run_folder(out / "few" / "runs", "ka", 0) / "config.yaml").read_text())["data"]
@@ -88,14 +88,14 @@ def _row(arm, values, diff=None):
     return row
 
 
-def test_the_schedule_ladders_table_and_which_scale_a_rung_reuses(tmp_path, monkeypatch):
+def test_the_schedule_ladders_table_and_which_scale_a_regime_reuses(tmp_path, monkeypatch):
     results = [
         {"name": "p150", "iters": 150, "ladder": "pretrained",
          "rows": [_row("baseline", [35.0, 36.0]), _row("ka", [35.5, 36.1], (0.3, -0.1, 0.7, 2))]},
         {"name": "p600", "iters": 600, "ladder": "pretrained",
          "rows": [_row("baseline", [38.0, 38.0]), _row("ka", [38.5, 38.9], (0.7, 0.2, 1.2, 2)),
                   _row("kd_t2", [40.0, 40.0], (2.0, 1.5, 2.5, 2))]},
-        {"name": "few150", "iters": 150, "ladder": "few labels", "rows": []},  # one rung: none
+        {"name": "lim150", "iters": 150, "ladder": "limited labels", "rows": []},  # one: none
         {"name": "other", "iters": 2400, "ladder": None, "rows": []},
     ]
     ladders = study.schedule_ladders(results)
@@ -108,7 +108,7 @@ def test_the_schedule_ladders_table_and_which_scale_a_rung_reuses(tmp_path, monk
                                                    "+0.70 [+0.20, +1.20] (n=2) |")
     assert rows[study.LABELS_STUDY["kd_t2"]].endswith("|  | +2.00 [+1.50, +2.50] (n=2) |")
     assert not any("differ" in ln for ln in table)  # no provenance given: no claim
-    # rungs measured on other machines (or from other starts) say so under their table
+    # a ladder's regimes measured on other machines (or from other starts) say so under their table
     same = {"machine": "CPU (A)", "code": "commit x", "teacher": 64.4, "init": 37.5}
     prov = {"pretrained": {150: same, 600: dict(same)}}
     assert not any("differ" in ln for ln in study.schedule_table(ladders, prov))
@@ -119,11 +119,11 @@ def test_the_schedule_ladders_table_and_which_scale_a_rung_reuses(tmp_path, monk
     recs = [dict(results[0], machine="CPU (A)", code="commit x",
                  records=[{"arm": "teacher", "miou": 0.644}, {"arm": "init", "miou": 0.375},
                           {"arm": "ka", "miou": 0.1}])]
-    assert study.rung_provenance(recs) == {"pretrained": {150: same}}
+    assert study.ladder_provenance(recs) == {"pretrained": {150: same}}
     study.schedule_plot(tmp_path / "s.png", ladders, study.LABELS_STUDY)
     assert (tmp_path / "s.png").stat().st_size > 1000
 
-    # a rung reuses the scale of the regime it names (tuned_in), else the first regime's
+    # a regime reuses the scale of the regime it names (tuned_in), else the first regime's
     monkeypatch.setattr(study, "REGIMES", [study.Regime("first"), study.Regime("few"),
                                            study.Regime("few-600", tuned_in="few"),
                                            study.Regime("long", optional=True)])
@@ -154,7 +154,7 @@ def test_reuse_seeds_the_regimes_this_run_does_not_run_and_refuses_bad_files(tmp
     assert json.loads((out / "first" / "regime.json").read_text())["weight_scale"] == 0.3
     assert json.loads((out / "long" / "regime.json").read_text())["weight_scale"] == 1  # kept
     assert not (out / "longer").exists()
-    # the rung that runs takes its scale from the reused first regime
+    # the regime that runs takes its scale from the reused first regime
     assert study.reference_scale(out, [], chosen[0]) == (0.3, {})
     assert study.reuse_records(out, earlier, chosen) == []  # a second time: nothing new
     for text, why in (("{", "not a readable study.json"), ('{"name": "first"}', "not a study.json"),
@@ -166,16 +166,16 @@ def test_reuse_seeds_the_regimes_this_run_does_not_run_and_refuses_bad_files(tmp
         study.reuse_records(out, tmp_path / "missing.json", chosen)
 
 
-def test_long_rungs_checkpoint_midway_and_short_ones_only_at_the_end(tmp_path):
+def test_long_regimes_checkpoint_midway_and_short_ones_only_at_the_end(tmp_path):
     """A killed 2400-iteration run resumes from its last checkpoint, not from iteration 0; the
-    150/600 rungs keep the schedule their published numbers were measured with."""
+    150/600 regimes keep the schedule their published numbers were measured with."""
     every = {r.iters: study.regime_spec(tmp_path, r, [0], [0.3]).arms_train["val_every"]
              for r in study.REGIMES if r.ladder == "pretrained"}
     assert every == {150: 150, 600: 600, 2400: 600, 9600: 600}
 
 
-def test_retune_makes_a_reusing_rung_choose_its_own_scale(tmp_path, monkeypatch):
-    """--retune: the rung tunes over every scale (here it runs nothing: the spec is captured)."""
+def test_retune_makes_a_reusing_regime_choose_its_own_scale(tmp_path, monkeypatch):
+    """--retune: the regime tunes over every scale (here it runs nothing: the spec is captured)."""
     seen = {}
 
     def fake_run(rdir, cfg, spec, force, desc, lockstep, retry_failed=False):
@@ -183,10 +183,10 @@ def test_retune_makes_a_reusing_rung_choose_its_own_scale(tmp_path, monkeypatch)
         raise RuntimeError("stop")
 
     monkeypatch.setattr(study, "run", fake_run)
-    rung = study._rung(2400)
+    regime = study._on_ladder(2400)
     for retune, scales in ((False, [0.3]), (True, list(study.WEIGHT_SCALES))):
         with pytest.raises(RuntimeError, match="stop"):
-            study.run_regime(tmp_path, rung, [0], "cpu", False, (0.3, {}), retune=retune,
+            study.run_regime(tmp_path, regime, [0], "cpu", False, (0.3, {}), retune=retune,
                              cfg=study.base_config(96, "cpu"))
         assert seen["scales"] == scales
     with pytest.raises(study.KasegError, match=r"--retune 96px-pretrained-600: not among"):
@@ -194,8 +194,8 @@ def test_retune_makes_a_reusing_rung_choose_its_own_scale(tmp_path, monkeypatch)
                         retune=["96px-pretrained-600"])
 
 
-def test_a_rung_whose_tuning_regime_has_no_results_is_an_error_naming_it(tmp_path, monkeypatch):
-    """No silent stand-in: a rung that reuses the scale of a regime with no results here says
+def test_a_regime_whose_tuning_regime_has_no_results_is_an_error_naming_it(tmp_path, monkeypatch):
+    """No silent stand-in: a regime that reuses the scale of a regime with no results here says
     which regime to run first, however many other regimes have results."""
     monkeypatch.setattr(study, "REGIMES", [study.Regime("first"), study.Regime("few"),
                                            study.Regime("few-600", tune=False, tuned_in="few"),
@@ -215,3 +215,34 @@ def test_a_rung_whose_tuning_regime_has_no_results_is_an_error_naming_it(tmp_pat
         study.reference_scale(tmp_path, [], study.REGIMES[3])
     # a regime that tunes, or is re-tuned, reuses nothing: no error
     assert study.reference_scale(tmp_path, [], study.REGIMES[1]) is None
+
+
+def test_a_regime_of_the_previous_release_is_found_under_its_new_name(tmp_path, caplog):
+    """0.1.0's ``96px-few-labels*`` regimes are ``96px-limited-labels*``: the old name is taken
+    by --regimes (with a warning), an old regime folder is renamed (never over a new one) and
+    its record, like those of a reused study.json, reads under the new names."""
+    assert [r.name for r in study.chosen_regimes(["96px-few-labels-600"])] == [
+        "96px-limited-labels-600"]
+    assert "regime 96px-few-labels-600 is now called 96px-limited-labels-600" in caplog.text
+    record = {"name": "96px-few-labels", "ladder": "few labels", "weight_scale": 0.3,
+              "iters": 150, "rows": [], "records": []}
+    old = tmp_path / "out" / "96px-few-labels"
+    (old / "runs" / "ka-s0").mkdir(parents=True)
+    (old / "regime.json").write_text(json.dumps(record))
+    (tmp_path / "out" / "96px-few-labels-600").mkdir()  # both names: the new one is kept
+    (tmp_path / "out" / "96px-limited-labels-600").mkdir()
+    assert study.upgrade_folders(tmp_path / "out") == ["96px-limited-labels"]
+    assert not old.exists() and (tmp_path / "out" / "96px-limited-labels" / "runs" / "ka-s0").is_dir()
+    assert (tmp_path / "out" / "96px-few-labels-600").is_dir()
+    assert study.upgrade_folders(tmp_path / "out") == []
+    known = study.known_results(tmp_path / "out", [])
+    assert [(r["name"], r["ladder"]) for r in known] == [("96px-limited-labels", "limited labels")]
+    later = study.chosen_regimes(["96px-limited-labels-600"])[0]
+    assert study.reference_scale(tmp_path / "out", [], later) == (0.3, {})
+    # a study.json of the previous release lends its regimes under the new names
+    (tmp_path / "old.json").write_text(json.dumps([dict(record, name="96px-few-labels-2400")]))
+    assert study.reuse_records(tmp_path / "elsewhere", tmp_path / "old.json", []) == [
+        "96px-limited-labels-2400"]
+    moved = json.loads((tmp_path / "elsewhere" / "96px-limited-labels-2400" / "regime.json")
+                       .read_text())
+    assert (moved["name"], moved["ladder"]) == ("96px-limited-labels-2400", "limited labels")

@@ -102,7 +102,7 @@ def test_train_segmenter_writes_a_complete_run(tmp_path):
 
 def test_validating_midway_changes_no_weight(tmp_path):
     """Checkpoints (and validations) may be added to a long run without moving its numbers: the
-    study's long rungs rely on it."""
+    study's long regimes rely on it."""
     from safetensors.torch import load_file
 
     end, midway = tmp_path / "end", tmp_path / "midway"
@@ -369,9 +369,9 @@ def test_validation_draws_nothing_from_the_global_rng(tmp_path):
 
 
 def test_a_fresh_job_after_a_resumed_one_starts_from_the_callers_rng(tmp_path):
-    """Job.rng=None means the caller's RNG state, whatever the job before it resumed to: a
+    """TrainingRun.rng=None means the caller's RNG state, whatever the job before it resumed to: a
     fresh dropout job beside a resumed one ends as it does alone."""
-    from kaseg.engine.train import Job, fit_lockstep, rng_state, set_rng_state
+    from kaseg.engine.train import TrainingRun, fit_lockstep, rng_state, set_rng_state
 
     ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
     cfg = tiny_config(**{"train.val_every": 3}).train
@@ -384,7 +384,7 @@ def test_a_fresh_job_after_a_resumed_one_starts_from_the_callers_rng(tmp_path):
     caller = rng_state()
     fit(SegmentationTask(alone), ds, cfg, tmp_path / "alone", seed=0, **ok)
     set_rng_state(caller)
-    jobs = [Job(resumed, tmp_path / "a", **ok), Job(SegmentationTask(fresh), tmp_path / "b", **ok)]
+    jobs = [TrainingRun(resumed, tmp_path / "a", **ok), TrainingRun(SegmentationTask(fresh), tmp_path / "b", **ok)]
     fit_lockstep(jobs, ds, cfg, seed=0)
     assert jobs[0].progress.iter == 6
     assert _same(_weights_of(fresh), _weights_of(alone))
@@ -423,7 +423,7 @@ def test_a_weight_that_overflows_is_named_with_its_term_not_a_diagnostic(tmp_pat
 
 
 def test_a_diverging_job_stops_alone_and_the_others_finish_as_they_would_alone(tmp_path):
-    from kaseg.engine.train import Job, fit_lockstep
+    from kaseg.engine.train import TrainingRun, fit_lockstep
 
     ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
     cfg = tiny_config(**{"train.val_every": 3}).train
@@ -435,7 +435,7 @@ def test_a_diverging_job_stops_alone_and_the_others_finish_as_they_would_alone(t
     healthy = build_model("tiny-student", 8)
     torch.manual_seed(0)
     bad = _Overflowing(build_model("tiny-student", 8), at=5)
-    jobs = [Job(bad, tmp_path / "bad", **ok), Job(SegmentationTask(healthy), tmp_path / "ok",
+    jobs = [TrainingRun(bad, tmp_path / "bad", **ok), TrainingRun(SegmentationTask(healthy), tmp_path / "ok",
                                                   **ok)]
     summaries = fit_lockstep(jobs, ds, cfg, seed=0)
     assert summaries[0]["failed"]["iter"] == 5 and summaries[0]["iters"] == 4

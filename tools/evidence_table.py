@@ -1,5 +1,5 @@
 """The README's evidence table, generated from the committed results (never typed by hand): each
-regime (a rung of `kaseg study`, or a `kaseg compare` of a folder set) x KD, the method, the
+regime (one of `kaseg study`, or a `kaseg compare` of a folder set) x KD, the method, the
 method + KD, the untrained-encoder control and CE only trained for the same FLOPs: the paired
 difference to CE only (mIoU points) with its 95% interval, bold where the interval lies above 0.
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY = "docs/results/study_field.json"  # every rung of the study, each with its commit
+STUDY = "docs/results/study_field.json"  # every regime of the study, each with its commit
 COMPARISONS = {"folder set (112 images), field methods tuned": "docs/results/field_folder_results.json"}
 COLUMNS = [("kd_t2", "KD"), ("ka", "the method"), ("ka_kd", "the method + KD"),
            ("ctrl_random_ae", "control: untrained encoder"), ("ce_matched", "CE, same FLOPs")]
@@ -34,7 +34,7 @@ def cell(row: dict | None) -> str:
 
 
 def regime_label(reg: dict) -> str:
-    """What a study rung trains, in words."""
+    """What a study regime trains, in words."""
     start = "64 labels + 960 unlabelled" if reg.get("labeled_count") else (
         "CE-pretrained start" if reg.get("pretrained") else "from scratch")
     field = ", the field's methods" if reg["name"].endswith("-field") else ""
@@ -44,7 +44,9 @@ def regime_label(reg: dict) -> str:
 def table_rows(root: Path = ROOT) -> list[tuple[str, str, int, dict]]:
     """(regime, source and commit, seeds, {arm: row}) per regime, in the study's order."""
     out = []
-    for reg in json.loads((root / STUDY).read_text()):
+    from kaseg.presets.study import upgrade_record  # the regimes under today's names
+
+    for reg in map(upgrade_record, json.loads((root / STUDY).read_text())):
         rows = {r["arm"]: r for r in reg["rows"]}
         n = max((r["diff"]["n"] for r in reg["rows"] if "diff" in r), default=0)
         out.append((regime_label(reg), f"`{reg['name']}`, {reg['code']}", n, rows))

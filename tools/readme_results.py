@@ -7,7 +7,7 @@ commit, which each report states in its first lines).
 
 Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
 ``kaseg demo --limited-labels``), ``study`` (STUDY/study.md), ``ladder`` (LADDER/study.md, a
-``kaseg study --regimes ...`` of the schedule ladders' rungs), ``compare`` (COMPARE/report.md,
+``kaseg study --regimes ...`` of the schedule ladders' regimes), ``compare`` (COMPARE/report.md,
 from ``kaseg compare --config configs/compare_folder.yaml``) and ``field`` (FIELD/report.md, the
 same with ``--arms field --controls``).
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--demo", default="demo_out")
     ap.add_argument("--study", default="study_out")
     ap.add_argument("--ladder", default="study_ladder",
-                    help="a `kaseg study` folder of the schedule ladders' rungs")
+                    help="a `kaseg study` folder of the schedule ladders' regimes")
     ap.add_argument("--compare", default="cmp_folder",
                     help="a `kaseg compare` folder (configs/compare_folder.yaml's)")
     ap.add_argument("--field", default="cmp_folder_field",

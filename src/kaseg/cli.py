@@ -10,6 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .core.config import COMPARE_SEEDS, QUICK_SEEDS, TUNE_SEEDS, WEIGHT_SCALES
 from .core.errors import KasegError
 
 log = logging.getLogger("kaseg")
@@ -263,6 +264,11 @@ def _args_run(t) -> None:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
 
 
+def _words(values) -> str:
+    """Defaults as a user types them: ``0.3 1 3``."""
+    return " ".join(f"{v:g}" for v in values)
+
+
 def _lockstep_flag(p) -> None:
     """The flags every comparison command shares: lockstep, and what a re-run retries."""
     p.add_argument("--no-lockstep", action="store_true",
@@ -275,8 +281,10 @@ def _lockstep_flag(p) -> None:
 
 def _args_demo(d) -> None:
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--quick", action="store_true", help="2 seeds, short schedules (~4 min on CPU)")
-    d.add_argument("--seeds", type=int, help="paired seeds; default: 5 (2 with --quick)")
+    d.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_SEEDS} seeds, short schedules (~4 min on CPU)")
+    d.add_argument("--seeds", type=int,
+                   help=f"paired seeds; default: {COMPARE_SEEDS} ({QUICK_SEEDS} with --quick)")
     d.add_argument("--device", default="auto")
     d.add_argument("--force", action="store_true",
                    help="restart every tuning and arm run (the shared teacher, autoencoder and "
@@ -287,7 +295,7 @@ def _args_demo(d) -> None:
                         "paper-literal reductions and the two negative controls (default: CE "
                         "only, KD T = 2, the method, the method + KD)")
     d.add_argument("--limited-labels", action="store_true",
-                   help="few labels, many pictures: students with 64 labelled scenes, with and "
+                   help="limited labels, many pictures: students with 64 labelled scenes, with and "
                         "without the other 960 as unlabelled images (report in "
                         "OUT/limited-labels/report.md)")
 
@@ -297,13 +305,13 @@ def _args_compare(c) -> None:
     c.add_argument("--out", required=True, help="the comparison's folder; re-running resumes it")
     c.add_argument("--arms", nargs="+", help="arm names (default: the config's compare.arms, "
                    "else baseline kd_t2 ka ka_kd); CE only is always included")
-    c.add_argument("--seeds", type=int, help="paired seeds 0..N-1 (default 5)")
+    c.add_argument("--seeds", type=int, help=f"paired seeds 0..N-1 (default {COMPARE_SEEDS})")
     c.add_argument("--tune-seeds", type=int, nargs="+",
-                   help="seeds the method's weights are chosen on, never reported "
-                        "(default 100 101)")
+                   help="seeds the tuned weights are chosen on, never reported "
+                        f"(default {_words(TUNE_SEEDS)})")
     c.add_argument("--weight-scales", type=float, nargs="+",
-                   help="x the method's two weights, tried on the tuning seeds (default 0.3 1 3;"
-                        " one value: no tuning)")
+                   help="x each tuned weight (the method's two, a tuned arm's own), tried on the "
+                        f"tuning seeds (default {_words(WEIGHT_SCALES)}; one value: no tuning)")
     c.add_argument("--controls", action="store_true", help="add both negative controls")
     c.add_argument("--init-iters", type=int,
                    help="a shared CE-trained start of N iterations (its own seed) for every arm")
@@ -333,7 +341,8 @@ def _args_compare(c) -> None:
 def _args_study(st) -> None:
     st.add_argument("--out", default="study_out")
     st.add_argument("--device", default="auto")
-    st.add_argument("--seeds", type=int, default=5, help="paired seeds per regime (default 5)")
+    st.add_argument("--seeds", type=int, default=COMPARE_SEEDS,
+                    help=f"paired seeds per regime (default {COMPARE_SEEDS})")
     st.add_argument("--regimes", nargs="*", help="a subset of the regimes, by name (default: all)")
     st.add_argument("--force", action="store_true",
                     help="restart every tuning and arm run (the shared teacher, autoencoder and "

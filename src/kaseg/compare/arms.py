@@ -176,7 +176,7 @@ for _arm in [
         {**_with(**_METHOD), "control": "constant_target"}, control=True),
     Arm("ce_matched", "control: CE only, as much training compute as the costliest arm", _OFF,
         control=True, matched=True),
-    # few labels (data with labeled_count and an unlabelled source): the arms above use the
+    # limited labels (data with labeled_count and an unlabelled source): the arms above use the
     # unlabelled images wherever a term can; these change the data
     Arm("pseudo", "CE + the teacher's pseudo-labels on unlabelled images",
         {**_OFF, "pseudo_labels": True}),

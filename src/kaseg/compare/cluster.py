@@ -37,7 +37,7 @@ from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable
 from tqdm import tqdm
 
-from .runner import CompareSpec, Stage, all_stages, lockstep_groups, run_group
+from .runner import CompareSpec, PlannedRun, all_stages, lockstep_groups, run_group
 from ..core.config import Config, SlurmConfig
 from ..core.errors import KasegError
 from ..core.files import atomic_write_text
@@ -77,7 +77,7 @@ class ComparisonJob(Checkpointable):
         ``--force`` job restarts them only the first time)."""
         return DelayedSubmission(replace(self, force=False))
 
-    def stages(self) -> list[Stage]:
+    def stages(self) -> list[PlannedRun]:
         """The runs this job trains, as the comparison's folders say now (a seed job learns its
         arms' tuned scales here, after the tuning jobs)."""
         first, arms, *_ = all_stages(self.out, self.cfg, self.spec)
@@ -169,7 +169,7 @@ def plan_jobs(out: Path, cfg: Config, spec: CompareSpec, force: bool = False,
         return ComparisonJob(out, cfg, spec, kind, key, force, retry_failed, command, procs,
                              s_.nodes, lockstep)
 
-    def todo(s: Stage) -> bool:
+    def todo(s: PlannedRun) -> bool:
         return force or not (s.done(out) or (s.failure(out) and not retry_failed))
 
     jobs, after = [], []
@@ -293,7 +293,7 @@ def in_queue(job_ids: list[str]) -> list[str]:
     return sorted(b for b in bases if b in queued)
 
 
-def missing_jobs(out: Path, stages: list[Stage]) -> dict[str, str]:
+def missing_jobs(out: Path, stages: list[PlannedRun]) -> dict[str, str]:
     """``{run: "job ID (log PATH)"}``: the job of the last submission that was to train each
     of ``stages`` (a report lists it beside a run left unfinished)."""
     by_key = {(j["kind"], str(j["key"])): j for j in submitted(out)}

@@ -39,8 +39,10 @@ from tqdm import tqdm
 from .arms import (BASELINE, CONTROL_ARMS, DEFAULT_ARMS, Arm, ae_variant_config, arm_config,
                    arm_from_yaml, expand_groups, get_arm, tune_weights)
 from ..core.files import atomic_write_text
-from ..core.config import Config, SlurmConfig, from_dict, to_dict
+from ..core.config import (COMPARE_SEEDS as SEEDS, TUNE_SEEDS, WEIGHT_SCALES, Config,
+                           SlurmConfig, from_dict, to_dict)
 from ..engine.experiment import check_config
+from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from ..engine.runs import config_changes
 from ..engine.stages import (check_losses_fit, distill, distill_lockstep, estimate_step_flops, teacher_training_config,
@@ -53,10 +55,6 @@ log = logging.getLogger(__name__)
 TUNE_ARM = "ka"
 
 
-# the comparison's defaults: where everything that names them reads them
-SEEDS = 5  # paired seeds 0..N-1, the reported ones
-TUNE_SEEDS = (100, 101)  # the tuning seeds: weights are chosen here, never reported
-WEIGHT_SCALES = (0.3, 1.0, 3.0)  # x each tuned weight (the method's, and a tuned arm's own)
 
 
 @dataclass
@@ -72,7 +70,7 @@ class CompareSpec:
     init_data_seed: int | None = None  # synthetic scenes only: train the start on other scenes
     shared_lr: float | None = None  # the shared stages' train.lr (None: the config's)
     shared_dir: Path | None = None  # where the shared stages live (None: OUT); presets share
-    # DataConfig / TrainConfig changes of the arms and tuning runs only (e.g. few labels, or a
+    # DataConfig / TrainConfig changes of the arms and tuning runs only (e.g. limited labels, or a
     # longer fine-tuning): the shared stages keep the config's
     arms_data: dict = field(default_factory=dict)
     arms_train: dict = field(default_factory=dict)
@@ -101,8 +99,9 @@ class CompareSpec:
 
 
 @dataclass
-class Stage:
-    """One run folder of a comparison: ``command`` (train, train-ae, distill) on ``cfg``."""
+class PlannedRun:
+    """A run of a comparison's plan (a shared stage, a tuning run or an arm's run): ``command``
+    (train, train-ae, distill) on ``cfg``, in its own folder."""
 
     name: str  # the folder, relative to OUT (or to the shared folder)
     command: str
@@ -127,10 +126,10 @@ class Stage:
         return fn[self.command](self.cfg, self.folder(out), force)
 
 
-def lockstep_groups(stages: list[Stage]) -> list[list[Stage]]:
+def lockstep_groups(stages: list[PlannedRun]) -> list[list[PlannedRun]]:
     """Consecutive distillation runs of one seed form a group (trained in lockstep where their
     batches agree); every other stage is a group of its own."""
-    groups: list[list[Stage]] = []
+    groups: list[list[PlannedRun]] = []
     for s in stages:
         last = groups[-1] if groups else None
         if (last and s.command == "distill" and last[0].command == "distill"
@@ -141,7 +140,7 @@ def lockstep_groups(stages: list[Stage]) -> list[list[Stage]]:
     return groups
 
 
-def run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar,
+def run_group(out: Path, group: list[PlannedRun], force: bool, lockstep: bool, bar,
               retry_failed: bool = False) -> None:
     """One lockstep group (or one stage): a run that diverged earlier is not retried unless
     asked; a run that diverges now stops alone, unless it is a shared stage."""
@@ -172,7 +171,7 @@ def run_group(out: Path, group: list[Stage], force: bool, lockstep: bool, bar,
     bar.update(len(group))
 
 
-def _check_shared(out: Path, stage: Stage) -> None:
+def _check_shared(out: Path, stage: PlannedRun) -> None:
     """A shared stage is never restarted by ``--force``: a changed config is an error naming
     the folder to delete."""
     folder = stage.folder(out)
@@ -185,11 +184,11 @@ def _check_shared(out: Path, stage: Stage) -> None:
             "it, or choose another --out")
 
 
-def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage], Config,
+def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[PlannedRun], Config,
                                                                       dict[str, Config]]:
     """Teacher, autoencoder(s) and start -> (stages, ``cfg`` pointing at them, the config of
     each autoencoder variant the arms need)."""
-    stages: list[Stage] = []
+    stages: list[PlannedRun] = []
     base = cfg
     root = spec.shared_dir or out
     here = None if spec.shared_dir is None else spec.shared_dir
@@ -198,17 +197,17 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage
     t = cfg.teacher
     given = t.weights or (t.pretrained and t.name.startswith("torchvision:"))
     if not given:
-        stages.append(Stage("teacher", "train", teacher_training_config(cfg), phase="shared",
+        stages.append(PlannedRun("teacher", "train", teacher_training_config(cfg), phase="shared",
                             root=here))
         cfg = replace(cfg, teacher=replace(t, weights=str(root / "teacher")))
     needs_ae = any(a.uses_method(base.distill) for a in spec.arms)
     if needs_ae and not cfg.ae.weights:
-        stages.append(Stage("ae", "train-ae", cfg, phase="shared", root=here))
+        stages.append(PlannedRun("ae", "train-ae", cfg, phase="shared", root=here))
         cfg = replace(cfg, ae=replace(cfg.ae, weights=str(root / "ae")))
     variants = {}
     for variant in sorted({a.ae for a in spec.arms if a.ae}):
         vcfg = ae_variant_config(cfg, variant)
-        stages.append(Stage(f"ae-{variant}", "train-ae", vcfg, phase="shared", root=here))
+        stages.append(PlannedRun(f"ae-{variant}", "train-ae", vcfg, phase="shared", root=here))
         variants[variant] = replace(vcfg, ae=replace(vcfg.ae,
                                                      weights=str(root / f"ae-{variant}")))
     if spec.init_iters > 0:
@@ -216,7 +215,7 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Stage
             cfg.data, data_seed=spec.init_data_seed)
         init = replace(cfg, seed=spec.init_seed, data=data,
                        train=replace(cfg.train, iters=spec.init_iters, val_every=spec.init_iters))
-        stages.append(Stage("init", "train", init, phase="shared", root=here))
+        stages.append(PlannedRun("init", "train", init, phase="shared", root=here))
         cfg = replace(cfg, model=replace(cfg.model, init_weights=str(root / "init" /
                                                                     "last.safetensors")))
     armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model,
@@ -231,7 +230,7 @@ def tuned_arms(spec: CompareSpec) -> list[Arm]:
     return [a for a in spec.arms if a.tuned] if spec.tuning else []
 
 
-def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
+def tuning_stages(cfg: Config, spec: CompareSpec) -> list[PlannedRun]:
     """The method's weights x each scale, and each tuned arm's losses x each scale, on the
     tuning seeds; seed-major, so the runs of one tuning seed train in lockstep."""
     if not spec.tuning:
@@ -240,17 +239,17 @@ def tuning_stages(cfg: Config, spec: CompareSpec) -> list[Stage]:
     method = any(a.uses_method(cfg.distill) for a in spec.arms)  # else nothing uses its weights
     stages = []
     for seed in spec.tune_seeds:
-        stages += [Stage(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
+        stages += [PlannedRun(f"tuning/{TUNE_ARM}-x{k:g}-s{seed}", "distill",
                          arm_config(cfg, ka, seed, k), TUNE_ARM, seed, phase="tuning")
                    for k in (spec.weight_scales if method else [])]
-        stages += [Stage(f"tuning/{arm.name}-x{k:g}-s{seed}", "distill",
+        stages += [PlannedRun(f"tuning/{arm.name}-x{k:g}-s{seed}", "distill",
                          tune_weights(arm_config(cfg, arm, seed), arm, k), arm.name, seed,
                          phase="tuning")
                    for arm in tuned_arms(spec) for k in spec.weight_scales]
     return stages
 
 
-def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage],
+def chosen_scale(out: Path, spec: CompareSpec, tuning: list[PlannedRun],
                  arm: str = TUNE_ARM) -> tuple[float | None, dict]:
     """The tuned scale of ``arm``'s weights (the method's by default; None while one of its
     tuning runs is unfinished) and every scale's tuning mIoU (None for a run that diverged: its
@@ -276,7 +275,7 @@ def chosen_scale(out: Path, spec: CompareSpec, tuning: list[Stage],
     return best, scores
 
 
-def arm_scales(out: Path, spec: CompareSpec, tuning: list[Stage]) -> dict[str, tuple]:
+def arm_scales(out: Path, spec: CompareSpec, tuning: list[PlannedRun]) -> dict[str, tuple]:
     """``{arm: (chosen scale or None while tuning, tuning scores)}`` of each tuned arm."""
     return {a.name: chosen_scale(out, spec, tuning, a.name) for a in tuned_arms(spec)}
 
@@ -301,7 +300,7 @@ def scale_dependent(cfg: Config, arm: Arm) -> bool:
 
 def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
                scale: float, out: Path | None = None,
-               own: dict[str, float] | None = None) -> list[Stage]:
+               own: dict[str, float] | None = None) -> list[PlannedRun]:
     """The arms x seeds; ``own``: the chosen scale of each tuned arm's losses (its folder names
     it unless x1)."""
     stages, own = [], own or {}
@@ -323,7 +322,7 @@ def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
             if arm.matched:
                 c = replace(c, train=replace(c.train, **matched["train"]))
                 tag = f"-i{c.train.iters}"
-            stages.append(Stage(f"runs/{arm.name}{tag}-s{seed}", "distill", c, arm.name, seed))
+            stages.append(PlannedRun(f"runs/{arm.name}{tag}-s{seed}", "distill", c, arm.name, seed))
     return stages
 
 
@@ -368,7 +367,7 @@ def step_flops(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Co
     return result
 
 
-def adopt_unscaled_folders(out: Path, stages: list[Stage]) -> list[str]:
+def adopt_unscaled_folders(out: Path, stages: list[PlannedRun]) -> list[str]:
     """Rename the runs an earlier kaseg named without their scale (``runs/ka-s0``) to their
     scaled name (``runs/ka-x0.3-s0``) when they were started with exactly this stage's config,
     so a comparison made before the scale was in the names resumes and is not retrained."""
@@ -512,3 +511,6 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
         return CompareSpec(chosen, seed_list, init_iters=int(init), **kw)
     except (TypeError, ValueError) as e:
         raise KasegError(f"{source}: compare: {e}") from None
+
+
+__getattr__ = renamed(__name__, {"Stage": "PlannedRun"}, globals())  # 0.1.0's names

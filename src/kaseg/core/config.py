@@ -48,7 +48,7 @@ class DataConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     num_workers: int = 0
-    # few labels: keep only N labelled training samples (or a fraction), the first N of a fixed
+    # limited labels: keep only N labelled training samples (or a fraction), the first N of a fixed
     # order seeded by data_seed, so the same subset is used by every run and every seed
     labeled_count: int | None = None
     labeled_fraction: float | None = None
@@ -180,6 +180,14 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     ae: AEConfig = field(default_factory=AEConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+# ``kaseg compare``'s defaults, defined once (here, where the command line's help can read them
+# without importing torch; the comparison, the demo and the study read them too)
+COMPARE_SEEDS = 5  # paired seeds 0..N-1, the reported ones
+QUICK_SEEDS = 2  # the same, for a quick look (``kaseg demo --quick``)
+TUNE_SEEDS = (100, 101)  # the tuning seeds: weights are chosen here, never reported
+WEIGHT_SCALES = (0.3, 1.0, 3.0)  # x each tuned weight (the method's, and a tuned arm's own)
 
 
 # the range of every numeric key, checked when a config is read (before anything trains):

@@ -193,7 +193,7 @@ def check_device(device: str, source: str = "config") -> None:
 
 
 def check_unlabeled(cfg: Config, source: str = "config") -> None:
-    """The few-labels and unlabelled-data keys, which must agree with each other."""
+    """The limited-labels and unlabelled-data keys, which must agree with each other."""
     data, d = cfg.data, cfg.distill
     if data.labeled_count is not None and data.labeled_fraction is not None:
         raise KasegError(f"{source}: set data.labeled_count or data.labeled_fraction, not both")

@@ -18,6 +18,7 @@ from ..nets.checkpoint import (is_kaseg_weights, load_model, load_state_strict,
                          load_weights_into, read_weights, resolve_weights, save_model, save_weights)
 from ..core.files import atomic_write_text
 from ..core.config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
+from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from .evaluate import evaluate
 from ..losses.registry import LOSSES, needs_autoencoder, resolve_losses
@@ -29,7 +30,7 @@ from .runs import build_data, dataset_meta, prepare_run, write_result
 from .supervised import build_network, train_segmenter
 from ..core.runtime import (autocast, eval_generator, inputs_for, on_device, resolve_device,
                       seed_everything, seeded)
-from .train import Job, fit, fit_lockstep, rng_state
+from .train import TrainingRun, fit, fit_lockstep, rng_state
 from ..nets.cost import train_step_flops, train_step_seconds, training_copy
 from ..core.distributed import is_main, world_size
 
@@ -200,14 +201,14 @@ NEEDS_AE = ("ae.weights must name a trained autoencoder (`kaseg train-ae`): dist
 
 
 @dataclass
-class DistillRun:
+class PreparedRun:
     """A distillation run built and checked, not yet trained: what :func:`fit_distillation`
     needs, and the global RNG state the run starts from."""
 
     task: DistillTask
     train_set: object
     val_set: object
-    run: Path
+    folder: Path
     cfg: Config
     unlabeled_set: object = None
     rng: dict | None = None
@@ -215,15 +216,15 @@ class DistillRun:
 
 def distill(cfg: Config, run: str | Path, force: bool = False) -> dict:
     """Stage 2 (``kaseg distill``): train the student with CE + adaptation + affinity."""
-    job = prepare_distill(cfg, run)
-    return fit_distillation(job.task, job.train_set, job.val_set, job.run, train=cfg.train,
+    p = prepare_distill(cfg, run)
+    return fit_distillation(p.task, p.train_set, p.val_set, p.folder, train=cfg.train,
                             seed=cfg.seed, record=to_dict(cfg), num_workers=cfg.data.num_workers,
-                            force=force, unlabeled_set=job.unlabeled_set,
+                            force=force, unlabeled_set=p.unlabeled_set,
                             unlabeled_batch_size=cfg.distill.unlabeled_batch_size,
                             name=cfg.model.name, cfg=cfg)
 
 
-def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
+def prepare_distill(cfg: Config, run: str | Path) -> PreparedRun:
     """Data, teacher, student, autoencoder and task of a ``kaseg distill`` run, each drawn from
     the global RNG exactly as a run alone draws them; the RNG is left at the state training
     starts from (recorded in ``rng``)."""
@@ -238,7 +239,7 @@ def prepare_distill(cfg: Config, run: str | Path) -> DistillRun:
     ae, ae_meta = load_autoencoder(cfg.ae.weights) if cfg.ae.weights else (None, None)
     task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "")
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
-    return DistillRun(task, train_set, val_set, Path(run), cfg, _used(task, unlabeled_set),
+    return PreparedRun(task, train_set, val_set, Path(run), cfg, _used(task, unlabeled_set),
                       rng_state())
 
 
@@ -309,10 +310,10 @@ def _used(task: DistillTask, unlabeled_set):
     return unlabeled_set
 
 
-def _stream(job: DistillRun) -> str:
+def _stream(p: PreparedRun) -> str:
     """What decides a run's batches: runs with the same stream can train in lockstep."""
-    c = job.cfg
-    unl = (c.distill.unlabeled_batch_size or c.train.batch_size) if job.unlabeled_set else None
+    c = p.cfg
+    unl = (c.distill.unlabeled_batch_size or c.train.batch_size) if p.unlabeled_set else None
     return json.dumps([c.seed, to_dict(c.data), to_dict(c.train), unl], sort_keys=True)
 
 
@@ -324,20 +325,20 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
     alone (its own RNG stream, optimizer, checkpoints and folder); -> each run's result, in
     order (``{"failed": record}`` for a run that diverged: it stopped alone, the others went
     on)."""
-    jobs = []
+    prepared = []
     for c, r in zip(cfgs, runs):
-        jobs.append(prepare_distill(c, r))
-        share_frozen([jobs[0].task, jobs[-1].task])  # one teacher in memory, not one per run
-    for job in jobs:  # every input is checked before any folder is touched
-        prepare_run(job.run, to_dict(job.cfg), force)
-    for job in jobs:
-        record_cost(job)
+        prepared.append(prepare_distill(c, r))
+        share_frozen([prepared[0].task, prepared[-1].task])  # one teacher in memory, not one per run
+    for p in prepared:  # every input is checked before any folder is touched
+        prepare_run(p.folder, to_dict(p.cfg), force)
+    for p in prepared:
+        record_cost(p)
     groups: dict[str, list[int]] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault(_stream(job), []).append(i)
+    for i, p in enumerate(prepared):
+        groups.setdefault(_stream(p), []).append(i)
     results: dict[int, dict] = {}
     for members in groups.values():
-        group = [jobs[i] for i in members]
+        group = [prepared[i] for i in members]
         tasks = [j.task for j in group]
         distinct = share_frozen(tasks)
         log.info("lockstep: %d run(s) on one batch stream, %d frozen network(s) for %d task(s)",
@@ -345,9 +346,9 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
         runs_ = []
         for j in group:
             _describe(j.task, j.train_set, j.unlabeled_set)
-            io = _student_io(j.task.student, j.train_set, j.val_set, j.run, j.cfg.train,
+            io = _student_io(j.task.student, j.train_set, j.val_set, j.folder, j.cfg.train,
                              j.cfg.data.num_workers)
-            runs_.append(Job(j.task, j.run, *io, desc=f"distill {j.run.name}", rng=j.rng))
+            runs_.append(TrainingRun(j.task, j.folder, *io, desc=f"distill {j.folder.name}", rng=j.rng))
         try:
             summaries = fit_lockstep(
                 runs_,
@@ -358,10 +359,10 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
                 unlabeled_batch_size=group[0].cfg.distill.unlabeled_batch_size)
         finally:
             unshare_frozen(tasks)
-        for i, job, summary in zip(members, group, summaries):
+        for i, p, summary in zip(members, group, summaries):
             results[i] = ({"failed": summary["failed"]} if "failed" in summary else
-                          write_result(job.run, summary, job.cfg.model.name))
-    return [results[i] for i in range(len(jobs))]
+                          write_result(p.folder, summary, p.cfg.model.name))
+    return [results[i] for i in range(len(prepared))]
 
 
 COST = "cost.json"  # in a distillation run's folder: what one of its training steps costs
@@ -384,26 +385,26 @@ def step_inputs(cfg: Config, num_classes: int, unlabeled: bool) -> tuple:
     return batch
 
 
-def record_cost(job: DistillRun, time_it: bool = True) -> dict:
+def record_cost(p: PreparedRun, time_it: bool = True) -> dict:
     """``RUN/cost.json`` (once per run): the training FLOPs of one iteration (teacher forward,
     student forward and backward, every term and adapter; torch's counter) and the seconds of one
     iteration of this run trained alone, on the run's device (fp32, default layout). Why: a
     comparison weighs what each arm gains against what it costs; lockstep shares the teacher
     only inside a comparison, a user deploying one method pays the step alone."""
-    path = job.run / COST
+    path = p.folder / COST
     if path.exists():
         return json.loads(path.read_text())
     if not is_main():
         return {}
-    device = resolve_device(job.cfg.train.device)
-    inputs = step_inputs(job.cfg, job.task.student.num_classes, job.unlabeled_set is not None)
-    with memos_off(job.task):
-        twin = training_copy(job.task, device)
+    device = resolve_device(p.cfg.train.device)
+    inputs = step_inputs(p.cfg, p.task.student.num_classes, p.unlabeled_set is not None)
+    with memos_off(p.task):
+        twin = training_copy(p.task, device)
     flops = train_step_flops(twin, inputs, device, copy=False)
     seconds = train_step_seconds(twin, inputs, device, runs=2, copy=False) if time_it else None
     del twin
-    record = {"train_gflops_per_iter": flops / 1e9, "iters": job.cfg.train.iters,
-              "batch": job.cfg.train.batch_size, "unlabeled_batch": (
+    record = {"train_gflops_per_iter": flops / 1e9, "iters": p.cfg.train.iters,
+              "batch": p.cfg.train.batch_size, "unlabeled_batch": (
                   inputs[2].shape[0] * world_size() if len(inputs) > 2 else 0),
               "input_size": list(inputs[0].shape[-2:]), "device": str(device)}
     if seconds is not None:
@@ -448,7 +449,7 @@ def fit_distillation(task: DistillTask, train_set, val_set, run: str | Path, *,
     prepare_run(run, record, force)
     unlabeled_set = _used(task, unlabeled_set)
     if cfg is not None:
-        record_cost(DistillRun(task, train_set, val_set, run, cfg, unlabeled_set))
+        record_cost(PreparedRun(task, train_set, val_set, run, cfg, unlabeled_set))
     _describe(task, train_set, unlabeled_set)
     validate, export = _student_io(task.student, train_set, val_set, run, train, num_workers)
     summary = fit(task, train_set, train, run, seed=seed, validate=validate, export=export,
@@ -526,3 +527,6 @@ def pipeline(cfg: Config, run: str | Path, force: bool = False) -> dict:
         summary["autoencoder_rel_error"] = results["autoencoder"]["val"]["rel_error"]
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=2))
     return results
+
+
+__getattr__ = renamed(__name__, {"DistillRun": "PreparedRun"}, globals())  # 0.1.0's names

@@ -28,6 +28,7 @@ from ..nets.checkpoint import STATE, load_state, save_state
 from ..core.files import atomic_write_text
 from ..core.config import TrainConfig
 from ..core.distributed import barrier, check_global_batch, is_main, rank, world_size
+from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from ..core.runtime import autocast, resolve_device
 
@@ -162,19 +163,19 @@ class Trainer:
     scaler: torch.amp.GradScaler
     cfg: TrainConfig
     device: torch.device
-    run: Path
+    folder: Path
     desc: str
     writer: SummaryWriter | None = None  # opened at the first log, so a run that fails on its
     start: int = 0  # first batch adds nothing
 
 
 @dataclass
-class Job:
-    """One run of :func:`fit_lockstep`: its own task, folder, optimizer, RNG stream and saved
-    progress; only the batches are shared."""
+class TrainingRun:
+    """A training run as :func:`fit_lockstep` holds it: its own task, folder, optimizer, RNG
+    stream and saved progress; only the batches are shared."""
 
     task: nn.Module
-    run: Path
+    folder: Path
     validate: Callable[[], dict]
     export: Callable[[str], None]
     desc: str = "train"
@@ -198,43 +199,43 @@ def fit(task: nn.Module, train_set, cfg: TrainConfig, run: Path, *, seed: int,
     labelled batch size) of its samples, its own seeded stream, and calls
     ``task(images, targets, unlabeled_images, unlabeled_valid)``.
     """
-    job = Job(task, run, validate, export, desc, score_key)
-    summary = fit_lockstep([job], train_set, cfg, seed=seed, num_workers=num_workers, desc=desc,
+    r = TrainingRun(task, run, validate, export, desc, score_key)
+    summary = fit_lockstep([r], train_set, cfg, seed=seed, num_workers=num_workers, desc=desc,
                            unlabeled_set=unlabeled_set,
                            unlabeled_batch_size=unlabeled_batch_size)[0]
-    if job.failed is not None:  # a run alone fails loudly (its failed.json is written too)
-        raise job.failed
+    if r.failed is not None:  # a run alone fails loudly (its failed.json is written too)
+        raise r.failed
     return summary
 
 
-def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
+def fit_lockstep(runs: list[TrainingRun], train_set, cfg: TrainConfig, *, seed: int,
                  num_workers: int = 0, desc: str = "train", unlabeled_set=None,
                  unlabeled_batch_size: int | None = None) -> list[dict]:
     """Train several runs on one batch stream, side by side: each batch is loaded once and each
-    job takes its step on it in turn (``fit`` is the one-job case).
+    run takes its step on it in turn (``fit`` is the one-run case).
 
     Why: the arms of a paired comparison train on the same batches by design; in one process
-    their frozen networks can share a forward pass (:func:`kaseg.engine.tasks.share_frozen`). Each job
+    their frozen networks can share a forward pass (:func:`kaseg.engine.tasks.share_frozen`). Each run
     keeps its own global RNG state (swapped in around its steps, validations and checkpoints),
     optimizer and run folder, so it ends bit-identical to the same run trained alone, and a
-    killed group resumes like any run (a job saved further than the others waits for them).
+    killed group resumes like any run (a run saved further than the others waits for them).
 
-    A job whose loss becomes non-finite stops alone: its folder gets ``failed.json`` (the term,
+    A run whose loss becomes non-finite stops alone: its folder gets ``failed.json`` (the term,
     the iteration, the values), its summary a ``"failed"`` record, and the others train on, so
     the arms of a seed finish whichever of them diverges (:class:`Diverged`).
     """
-    swap = len(jobs) > 1
-    _start(jobs, cfg, swap)
-    active = [j for j in jobs if j.progress.iter < cfg.iters and not j.progress.stopped]
+    swap = len(runs) > 1
+    _start(runs, cfg, swap)
+    active = [r for r in runs if r.progress.iter < cfg.iters and not r.progress.stopped]
     if active:
-        start = min(j.progress.iter for j in active)
+        start = min(r.progress.iter for r in active)
         batches = _batches(train_set, cfg, seed, start, num_workers, active[0].t.device,
                            unlabeled_set, unlabeled_batch_size)
         bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True,
                    mininterval=1.0, disable=not is_main())
-        for job in active:
-            job.t.task.train()
-            job.t0, job.t.start = time.perf_counter(), job.progress.iter
+        for r in active:
+            r.t.task.train()
+            r.t0, r.t.start = time.perf_counter(), r.progress.iter
         try:
             for it in range(start + 1, cfg.iters + 1):
                 active = _iteration(active, next(batches), it, bar, swap)
@@ -243,47 +244,47 @@ def fit_lockstep(jobs: list[Job], train_set, cfg: TrainConfig, *, seed: int,
                     break
         finally:  # the bar ends its line even on an error, so the error gets a line of its own
             bar.close()
-            for job in jobs:
-                if job.t.writer is not None:
-                    job.t.writer.close()
-        if swap:  # leave the global RNG where the last job left it, as a run alone would
-            set_rng_state(jobs[-1].rng)
-    return [dict(j.progress.summary(), **({"failed": j.failed.record} if j.failed else {}))
-            for j in jobs]
+            for r in runs:
+                if r.t.writer is not None:
+                    r.t.writer.close()
+        if swap:  # leave the global RNG where the last run left it, as a run alone would
+            set_rng_state(runs[-1].rng)
+    return [dict(r.progress.summary(), **({"failed": r.failed.record} if r.failed else {}))
+            for r in runs]
 
 
-def _start(jobs: list[Job], cfg: TrainConfig, swap: bool) -> None:
-    """Each job's trainer and resumed progress, each under its own RNG state. A job without
-    one starts from the caller's state, not from the one the job before it resumed to."""
+def _start(runs: list[TrainingRun], cfg: TrainConfig, swap: bool) -> None:
+    """Each run's trainer and resumed progress, each under its own RNG state. A run without
+    one starts from the caller's state, not from the one the run before it resumed to."""
     caller = rng_state() if swap else None
-    for job in jobs:
+    for r in runs:
         if swap:
-            set_rng_state(job.rng if job.rng is not None else caller)
-        job.t = _trainer(job.task, cfg, job.run, job.desc)
-        job.progress = _resume(job.t)
-        job.rng = rng_state() if swap else None
+            set_rng_state(r.rng if r.rng is not None else caller)
+        r.t = _trainer(r.task, cfg, r.folder, r.desc)
+        r.progress = _resume(r.t)
+        r.rng = rng_state() if swap else None
 
 
-def _iteration(active: list[Job], batch, it: int, bar, swap: bool) -> list[Job]:
-    """Every active job's step ``it`` on ``batch``; -> the jobs still active (a job that
+def _iteration(active: list[TrainingRun], batch, it: int, bar, swap: bool) -> list[TrainingRun]:
+    """Every active run's step ``it`` on ``batch``; -> the runs still active (a run that
     stopped early or diverged drops out, the others train on)."""
-    for job in active:
-        if job.progress.iter < it:  # a job saved further than this waits
+    for r in active:
+        if r.progress.iter < it:  # a run saved further than this waits
             try:
-                _advance(job, batch, it, bar, swap)
-            except Diverged as e:  # this job stops; the others train on
-                _fail(job, e, bar)
-    return [j for j in active if not j.progress.stopped and j.failed is None]
+                _advance(r, batch, it, bar, swap)
+            except Diverged as e:  # this run stops; the others train on
+                _fail(r, e, bar)
+    return [r for r in active if not r.progress.stopped and r.failed is None]
 
 
-def _fail(job: Job, error: Diverged, bar) -> None:
-    """Stop a diverged job: ``failed.json`` in its folder (rank 0), its TensorBoard closed; its
+def _fail(r: TrainingRun, error: Diverged, bar) -> None:
+    """Stop a diverged run: ``failed.json`` in its folder (rank 0), its TensorBoard closed; its
     last checkpoint stays, so ``--retry-failed`` (or a plain re-run) resumes from there."""
-    job.failed = error
+    r.failed = error
     if is_main():
-        atomic_write_text(job.run / FAILED, json.dumps(
+        atomic_write_text(r.folder / FAILED, json.dumps(
             {**error.record, "message": str(error)}, indent=2))
-        bar.write(f"[{job.desc}] stopped: {error}")
+        bar.write(f"[{r.desc}] stopped: {error}")
     log.error("%s", error)
 
 
@@ -312,27 +313,27 @@ def _batches(train_set, cfg: TrainConfig, seed: int, start: int, num_workers: in
     return ((*b, *u) for b, u in zip(batches, unlabeled))
 
 
-def _advance(job: Job, batch, it: int, bar, swap: bool) -> None:
-    """One iteration of one job: its step, log, validation and checkpoint, under its RNG."""
-    t, progress, cfg = job.t, job.progress, job.t.cfg
+def _advance(r: TrainingRun, batch, it: int, bar, swap: bool) -> None:
+    """One iteration of one run: its step, log, validation and checkpoint, under its RNG."""
+    t, progress, cfg = r.t, r.progress, r.t.cfg
     if swap:
-        set_rng_state(job.rng)
+        set_rng_state(r.rng)
     losses = _step(t, batch, it, progress)
     progress.iter = it
     if is_main() and (it % cfg.log_every == 0 or it == cfg.iters):
         record = _log(t, losses, it, progress)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
     if it % cfg.val_every == 0 or it == cfg.iters:
-        _validate_and_save(t, progress, job.validate, job.export, job.score_key, bar)
+        _validate_and_save(t, progress, r.validate, r.export, r.score_key, bar)
         if progress.stopped:
             log.info("%s: no improvement in %d validations; stopping at iteration %d",
-                     job.desc, cfg.patience, it)
+                     r.desc, cfg.patience, it)
     if progress.stopped or it == cfg.iters:
-        log.info("%s: %d iterations in %.1fs%s", job.desc, progress.iter - t.start,
-                 time.perf_counter() - job.t0,
+        log.info("%s: %d iterations in %.1fs%s", r.desc, progress.iter - t.start,
+                 time.perf_counter() - r.t0,
                  f" ({progress.skipped} skipped: non-finite loss)" if progress.skipped else "")
     if swap:
-        job.rng = rng_state()
+        r.rng = rng_state()
 
 
 def _trainer(task: nn.Module, cfg: TrainConfig, run: Path, desc: str) -> Trainer:
@@ -365,13 +366,13 @@ def _trainer(task: nn.Module, cfg: TrainConfig, run: Path, desc: str) -> Trainer
 def _resume(t: Trainer) -> Progress:
     """The progress saved in ``run/checkpoint.pt`` (weights, optimizer, RNG restored), or a
     fresh start."""
-    if is_main() and (t.run / FAILED).exists():  # a retry: the run may now get further
-        (t.run / FAILED).unlink()
-    if not (t.run / STATE).exists():  # records of an attempt killed before its first
+    if is_main() and (t.folder / FAILED).exists():  # a retry: the run may now get further
+        (t.folder / FAILED).unlink()
+    if not (t.folder / STATE).exists():  # records of an attempt killed before its first
         if is_main():  # checkpoint are redone: drop them
-            _trim_history(t.run, 0)
+            _trim_history(t.folder, 0)
         return Progress()
-    ckpt = load_state(t.run / STATE)
+    ckpt = load_state(t.folder / STATE)
     t.task.load_state_dict(ckpt["task"])
     t.opt.load_state_dict(ckpt["optimizer"])
     t.sched.load_state_dict(ckpt["scheduler"])
@@ -381,8 +382,8 @@ def _resume(t: Trainer) -> Progress:
                         bool(ckpt.get("stopped", False)))
     set_rng_state(ckpt["rng"])
     if is_main():
-        _trim_history(t.run, progress.iter)
-    log.info("resuming %s from iteration %d", t.run, progress.iter)
+        _trim_history(t.folder, progress.iter)
+    log.info("resuming %s from iteration %d", t.folder, progress.iter)
     return progress
 
 
@@ -464,7 +465,7 @@ def _diverged(t: Trainer, losses: dict, name: str, it: int) -> Diverged:
     weight, key = weights.get(base, (None, None))
     value = values.get(name, float("nan"))
     record = {"term": name, "iter": it, "value": value, "weight": weight, "values": values}
-    where = f"{t.run}: loss term '{name}'"
+    where = f"{t.folder}: loss term '{name}'"
     if weight is not None and math.isfinite(value):
         msg = (f"{where} is {value:.4g} but its weight {key}={weight:g} times it "
                f"({weight * value:.4g}) overflows the loss at iteration {it}: lower {key}")
@@ -483,7 +484,7 @@ def _writer(t: Trainer) -> SummaryWriter:
     if t.writer is None:
         # events past where this attempt starts belong to a killed attempt: purged (from step 1
         # on when it starts fresh, as the history is)
-        t.writer = SummaryWriter(str(t.run / "tb"), purge_step=t.start + 1)
+        t.writer = SummaryWriter(str(t.folder / "tb"), purge_step=t.start + 1)
     return t.writer
 
 
@@ -496,7 +497,7 @@ def _log(t: Trainer, losses: dict, it: int, progress: Progress) -> dict:
     for k, v in record.items():
         if k != "iter":
             _writer(t).add_scalar(f"train/{k}", v, it)
-    _append_history(t.run, record)
+    _append_history(t.folder, record)
     return record
 
 
@@ -516,11 +517,11 @@ def _validate_and_save(t: Trainer, progress: Progress, validate: Callable[[], di
         for k, v in metrics.items():
             if isinstance(v, (int, float)):
                 _writer(t).add_scalar(f"val/{k}", v, it)
-        _append_history(t.run, {"iter": it, "val": metrics})
+        _append_history(t.folder, {"iter": it, "val": metrics})
         if improved:
             export("best")
         export("last")
-        save_state(t.run / STATE, {
+        save_state(t.folder / STATE, {
             "task": t.task.state_dict(), "optimizer": t.opt.state_dict(),
             "scheduler": t.sched.state_dict(), "scaler": t.scaler.state_dict(),
             "iter": it, "best": progress.best, "best_iter": progress.best_iter,
@@ -529,3 +530,6 @@ def _validate_and_save(t: Trainer, progress: Progress, validate: Callable[[], di
         bar.write(f"[{t.desc}] iter {it}/{t.cfg.iters}: val {score_key} {score:.4f} "
                   f"(best {progress.best:.4f} @ {progress.best_iter})")
     barrier()  # rank 0's checkpoint is on disk before anyone moves on
+
+
+__getattr__ = renamed(__name__, {"Job": "TrainingRun"}, globals())  # 0.1.0's names

@@ -163,13 +163,13 @@ def schedule_plot(path: str | Path, ladders: dict[str, dict[int, list[dict]]],
     and 95% CI, mIoU points) against the fine-tuning iterations (log scale), so whether a gain
     grows with training, and which arm grows faster, is read at a glance."""
     fig, axes = plt.subplots(1, len(ladders), figsize=(6.0 * len(ladders), 4.2), squeeze=False)
-    for ax, (name, rungs) in zip(axes[0], ladders.items()):
-        iters = sorted(rungs)
-        arms = list(dict.fromkeys(r["arm"] for i in iters for r in rungs[i] if "diff" in r))
+    for ax, (name, lengths) in zip(axes[0], ladders.items()):
+        iters = sorted(lengths)
+        arms = list(dict.fromkeys(r["arm"] for i in iters for r in lengths[i] if "diff" in r))
         for k, arm in enumerate(arms):
-            pts = [(i, r["diff"]) for i in iters for r in rungs[i]
+            pts = [(i, r["diff"]) for i in iters for r in lengths[i]
                    if r["arm"] == arm and "diff" in r]
-            # arms side by side at each rung (a small shift on the log axis), not on top
+            # arms side by side at each length (a small shift on the log axis), not on top
             xs = [i * 1.06 ** (k - (len(arms) - 1) / 2) for i, _ in pts]
             means = [d["mean"] for _, d in pts]
             err = [[d["mean"] - d["low"] if d["low"] == d["low"] else 0 for _, d in pts],
@@ -179,7 +179,7 @@ def schedule_plot(path: str | Path, ladders: dict[str, dict[int, list[dict]]],
             alone = [(x, m) for x, m, (_, d) in zip(xs, means, pts) if d["n"] < 2]
             if alone:  # a single seed: no interval, drawn hollow
                 ax.plot(*zip(*alone), "o", color="white", markeredgecolor=f"C{k}", zorder=3)
-        if any(d["n"] < 2 for i in iters for r in rungs[i] if "diff" in r for d in [r["diff"]]):
+        if any(d["n"] < 2 for i in iters for r in lengths[i] if "diff" in r for d in [r["diff"]]):
             ax.text(0.99, 0.01, "hollow: one seed, no interval yet", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=7, color="0.3")
         ax.axhline(0.0, color="0.4", lw=1)

@@ -11,7 +11,6 @@ paper states, [ours] a documented choice where it is silent (docs/method.md in t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .gram import AFFINITY_REDUCTIONS, affinity_loss_gram

@@ -1,19 +1,22 @@
 """Every distillation loss kaseg trains with, in one registry (:data:`LOSSES`): the method's two
 terms (``adapt``, ``affinity``; their formulas are :mod:`kaseg.losses.method`) and the field's other
-segmentation-distillation losses, on the same footing: same networks, data, recipe and loop, each
-term selected, weighted and configured the same way (``distill.losses: {name: {weight, option:
-value}}``) and combinable with any other.
+segmentation-distillation losses, one file each (``kd``, ``fitnet``, ``skd``, ``cwd``, ``dist``,
+``ifvd``; CIRKD and Af-DCD in ``contrastive``), on the same footing: same networks, data, recipe
+and loop, each term selected, weighted and configured the same way (``distill.losses: {name:
+{weight, option: value}}``) and combinable with any other. Their functions are imported here too,
+so ``from kaseg.losses.registry import kd_loss`` keeps working.
 
-Every function is a pure loss on tensors. Teacher tensors get no gradient (callers pass them from a
+Every loss function is pure on tensors. Teacher tensors get no gradient (callers pass them from a
 frozen teacher; the functions also detach them). ``valid`` is an optional ``(B, H, W)`` bool mask at
-the loss's own resolution (:func:`valid_mask` makes it from the labels): positions outside it
-(ignore pixels) take no part in the loss. With ``valid=None`` every function is its source's formula
-exactly; the mask is [ours], so that a label the dataset marks as "unknown" never steers training.
+the loss's own resolution (:func:`~kaseg.losses.masks.valid_mask` makes it from the labels):
+positions outside it (ignore pixels) take no part in the loss. With ``valid=None`` every function is
+its source's formula exactly; the mask is [ours], so that a label the dataset marks as "unknown"
+never steers training.
 
 Default weights are those the methods' authors (or the CIRKD code base, CVPR 2022, which re-ran
-them all on Cityscapes with one recipe) used; each is given with its source below.
+them all on Cityscapes with one recipe) used; each is given with its source in its entry below.
 
-**Adding a loss** is one function and one entry in :data:`LOSSES` at the end of this file: the
+**Adding a loss** is one function (a file of its own) and one entry in :data:`LOSSES` below: the
 entry names what the term reads from the student and teacher outputs (:class:`Outputs`), its
 default weight and options, and (if it trains a module of its own, like FitNet's regressor or the
 method's adapters) how to build that module. The config then knows it (``distill.losses: {name:
@@ -27,249 +30,26 @@ import inspect
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.labels import IGNORE_INDEX
 from .method import (ADAPT_REDUCTIONS, AFFINITY_IMPLS, AFFINITY_REDUCTIONS, Adapter,
                      adaptation_loss, affinity_loss, to_latent_size)
-from .contrastive import (AfDcdHead, CirkdMemory, af_dcd_check, af_dcd_loss,
-                                 cirkd_batch_loss, cirkd_memory_loss)
-from ..core.tensors import at_least_f32, full_precision, kl_from_logits, masked_mean, resize
+from .contrastive import (AfDcdHead, CirkdMemory, af_dcd_check, af_dcd_loss, cirkd_batch_loss,
+                          cirkd_memory_loss)
+from .cwd import cwd_loss
+from .dist import dist_loss
+from .fitnet import FitNetRegressor, fitnet_loss
+from .ifvd import class_prototype_similarity, ifvd_loss
+from .kd import kd_loss
+from .masks import labels_at, valid_mask
+from .skd import skd_pairwise_loss
 
-
-def labels_at(targets: torch.Tensor, size: tuple[int, int], stride: int | None = None,
-              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``(B, H, W)`` labels on the grid of a ``size`` map.
-
-    With ``stride`` (the map's stride in input pixels): by the geometry the networks have. They pad
-    the image on the bottom and right to their divisor, so position ``j`` of the map starts at pixel
-    ``j * stride`` of the image; it takes that pixel's label, and ``ignore_index`` where the pixel
-    lies in the padding. Without ``stride``: nearest sampling from H x W onto ``size`` (IFVD's rule;
-    the same as the geometric one when H = h * stride, off by up to a stride otherwise).
-    """
-    if tuple(targets.shape[-2:]) == tuple(size):
-        return targets
-    if stride is None:
-        return F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    h, w = size
-    grid = targets[:, : h * stride : stride, : w * stride : stride]  # pixels j * stride inside
-    ph, pw = h - grid.shape[-2], w - grid.shape[-1]
-    return F.pad(grid, (0, pw, 0, ph), value=ignore_index) if ph or pw else grid
-
-
-def valid_mask(targets: torch.Tensor, size: tuple[int, int],
-               ignore_index: int = IGNORE_INDEX, stride: int | None = None) -> torch.Tensor:
-    """Bool mask of the non-ignore positions at ``size`` (``stride``: see :func:`labels_at`)."""
-    return labels_at(targets, size, stride, ignore_index) != ignore_index
-
-
-@full_precision
-def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 4.0,
-            valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Pixel-wise logit distillation (Hinton et al., 2015; per pixel as in Liu et al., CVPR 2019):
-
-        L_kd = T^2 * 1/|V| * sum_{i in V} KL( softmax(z_t,i / T) || softmax(z_s,i / T) )
-
-    V: the valid pixels. The T^2 keeps the gradient's size independent of T (Hinton et al.).
-    At T = 1 with a one-hot teacher this is exactly the cross-entropy with the teacher's labels.
-    Student logits are upsampled to the teacher's size. Default weight 1 (Hinton et al.; CIRKD
-    ``--lambda-kd 1``); He et al. compare T = 2, 4, 6.
-    """
-    s = resize(at_least_f32(s_logits), t_logits.shape[-2:]) / temperature
-    t = at_least_f32(t_logits.detach()) / temperature
-    return temperature**2 * masked_mean(kl_from_logits(t, s, dim=1), valid)
-
-
-@full_precision
-def fitnet_loss(fs: torch.Tensor, ft: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
-    """FitNet hint regression (Romero et al., ICLR 2015), as He et al. compare it:
-
-        L_fit = 1/(|V| C) * sum_{i in V} || up(r(F_s))_i - F_t,i ||_2^2
-
-    ``fs`` is the student's feature map *after* the regressor r (:class:`FitNetRegressor`, a 1x1
-    conv to the teacher's channels), upsampled (bilinear) to the teacher's size: a mean squared
-    error over channels and valid positions. Default weight 1 (CIRKD ``--lambda-fitnet 1``).
-    """
-    ft = at_least_f32(ft.detach())
-    d = (resize(at_least_f32(fs), ft.shape[-2:]) - ft).pow(2).mean(1)
-    return masked_mean(d, valid)
-
-
-class FitNetRegressor(nn.Conv2d):
-    """FitNet's regressor r: a 1x1 convolution, student channels -> teacher channels (no bias,
-    as in CIRKD). Trained with the student and dropped after training."""
-
-    def __init__(self, student_channels: int, teacher_channels: int):
-        super().__init__(student_channels, teacher_channels, kernel_size=1, bias=False)
-
-
-def _pool_nodes(f: torch.Tensor, valid: torch.Tensor | None, pool: int):
-    """Max-pool positions into ``pool x pool`` nodes (ceil mode); a node is valid if any of its
-    positions is. Invalid positions never win the max."""
-    if valid is None:
-        return F.max_pool2d(f, pool, pool, ceil_mode=True), None
-    neg = torch.finfo(f.dtype).min
-    f = f.masked_fill(~valid[:, None], neg)
-    nodes = F.max_pool2d(f, pool, pool, ceil_mode=True)
-    node_valid = F.max_pool2d(valid[:, None].float(), pool, pool, ceil_mode=True)[:, 0] > 0
-    return nodes.masked_fill(~node_valid[:, None], 0.0), node_valid
-
-
-def _max_pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``x`` at ``size`` by adaptive max pooling (unchanged when already that size)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.adaptive_max_pool2d(x, size)
-
-
-@full_precision
-def skd_pairwise_loss(fs: torch.Tensor, ft: torch.Tensor, pool: int = 2,
-                      valid: torch.Tensor | None = None) -> torch.Tensor:
-    """SKD pair-wise distillation (Liu et al., "Structured Knowledge Distillation for Semantic
-    Segmentation", CVPR 2019): features are max-pooled into nodes (``pool x pool`` positions each),
-    and the two networks' node-to-node cosine-similarity matrices are matched:
-
-        a_ij = f_i . f_j / (||f_i|| ||f_j||),   L_pa = 1/N^2 * sum_{i,j} (a^s_ij - a^t_ij)^2
-
-    averaged over the batch (N nodes; with a mask, the mean over valid node pairs). The channel
-    counts of the two maps may differ. Pool 2 and weight 10 follow CIRKD's re-implementation
-    (``--lambda-skd 10``); the SKD code pools a quarter of the map per node (a 2 x 2 node grid).
-
-    Resolution [ours]: both maps are brought to the *smaller* of their two sizes, the larger one by
-    max pooling (SKD's own node rule), before the nodes are formed. CIRKD distils SKD where
-    teacher and student maps share OS 8; the paper pair's teacher map is at stride 4, and
-    upsampling the student to it would make 9,409 nodes at a 769 crop (a 354 MB matrix per
-    image). ``valid`` may be at either map's size: it is reduced the same way (a position is valid
-    if any position it pools is).
-    """
-    ft = at_least_f32(ft.detach())
-    fs = at_least_f32(fs)
-    size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
-    fs, ft = _max_pool_to(fs, size), _max_pool_to(ft, size)
-    if valid is not None and tuple(valid.shape[-2:]) != size:
-        valid = _max_pool_to(valid[:, None].float(), size)[:, 0] > 0
-    ns, node_valid = _pool_nodes(fs, valid, pool)
-    nt, _ = _pool_nodes(ft, valid, pool)
-    s = F.normalize(ns.flatten(2), dim=1)  # (B, C, N), unit columns
-    t = F.normalize(nt.flatten(2), dim=1)
-    d = (s.transpose(1, 2) @ s - t.transpose(1, 2) @ t).pow(2)  # (B, N, N)
-    if node_valid is None:
-        return d.mean()
-    v = node_valid.flatten(1).to(d.dtype)
-    pairs = v[:, :, None] * v[:, None, :]
-    return (d * pairs).sum() / pairs.sum().clamp(min=1.0)
-
-
-@full_precision
-def cwd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 4.0,
-             valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Channel-wise distillation (Shu et al., "Channel-wise Knowledge Distillation for Dense
-    Prediction", ICCV 2021): each channel becomes a distribution over positions, and the
-    student's is matched to the teacher's:
-
-        phi(y_c)_i = exp(y_c,i / T) / sum_j exp(y_c,j / T)
-        L_cwd = T^2 / (B C) * sum_{b,c} sum_i phi(y^t_c)_i log( phi(y^t_c)_i / phi(y^s_c)_i )
-
-    On logits (C = classes), the student's upsampled to the teacher's size; with a mask the
-    softmax runs over valid positions only. T = 4 and weight 3 on logits: the authors' setting
-    for segmentation (also CIRKD ``--lambda-cwd-logit 3``, temperature 4).
-    """
-    s = resize(at_least_f32(s_logits), t_logits.shape[-2:]).flatten(2) / temperature
-    t = at_least_f32(t_logits.detach()).flatten(2) / temperature
-    if valid is not None:
-        v = valid.flatten(1)
-        some = v.any(1, keepdim=True)  # an image without a valid position is left out below
-        out = (~v & some)[:, None]
-        s, t = s.masked_fill(out, float("-inf")), t.masked_fill(out, float("-inf"))
-    kl = kl_from_logits(t, s, dim=-1)  # (B, C)
-    if valid is None:
-        return temperature**2 * kl.mean()
-    # mean over the (image, channel) pairs of the images that have a valid position
-    some = some.to(kl.dtype)
-    return temperature**2 * (kl * some).sum() / (some.sum() * kl.shape[1]).clamp(min=1.0)
-
-
-def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (rows: (N, K) ->
-    (N,)), the form DIST's code uses: centred rows, their dot product over the product of their
-    norms plus ``eps``."""
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
-
-
-@full_precision
-def dist_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0,
-              inter_weight: float = 1.0, intra_weight: float = 1.0,
-              valid: torch.Tensor | None = None) -> torch.Tensor:
-    """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022): match
-    *relations* of the class probabilities, not their values. With ``P`` the softmax(z / T) of
-    every pixel, a matrix of (pixels x classes):
-
-        inter = 1 - mean over pixels of pearson(P^s_i, P^t_i)        (each pixel's class ranking)
-        intra = 1 - mean over classes of pearson(P^s_:,c, P^t_:,c)   (each class over the pixels)
-        L_dist = T^2 * (inter_weight * inter + intra_weight * intra)
-
-    The pixels are every position of every image of the batch together (the authors' code
-    reshapes (B, C, H, W) to (B*H*W, C)); their segmentation setting is T = 1, both weights 1 and
-    a loss weight of 1 (``--lambda-kd 1``). The student's logits are upsampled to the teacher's
-    size (both are at OS 8 in the authors' code). [ours] ``valid``: only valid pixels are rows.
-    """
-    s = resize(at_least_f32(s_logits), t_logits.shape[-2:]) / temperature
-    t = at_least_f32(t_logits.detach()) / temperature
-    k = s.shape[1]
-    ps = s.softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
-    pt = t.softmax(1).permute(0, 2, 3, 1).reshape(-1, k)
-    if valid is not None:
-        keep = valid.reshape(-1)
-        if not keep.any():
-            return s.sum() * 0.0  # no valid pixel: nothing to match, a zero gradient
-        ps, pt = ps[keep], pt[keep]
-    inter = 1.0 - _pearson_rows(ps, pt).mean()
-    intra = 1.0 - _pearson_rows(ps.t(), pt.t()).mean()
-    return temperature**2 * (inter_weight * inter + intra_weight * intra)
-
-
-def class_prototype_similarity(f: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                               valid: torch.Tensor | None = None) -> torch.Tensor:
-    """IFVD's intra-class feature variation map: the cosine similarity of each position's feature
-    to its class prototype (the mean feature of that class in the same image). ``labels`` are at
-    the feature's size; invalid positions get similarity 0 (and are left out by the loss)."""
-    b, c = f.shape[:2]
-    if valid is None:
-        valid = torch.ones_like(labels, dtype=torch.bool)
-    lab = torch.where(valid, labels, torch.zeros_like(labels)).clamp(0, num_classes - 1)
-    onehot = F.one_hot(lab.flatten(1), num_classes).to(f.dtype)
-    onehot = onehot * valid.flatten(1)[..., None].to(f.dtype)  # (B, HW, K)
-    flat = f.flatten(2)  # (B, C, HW)
-    protos = (flat @ onehot) / onehot.sum(1, keepdim=True).clamp(min=1.0)  # (B, C, K)
-    per_pixel = protos @ onehot.transpose(1, 2)  # (B, C, HW): each position's class prototype
-    sim = F.cosine_similarity(flat, per_pixel, dim=1, eps=1e-8)
-    return sim.view(b, *f.shape[-2:])
-
-
-@full_precision
-def ifvd_loss(fs: torch.Tensor, ft: torch.Tensor, targets: torch.Tensor, num_classes: int,
-              ignore_index: int = IGNORE_INDEX, stride: int | None = None) -> torch.Tensor:
-    """Intra-class feature variation distillation (Wang et al., ECCV 2020):
-
-        p_k = mean of f_i over the positions i of class k (per image),
-        M_i = cos(f_i, p_{y_i}),   L_ifv = 1/|V| * sum_{i in V} (M^s_i - M^t_i)^2
-
-    Labels are brought to the teacher's feature grid (:func:`labels_at`: by the map's ``stride``
-    when given, else nearest sampling as in IFVD's code), the student's features upsampled to it; ignore pixels join no prototype and no mean (the
-    source keeps them at similarity 1 in both maps, so only its mean's denominator differs).
-    Default weight 200 (IFVD's ``lambda_ifv``; also CIRKD).
-    """
-    ft = at_least_f32(ft.detach())
-    fs = resize(at_least_f32(fs), ft.shape[-2:])
-    targets = labels_at(targets, ft.shape[-2:], stride, ignore_index)
-    valid = (targets != ignore_index) & (targets >= 0) & (targets < num_classes)
-    ms = class_prototype_similarity(fs, targets, num_classes, valid)
-    mt = class_prototype_similarity(ft, targets, num_classes, valid)
-    return masked_mean((ms - mt).pow(2), valid)
+__all__ = [  # the registry, and the field's loss functions it holds (their own files' names too)
+    "LOSSES", "RESERVED_NAMES", "LossRegistry", "LossSpec", "Outputs", "build_loss_module",
+    "canonical_losses", "listing", "method_terms", "needs_autoencoder", "register_loss",
+    "resolve_losses", "FitNetRegressor", "class_prototype_similarity", "cwd_loss", "dist_loss",
+    "fitnet_loss", "ifvd_loss", "kd_loss", "labels_at", "skd_pairwise_loss", "valid_mask"]
 
 
 # --------------------------------------------------------------------------- the registry

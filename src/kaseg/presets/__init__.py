@@ -1,4 +1,4 @@
-"""Ready-made experiments on the built-in data: the demo, its few-labels variant, and the study
+"""Ready-made experiments on the built-in data: the demo, its limited-labels variant, and the study
 that runs the comparison over regimes."""
 
 # the names of release 0.1.0's kaseg.presets module, where its users import them from

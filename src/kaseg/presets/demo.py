@@ -24,7 +24,7 @@ from ..core.files import atomic_write_text
 from ..compare.tables import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
                       paired_rows)
 from ..compare.runner import run
-from ..core.config import Config
+from ..core.config import COMPARE_SEEDS, QUICK_SEEDS, Config
 from ..nets.cost import measure_latency, model_cost
 from ..data import build_dataset
 from .recipes import TUNED_WEIGHT_SCALE, demo_config, demo_spec
@@ -53,7 +53,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seeds: int | Non
     atomic_write_text(out / "results.json", json.dumps(records, indent=2))
     n = len(spec.seeds)
     flags = (" --quick" if quick else "") + (" --all-methods" if all_methods else "") + (
-        f" --seeds {n}" if n != (2 if quick else 5) else "")
+        f" --seeds {n}" if n != (QUICK_SEEDS if quick else COMPARE_SEEDS) else "")
     provenance = (f"Produced by `kaseg demo --out {out.name}{flags}` with {code_version()}, "
                   f"{time.strftime('%Y-%m-%d')}, in {time.perf_counter() - t0:.0f} s on "
                   f"{machine(cfg.train.device)}.")

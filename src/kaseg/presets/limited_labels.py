@@ -1,4 +1,4 @@
-"""``kaseg demo --limited-labels``: few labels, many pictures. The demo's teacher (trained on every
+"""``kaseg demo --limited-labels``: limited labels, many pictures. The demo's teacher (trained on every
 label) teaches students that keep only 64 labelled scenes; the other 960 scenes of the training
 split are their unlabelled pool. Each arm is fine-tuned from the demo's shared CE-pretrained
 start for the same number of steps (an arm that uses the unlabelled pool also sees an unlabelled
@@ -22,10 +22,10 @@ from .recipes import LABELED_COUNT, LIMITED_ARMS, demo_config, limited_spec
 
 log = logging.getLogger(__name__)
 
-LABELS_FEW = {**{a: ARMS[a].label for a in LIMITED_ARMS},
-              "baseline": f"CE only, {LABELED_COUNT} labels",
-              "kd_t2": "CE + logit KD (T = 2), with the unlabelled images",
-              "ka": "CE + the method, with the unlabelled images"}
+LABELS_LIMITED = {**{a: ARMS[a].label for a in LIMITED_ARMS},
+                  "baseline": f"CE only, {LABELED_COUNT} labels",
+                  "kd_t2": "CE + logit KD (T = 2), with the unlabelled images",
+                  "ka": "CE + the method, with the unlabelled images"}
 
 
 def run_limited_labels(out: str | Path = "demo_out", quick: bool = False,
@@ -57,11 +57,11 @@ def run_limited_labels(out: str | Path = "demo_out", quick: bool = False,
 def write_report(folder: Path, cfg, records: list[dict], seeds: int, init_iters: int,
                  provenance: str, labeled: int = LABELED_COUNT) -> None:
     refs = {r["arm"]: 100 * r["miou"] for r in records if r["arm"] in ("teacher", "init")}
-    rows = [dict(r, label=LABELS_FEW.get(r["arm"], r["arm"]))
+    rows = [dict(r, label=LABELS_LIMITED.get(r["arm"], r["arm"]))
             for r in paired_rows(records, LIMITED_ARMS)]
     n_train = cfg.data.train_count
     lines = [
-        "# kaseg demo --limited-labels: few labels, many pictures", "", provenance, "",
+        "# kaseg demo --limited-labels: limited labels, many pictures", "", provenance, "",
         f"Teacher `{cfg.teacher.name}` trained on all {n_train} labelled scenes: "
         f"**{refs['teacher']:.2f}** mIoU. Every student starts from the demo's shared CE-trained "
         f"start ({init_iters} iterations on other scenes; {refs['init']:.2f} mIoU here) and is "

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from ..compare.arms import get_arm
 from ..compare.runner import CompareSpec
-from ..core.config import (AEConfig, Config, DataConfig, DistillConfig, ModelConfig, TeacherConfig,
-                     TrainConfig)
+from ..core.config import (COMPARE_SEEDS, QUICK_SEEDS, AEConfig, Config, DataConfig,
+                           DistillConfig, ModelConfig, TeacherConfig, TrainConfig)
 
 # x the default adaptation and affinity weights (50, 30): the scale `kaseg study` chose on its
 # tuning seeds (100, 101; never reported) in the demo's regime, 96px-pretrained-short, and again
-# in 96px-few-labels (of 0.3, 1 and 3; the tuning mIoU fell with every step up)
+# in 96px-limited-labels (of 0.3, 1 and 3; the tuning mIoU fell with every step up)
 TUNED_WEIGHT_SCALE = 0.3
 INIT_DATA_SEED = 1  # the shared start trains on *other* scenes: the stand-in for ImageNet
 
@@ -22,7 +22,7 @@ MORE_ARMS = ["kd", "fitnet", "cwd", "adapt", "affinity", "ka_paper", "ctrl_rando
 ORDER = ["baseline", "kd_t2", "kd", "fitnet", "cwd", "adapt", "affinity", "ka", "ka_kd",
          "ka_paper", "ctrl_random_ae", "ctrl_constant"]
 
-# few labels, many pictures: students keep this many labelled scenes
+# limited labels, many pictures: students keep this many labelled scenes
 LABELED_COUNT = 64
 LIMITED_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "all_labels"]
 
@@ -71,7 +71,7 @@ def preset_spec(arms: list[str], seeds: list[int], quick: bool = False,
 
 def demo_spec(quick: bool = False, seeds: int | None = None,
               all_methods: bool = False) -> CompareSpec:
-    n = seeds if seeds is not None else (2 if quick else 5)
+    n = seeds if seeds is not None else (QUICK_SEEDS if quick else COMPARE_SEEDS)
     return preset_spec(demo_arms(all_methods), list(range(n)), quick)
 
 
@@ -79,7 +79,7 @@ def limited_spec(out, quick: bool = False, seeds: int | None = None,
                  labeled_count: int | None = None) -> CompareSpec:
     """Students with ``labeled_count`` labels + the rest of the training split unlabelled; the
     shared stages are the demo's own (in ``out``), the arms go to ``out/limited-labels``."""
-    n = seeds if seeds is not None else (2 if quick else 5)
+    n = seeds if seeds is not None else (QUICK_SEEDS if quick else COMPARE_SEEDS)
     return preset_spec(LIMITED_ARMS, list(range(n)), quick, shared_dir=out,
                        arms_data={"labeled_count": labeled_count or LABELED_COUNT,
                                   "unlabeled_split": "train"})

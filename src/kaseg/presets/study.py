@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,14 +30,14 @@ from ..compare.arms import AE_VARIANTS, ARM_GROUPS, ARMS, method_weights
 from ..compare.tables import (code_version, context_table, evaluate_runs, machine, markdown_table,
                       paired_rows, with_matched)
 from ..compare.runner import TUNE_SEEDS, WEIGHT_SCALES, run
-from ..core.config import Config
+from ..core.config import COMPARE_SEEDS, Config
 from .recipes import demo_config, preset_spec
 from ..engine.visualize import paired_gain_plot, schedule_plot
 
 log = logging.getLogger(__name__)
 
 LABELS_STUDY = {a.name: a.label for a in ARMS.values()}
-FEW_LABEL_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "ka_kd",
+LIMITED_LABEL_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "ka_kd",
                   "ctrl_random_ae", "ctrl_constant", "all_labels"]
 # the recipes the field uses to make feature distillation work (each a registered arm)
 RECIPES = ["ka_warmup", "ka_student_encoder", "ka_ae_plateau", "ka_teacher_encoder"]
@@ -54,35 +55,35 @@ class Regime:
     tune: bool = True  # False: reuse the weight scale tuned in the previous regime
     teacher_iters: int | None = None  # None: the demo's
     init_iters: int | None = None  # None: the demo's
-    # few labels: the students keep this many labelled scenes; the rest of the training split
+    # limited labels: the students keep this many labelled scenes; the rest of the training split
     # is their unlabelled pool (the teacher and the shared start keep every label)
     labeled_count: int | None = None
-    ladder: str | None = None  # the schedule ladder this regime is a rung of (its iters vary)
+    ladder: str | None = None  # the schedule ladder this regime is on (only its iters vary)
     tuned_in: str | None = None  # reuse this regime's weight scale (None: the first regime's)
     optional: bool = False  # run only when named in --regimes (too long for a default study)
 
 
 # The arms of the schedule ladders: CE only, logit KD, the method, both, and the control
 LADDER_ARMS = ["baseline", "kd_t2", "ka", "ka_kd", "ctrl_random_ae"]
-FEW_LABELS = "96px-few-labels"
+LIMITED_LABELS = "96px-limited-labels"
 _PRE = "CE-pretrained start"
-_FEW = ("64 labelled scenes, the other 960 of the training split unlabelled (every arm uses "
+_LIMITED = ("64 labelled scenes, the other 960 of the training split unlabelled (every arm uses "
         "them wherever a term can, unless marked 'labelled images only'); CE-pretrained start")
 
 
-def _rung(iters: int, optional: bool = False) -> Regime:
+def _on_ladder(iters: int, optional: bool = False) -> Regime:
     return Regime(f"96px-pretrained-{iters}", 96, True, iters, list(LADDER_ARMS), tune=False,
                   ladder="pretrained", optional=optional,
                   note=f"{_PRE}, {iters} iterations; weights from the first regime")
 
 
-def _few_rung(iters: int) -> Regime:
-    return Regime(f"{FEW_LABELS}-{iters}", 96, True, iters, list(LADDER_ARMS), tune=False,
-                  labeled_count=64, ladder="few labels", tuned_in=FEW_LABELS,
-                  note=f"{_FEW}, {iters} iterations; weights from {FEW_LABELS}")
+def _limited_on_ladder(iters: int) -> Regime:
+    return Regime(f"{LIMITED_LABELS}-{iters}", 96, True, iters, list(LADDER_ARMS), tune=False,
+                  labeled_count=64, ladder="limited labels", tuned_in=LIMITED_LABELS,
+                  note=f"{_LIMITED}, {iters} iterations; weights from {LIMITED_LABELS}")
 
 
-# The ladder of regimes. On 2 CPU cores the default study takes hours (the 2400-iteration rungs
+# The ladder of regimes. On 2 CPU cores the default study takes hours (the 2400-iteration regimes
 # most of it; every regime is resumable), so the costlier regimes run fewer arms. The schedule
 # ladders (``ladder``) vary only the fine-tuning length: 150, 600, 2400 (and, named explicitly,
 # 9600) iterations from the same start.
@@ -99,20 +100,54 @@ REGIMES: list[Regime] = [
            tune=False, teacher_iters=300, init_iters=600,
            note="192 px (12 x 12 OS-16 maps; teacher 300 and start 600 iterations at this "
                 "size), CE-pretrained start, 150 iterations; weights from the first regime"),
-    Regime(FEW_LABELS, 96, True, 150, FEW_LABEL_ARMS, labeled_count=64, ladder="few labels",
-           note=f"{_FEW}, 150 iterations; weights tuned here"),
-    _rung(2400),
-    _few_rung(600),
-    _few_rung(2400),
-    _rung(9600, optional=True),
-    # the field's methods at the ladder's 600 rung, with the compute-matched control (CE only
+    Regime(LIMITED_LABELS, 96, True, 150, LIMITED_LABEL_ARMS, labeled_count=64,
+           ladder="limited labels", note=f"{_LIMITED}, 150 iterations; weights tuned here"),
+    _on_ladder(2400),
+    _limited_on_ladder(600),
+    _limited_on_ladder(2400),
+    _on_ladder(9600, optional=True),
+    # the field's methods at the ladder's 600-iteration regime, with the compute-matched control (CE only
     # trained as long as the costliest arm's FLOPs): does distilling beat training longer?
     Regime("96px-pretrained-600-field", 96, True, 600,
            [*ARM_GROUPS["field"], "ctrl_random_ae", "ce_matched"], tune=False, optional=True,
            note=f"{_PRE}, 600 iterations; the field's methods (their authors' weights) and the "
                 "compute-matched control; the method's weights from the first regime"),
 ]
-# a rung longer than this validates and checkpoints every this many iterations, so a run killed
+# the names of release 0.1.0 (one idea, one name: "limited labels"): accepted by --regimes and
+# --retune with a warning, and upgraded in the records and folders an earlier study left
+RENAMED_REGIMES = {f"96px-few-labels{tail}": f"{LIMITED_LABELS}{tail}"
+                   for tail in ("", "-600", "-2400")}
+RENAMED_LADDERS = {"few labels": "limited labels"}
+
+
+def current_name(name: str) -> str:
+    """A regime's name now (an old name warns once per call)."""
+    if name in RENAMED_REGIMES:
+        log.warning("regime %s is now called %s", name, RENAMED_REGIMES[name])
+    return RENAMED_REGIMES.get(name, name)
+
+
+def upgrade_record(record: dict) -> dict:
+    """A regime record (``regime.json``, an entry of ``study.json``) under today's names."""
+    ladder = record.get("ladder")
+    return {**record, "name": RENAMED_REGIMES.get(record["name"], record["name"]),
+            **({"ladder": RENAMED_LADDERS.get(ladder, ladder)} if ladder else {})}
+
+
+def upgrade_folders(out: Path) -> list[str]:
+    """Renames the regime folders an earlier study left under old names (nothing in a regime's
+    folder names its own path: its runs point at the shared stages only), so a study resumes
+    where it stopped. Returns the new names of the folders moved."""
+    moved = []
+    for old, new in RENAMED_REGIMES.items():
+        if (out / old).is_dir() and not (out / new).exists():
+            os.replace(out / old, out / new)
+            log.warning("renamed %s to %s (the regime's name now)", out / old, out / new)
+            moved.append(new)
+    return moved
+
+
+# a regime longer than this validates and checkpoints every this many iterations, so a run killed
 # midway resumes from its last checkpoint (validation draws no number from the global RNG: its
 # loader has its own generator, so a dropout student trains the same whatever val_every is)
 CHECKPOINT_EVERY = 600
@@ -215,7 +250,7 @@ def known_results(out: Path, fresh: list[dict]) -> list[dict]:
     for regime in REGIMES:
         path = out / regime.name / "regime.json"
         if regime.name not in by_name and path.exists():
-            by_name[regime.name] = json.loads(path.read_text())
+            by_name[regime.name] = upgrade_record(json.loads(path.read_text()))
     return [by_name[r.name] for r in REGIMES if r.name in by_name]
 
 
@@ -235,6 +270,7 @@ def reuse_records(out: Path, path: str | Path, chosen: list[Regime]) -> list[str
             for r in records):
         raise KasegError(f"--reuse {path}: not a study.json (a list of regime records with "
                          "name, weight_scale, rows and records)")
+    records = [upgrade_record(r) for r in records]
     unknown = sorted({r["name"] for r in records} - known)
     if unknown:
         raise KasegError(f"--reuse {path}: unknown regime(s) {unknown}")
@@ -250,7 +286,7 @@ def reuse_records(out: Path, path: str | Path, chosen: list[Regime]) -> list[str
     return reused
 
 
-def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 5,
+def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = COMPARE_SEEDS,
               regimes: list[str] | None = None, force: bool = False,
               lockstep: bool = True, reuse: str | Path | None = None,
               retune: list[str] | None = None, retry_failed: bool = False) -> list[dict]:
@@ -259,7 +295,8 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
     (:func:`run_regime`)."""
     out = Path(out)
     chosen = chosen_regimes(regimes)
-    retune = list(retune or [])
+    retune = [current_name(n) for n in retune or []]
+    upgrade_folders(out)
     stray = sorted(set(retune) - {r.name for r in chosen})
     if stray:
         raise KasegError(f"--retune {' '.join(stray)}: not among the regimes this study runs "
@@ -269,7 +306,7 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         log.info("reused from %s: %s", reuse, ", ".join(names) or "nothing (all present or run)")
     seed_list = list(range(seeds))
     results, t0 = [], time.perf_counter()
-    flags = (f" --seeds {seeds}" if seeds != 5 else "") + (
+    flags = (f" --seeds {seeds}" if seeds != COMPARE_SEEDS else "") + (
         f" --regimes {' '.join(regimes)}" if regimes else "") + (
         f" --reuse {reuse}" if reuse is not None else "") + (
         f" --retune {' '.join(retune)}" if retune else "") + (
@@ -290,6 +327,7 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
 
 def chosen_regimes(names: list[str] | None = None) -> list[Regime]:
     """The named regimes in ladder order; by default every regime that is not optional."""
+    names = [current_name(n) for n in names or []]
     unknown = set(names or []) - {r.name for r in REGIMES}
     if unknown:
         raise KasegError(f"unknown regime(s) {sorted(unknown)}; choose from "
@@ -335,7 +373,7 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                   ""]
     ladders = schedule_ladders(results)
     if ladders:
-        lines += schedule_table(ladders, rung_provenance(results))
+        lines += schedule_table(ladders, ladder_provenance(results))
     lines += ["Files: `study.json` (every run's record), `study.png` (the paired gain of "
               "each arm with its CI, one panel per regime)" + (
                   ", `study_schedule.png` (each arm's paired gain against the fine-tuning "
@@ -348,7 +386,7 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
 
 def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
     """``{ladder: {iterations: paired rows of the ladder's arms}}`` of the ladders with at least
-    two rungs measured (a regime's ladder as recorded, else as :data:`REGIMES` names it)."""
+    two regimes measured (a regime's ladder as recorded, else as :data:`REGIMES` names it)."""
     tags = {r.name: r.ladder for r in REGIMES}
     ladders: dict[str, dict[int, list[dict]]] = {}
     for r in results:
@@ -359,10 +397,10 @@ def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
     return {k: dict(sorted(v.items())) for k, v in ladders.items() if len(v) > 1}
 
 
-def rung_provenance(results: list[dict]) -> dict[str, dict[int, dict]]:
-    """``{ladder: {iterations: {machine, code, teacher, init}}}``: what a rung was measured on
-    and the mIoU (%) of its teacher and shared start, so a ladder can say when its rungs do not
-    share them."""
+def ladder_provenance(results: list[dict]) -> dict[str, dict[int, dict]]:
+    """``{ladder: {iterations: {machine, code, teacher, init}}}``: what each of a ladder's regimes
+    was measured on and the mIoU (%) of its teacher and shared start, so a ladder can say when
+    its regimes do not share them."""
     tags = {r.name: r.ladder for r in REGIMES}
     out: dict[str, dict[int, dict]] = {}
     for r in results:
@@ -379,21 +417,22 @@ def rung_provenance(results: list[dict]) -> dict[str, dict[int, dict]]:
 def schedule_table(ladders: dict[str, dict[int, list[dict]]],
                    provenance: dict[str, dict[int, dict]] | None = None) -> list[str]:
     """One table per ladder: each arm's paired Δ [95% CI] at each fine-tuning length; under it,
-    a warning where the rungs were measured on other machines or from other starts (each rung's
-    Δ is still paired within the rung, but the rungs then differ in more than their length)."""
+    a warning where its regimes were measured on other machines or from other starts (each
+    regime's Δ is still paired within it, but the regimes then differ in more than their
+    length)."""
     lines = ["## The schedule ladders: paired gain against fine-tuning length", "",
              "Δ mIoU vs CE only, mean [95% CI] over the paired seeds; CE only's own mIoU in "
              "its row. Only the fine-tuning length changes along a ladder.", ""]
-    for name, rungs in ladders.items():
-        iters = list(rungs)
-        arms = [a for a in LADDER_ARMS if any(x["arm"] == a for rows in rungs.values()
+    for name, lengths in ladders.items():
+        iters = list(lengths)
+        arms = [a for a in LADDER_ARMS if any(x["arm"] == a for rows in lengths.values()
                                               for x in rows)]
         lines += [f"### {name}", "", "| arm | " + " | ".join(f"{i} it" for i in iters) + " |",
                   "| --- |" + " ---: |" * len(iters)]
         for arm in arms:
             cells = []
             for i in iters:
-                row = next((x for x in rungs[i] if x["arm"] == arm), None)
+                row = next((x for x in lengths[i] if x["arm"] == arm), None)
                 if row is None:
                     cells.append("")
                 elif "diff" not in row:
@@ -405,21 +444,22 @@ def schedule_table(ladders: dict[str, dict[int, list[dict]]],
                     cells.append(f"{d['mean']:+.2f}{ci} (n={d['n']})")
             lines.append(f"| {LABELS_STUDY.get(arm, arm)} | " + " | ".join(cells) + " |")
         lines.append("")
-        rungs_at = {i: (provenance or {}).get(name, {}).get(i) for i in iters}
-        if all(rungs_at.values()):
-            lines += _rungs_differ(rungs_at)
+        measured = {i: (provenance or {}).get(name, {}).get(i) for i in iters}
+        if all(measured.values()):
+            lines += _regimes_differ(measured)
     return lines
 
 
-def _rungs_differ(rungs: dict[int, dict]) -> list[str]:
-    """A warning paragraph when a ladder's rungs differ in machine, teacher or start."""
+def _regimes_differ(measured: dict[int, dict]) -> list[str]:
+    """A warning paragraph when a ladder's regimes differ in machine, teacher or start."""
     differ = [k for k in ("machine", "teacher", "init")
-              if len({str(p[k]) for p in rungs.values()}) > 1]
+              if len({str(p[k]) for p in measured.values()}) > 1]
     if not differ:
         return []
     def cell(p: dict) -> str:
         return f"{p['machine']}, {p['code']}, teacher {p['teacher']}, start {p['init']}"
-    return ["**The rungs differ in more than their length** (" + ", ".join(differ) + "): " +
-            "; ".join(f"{i} it: {cell(p)}" for i, p in rungs.items()) + ". Each Δ is paired "
-            "within its rung; across rungs, the change of machine or start moves the gains too.",
+    return ["**The ladder's regimes differ in more than their length** (" + ", ".join(differ) +
+            "): " + "; ".join(f"{i} it: {cell(p)}" for i, p in measured.items()) + ". Each Δ is "
+            "paired within its regime; across them, the change of machine or start moves the "
+            "gains too.",
             ""]
