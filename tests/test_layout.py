@@ -148,6 +148,21 @@ def test_no_retired_word_comes_back():
     assert found == []
 
 
+def test_the_tests_mirror_the_package():
+    """``tests/SUB/test_NAME.py`` tests ``src/kaseg/SUB/NAME.py`` (a test that spans a
+    subpackage's modules says so by a name that is no module's: listed here)."""
+    tests = PACKAGE.parents[1] / "tests"
+    spans = {"engine/test_distill_unlabeled.py"}  # distillation with unlabelled images: stages,
+    # tasks and data together
+    stray = [str(t.relative_to(tests)) for t in tests.glob("*/test_*.py")
+             if str(t.relative_to(tests)) not in spans
+             and not (PACKAGE / t.parent.name / f"{t.stem[len('test_'):]}.py").exists()]
+    assert stray == []
+    top = sorted(t.name for t in tests.glob("test_*.py"))
+    assert top == ["test_api.py", "test_bad_inputs.py", "test_cli.py", "test_gpu_check.py",
+                   "test_layout.py", "test_readme.py"]
+
+
 def test_no_function_is_longer_than_50_lines():
     """A function a newcomer reads in one screen: over 50 lines, split it (data tables are
     module-level constants, not functions)."""

@@ -16,7 +16,7 @@ from kaseg.losses.method import FeatureAutoencoder, ae_strides
 from kaseg.nets.models import build_model
 from kaseg.engine.supervised import train_segmenter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
         "train.iters=2", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=4",
         "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5", "ae.min_iters=0"]

@@ -200,7 +200,7 @@ def _train_cmd(out, *extra):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return [sys.executable, "-m", "kaseg", "train", "--config",
             str(root / "configs" / "synthetic_tiny.yaml"), "--out", str(out),
             "data.image_size=32", "data.crop_size=32", "data.train_count=32", "data.val_count=8",

@@ -311,7 +311,7 @@ def test_a_comparison_on_slurm_gives_the_local_report_and_resumes_a_job_killed_m
 def test_the_docs_dry_run_is_what_the_code_prints(tmp_path, capsys, monkeypatch):
     """docs/scale.md's `--dry-run` output is the current code's, for configs/compare_folder.yaml
     with the docs' `slurm:` block."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     doc = (root / "docs" / "scale.md").read_text()
     section = doc[doc.index("## A comparison on your cluster"):]
     block = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])

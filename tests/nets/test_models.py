@@ -88,7 +88,7 @@ def test_pretrained_offline_is_one_line_error(tmp_path):
         [sys.executable, "-m", "kaseg", "train", "--config", "configs/synthetic_tiny.yaml",
          "--out", str(tmp_path / "run"), "model.pretrained=true"],
         capture_output=True, text=True, env=env, timeout=120,
-        cwd=os.path.dirname(os.path.dirname(__file__)))
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "could not fetch pretrained weights" in lines[0], proc.stderr

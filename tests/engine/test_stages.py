@@ -9,7 +9,7 @@ from kaseg.engine.experiment import load_config
 from kaseg.core.errors import KasegError
 from kaseg.engine.stages import distill, load_autoencoder, pipeline, train_autoencoder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=4",
         "train.iters=2", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=4",
         "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5", "ae.min_iters=0"]

@@ -53,7 +53,7 @@ def test_override_syntax_error():
 
 
 def test_every_shipped_config_loads_and_the_paper_recipes_hold():
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     cfgs = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
     assert {"paper_voc", "paper_cityscapes", "paper_context", "cirkd_cityscapes_r18",
             "cirkd_cityscapes_mbv2"} <= set(cfgs)

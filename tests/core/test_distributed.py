@@ -14,7 +14,7 @@ from kaseg.nets.checkpoint import load_model
 from kaseg.cli import main
 from kaseg.engine.train import InfiniteSampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.image_size=32", "data.crop_size=32", "data.train_count=16", "data.val_count=6",
         "train.iters=2", "train.val_every=2", "train.batch_size=4", "train.val_batch_size=1",
         "train.device=cpu", "teacher.iters=2", "ae.epochs=0.5", "ae.min_iters=0"]

@@ -14,7 +14,7 @@ from kaseg.core.config import DistillConfig
 from kaseg.engine.tasks import DistillTask, pseudo_labels
 from kaseg.nets.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 def test_pseudo_labels_below_the_threshold_are_ignored():
     # two classes, four positions: confident 0, confident 1, unsure, confident but padding
