@@ -1,9 +1,18 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(2)
+# Two test processes (``pytest -n 2``, the README's command) share the 2 cores: one thread each,
+# and the same for every process a test starts (torchrun, the command line, Slurm's jobs), so
+# no core is asked for two busy threads at once. Alone (no -n): both cores to the one process.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture

@@ -124,12 +124,16 @@ def test_a_seeds_arms_in_lockstep_under_torchrun_equal_each_arm_alone_under_torc
     for shared in ("teacher", "ae"):  # one process; then the same shared stages for both
         ComparisonJob(alone, cfg, spec, "shared", shared)()
         shutil.copytree(alone / shared, together / shared)
+    before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         ComparisonJob(alone, cfg, spec, "seed", 0, procs=2, lockstep=False)()
         ComparisonJob(together, cfg, spec, "seed", 0, procs=2)()
     finally:
-        del os.environ["OMP_NUM_THREADS"]
+        if before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
     assert sorted(p.name for p in (together / "runs").iterdir()) == [
         "baseline-s0", "ka-x1-s0", "kd_t2-s0"]
     _same_weights(alone, together)

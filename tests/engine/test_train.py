@@ -237,7 +237,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
     from safetensors.torch import load_file
 
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = dict(os.environ)  # both runs with the same threads (conftest.py's)
     ref, killed, marker = tmp_path / "ref", tmp_path / "killed", tmp_path / "saved"
     subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
     proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_FIRST_CHECKPOINT, str(marker),
