@@ -1,8 +1,6 @@
 """Channel-wise distillation (Shu et al., ICCV 2021): each channel a distribution over positions.
-A pure loss on tensors: the teacher's tensors get no gradient (the function detaches them);
-``valid`` (an optional ``(B, H, W)`` bool mask, :func:`kaseg.losses.masks.valid_mask`) leaves
-ignore pixels out, and with ``valid=None`` the formula is its source's exactly. Registered in
-:data:`kaseg.losses.registry.LOSSES`, with its default weight."""
+Registered in :data:`kaseg.losses.registry.LOSSES`, whose docstring states what every loss
+shares (pure on tensors, the ``valid`` mask)."""
 
 from __future__ import annotations
 
