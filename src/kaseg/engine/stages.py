@@ -328,7 +328,7 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
     prepared = []
     for c, r in zip(cfgs, runs):
         prepared.append(prepare_distill(c, r))
-        share_frozen([prepared[0].task, prepared[-1].task])  # one teacher in memory, not one per run
+        share_frozen([prepared[0].task, prepared[-1].task])  # one teacher in memory, not one each
     for p in prepared:  # every input is checked before any folder is touched
         prepare_run(p.folder, to_dict(p.cfg), force)
     for p in prepared:
@@ -348,7 +348,8 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
             _describe(j.task, j.train_set, j.unlabeled_set)
             io = _student_io(j.task.student, j.train_set, j.val_set, j.folder, j.cfg.train,
                              j.cfg.data.num_workers)
-            runs_.append(TrainingRun(j.task, j.folder, *io, desc=f"distill {j.folder.name}", rng=j.rng))
+            runs_.append(TrainingRun(j.task, j.folder, *io, desc=f"distill {j.folder.name}",
+                                     rng=j.rng))
         try:
             summaries = fit_lockstep(
                 runs_,

@@ -215,10 +215,11 @@ def fit_lockstep(runs: list[TrainingRun], train_set, cfg: TrainConfig, *, seed: 
     run takes its step on it in turn (``fit`` is the one-run case).
 
     Why: the arms of a paired comparison train on the same batches by design; in one process
-    their frozen networks can share a forward pass (:func:`kaseg.engine.tasks.share_frozen`). Each run
-    keeps its own global RNG state (swapped in around its steps, validations and checkpoints),
-    optimizer and run folder, so it ends bit-identical to the same run trained alone, and a
-    killed group resumes like any run (a run saved further than the others waits for them).
+    their frozen networks can share a forward pass (:func:`kaseg.engine.tasks.share_frozen`).
+    Each run keeps its own global RNG state (swapped in around its steps, validations and
+    checkpoints), optimizer and run folder, so it ends bit-identical to the same run trained
+    alone, and a killed group resumes like any run (a run saved further than the others waits
+    for them).
 
     A run whose loss becomes non-finite stops alone: its folder gets ``failed.json`` (the term,
     the iteration, the values), its summary a ``"failed"`` record, and the others train on, so

@@ -37,8 +37,8 @@ from ..engine.visualize import paired_gain_plot, schedule_plot
 log = logging.getLogger(__name__)
 
 LABELS_STUDY = {a.name: a.label for a in ARMS.values()}
-LIMITED_LABEL_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka", "ka_kd",
-                  "ctrl_random_ae", "ctrl_constant", "all_labels"]
+LIMITED_LABEL_ARMS = ["baseline", "pseudo", "kd_t2_labeled", "kd_t2", "ka_labeled", "ka",
+                      "ka_kd", "ctrl_random_ae", "ctrl_constant", "all_labels"]
 # the recipes the field uses to make feature distillation work (each a registered arm)
 RECIPES = ["ka_warmup", "ka_student_encoder", "ka_ae_plateau", "ka_teacher_encoder"]
 CORE_ARMS = ["baseline", "kd_t2", "cwd", "adapt", "ka", "ka_kd", "ctrl_random_ae", "ctrl_constant"]
@@ -67,8 +67,9 @@ class Regime:
 LADDER_ARMS = ["baseline", "kd_t2", "ka", "ka_kd", "ctrl_random_ae"]
 LIMITED_LABELS = "96px-limited-labels"
 _PRE = "CE-pretrained start"
-_LIMITED = ("64 labelled scenes, the other 960 of the training split unlabelled (every arm uses "
-        "them wherever a term can, unless marked 'labelled images only'); CE-pretrained start")
+_LIMITED = ("64 labelled scenes, the other 960 of the training split unlabelled (every arm "
+            "uses them wherever a term can, unless marked 'labelled images only'); "
+            "CE-pretrained start")
 
 
 def _on_ladder(iters: int, optional: bool = False) -> Regime:
@@ -106,8 +107,8 @@ REGIMES: list[Regime] = [
     _limited_on_ladder(600),
     _limited_on_ladder(2400),
     _on_ladder(9600, optional=True),
-    # the field's methods at the ladder's 600-iteration regime, with the compute-matched control (CE only
-    # trained as long as the costliest arm's FLOPs): does distilling beat training longer?
+    # the field's methods at the ladder's 600-iteration regime, with the compute-matched control
+    # (CE only trained as long as the costliest arm's FLOPs): does distilling beat training longer?
     Regime("96px-pretrained-600-field", 96, True, 600,
            [*ARM_GROUPS["field"], "ctrl_random_ae", "ce_matched"], tune=False, optional=True,
            note=f"{_PRE}, 600 iterations; the field's methods (their authors' weights) and the "
