@@ -70,6 +70,23 @@ def test_every_import_runs_down_the_layers_and_none_makes_a_circle():
             visit(name, [])
 
 
+def test_no_module_takes_a_private_name_from_another_subpackage():
+    """A subpackage's ``_names`` are its own: another one imports only its public names."""
+    found = []
+    for name, path in _modules().items():
+        home = name.split(".")[0]
+        package = name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = package[: len(package) - (node.level - 1)]
+            target = [*base, *(node.module.split(".") if node.module else [])]
+            if target and target[0] != home:
+                found += [f"{name}: {alias.name} from {'.'.join(target)}" for alias in node.names
+                          if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert found == []
+
+
 def test_an_old_import_path_still_works_with_a_deprecation_warning():
     """In a fresh interpreter (nothing imported yet): each path of release 0.1.0 warns, names
     the new one, and is the very module at the new path."""

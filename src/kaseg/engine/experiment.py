@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..core.config import Config, _merge, check_ranges, from_dict, parse_overrides
+from ..core.config import Config, check_ranges, from_dict, merge, parse_overrides
 from ..data import DATASETS
 from ..core.distributed import check_global_batch
 from ..core.errors import KasegError
@@ -127,7 +127,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
                 distill.pop("losses", None)
             else:  # one term's setting: the other terms stay as the file has them
                 distill.setdefault("losses", {"adapt": {}, "affinity": {}})
-        data = _merge(data, given)
+        data = merge(data, given)
     if cls is Config:
         data = upgrade_config(data, source)
     cfg = from_dict(cls, data, source)
