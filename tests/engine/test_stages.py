@@ -44,6 +44,33 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert set(summary) == {"teacher", "student", "distilled", "autoencoder_rel_error"}
 
 
+def test_a_pipeline_folder_moved_or_copied_elsewhere_resumes_there(tmp_path):
+    """Its runs name each other by path (the autoencoder its teacher, the student both): moved,
+    or copied to another place, the folder resumes with nothing retrained; a copy whose teacher
+    was swapped for other weights is refused, naming the key."""
+    import shutil
+
+    first = tmp_path / "first"
+    results = pipeline(cfg(), first)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    hist = {s: (moved / s / "history.jsonl").read_text() for s in ("teacher", "ae", "distilled")}
+    again = pipeline(cfg(), moved)
+    assert {s: (moved / s / "history.jsonl").read_text() for s in hist} == hist
+    assert again["distilled"]["best_miou"] == results["distilled"]["best_miou"]
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    assert pipeline(cfg(), copy)["distilled"]["best_miou"] == results["distilled"]["best_miou"]
+    assert {s: (copy / s / "history.jsonl").read_text() for s in hist} == hist
+    swapped = tmp_path / "swapped"
+    shutil.copytree(moved, swapped)
+    shutil.copy(swapped / "student" / "best.safetensors", swapped / "teacher" / "best.safetensors")
+    with pytest.raises(KasegError, match=r"ae: was started with a different config "
+                                         r"\(teacher.weights\)"):
+        pipeline(cfg(), swapped)
+
+
 def test_stage_commands_and_clear_errors(tmp_path, capsys):
     teacher = tmp_path / "t"
     assert main(["train", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",

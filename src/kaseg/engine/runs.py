@@ -3,7 +3,9 @@ restarted). Every stage writes its results through these helpers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from .experiment import upgrade_config
 from ..data import build_dataset
 from ..core.distributed import barrier, is_main
 from ..core.errors import KasegError
+
+log = logging.getLogger(__name__)
 
 
 def build_data(cfg: Config):
@@ -89,7 +93,52 @@ def config_changes(run: Path, config: dict) -> list[str]:
     if "api" not in config:  # keys added since the run started mean what they meant then
         old = upgrade_config(with_defaults(with_defaults(old, LEGACY), to_dict(Config())))
     new = upgrade_config(config)
-    return [k for k in diff_configs(old, new) if k not in RUNTIME_KEYS]
+    return [k for k in diff_configs(old, new) if k not in RUNTIME_KEYS
+            and not moved_with_run(_value(old, k), _value(new, k), Path(run))]
+
+
+def _value(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def moved_with_run(old, new, run: Path) -> bool:
+    """Whether two path values are one place inside a folder that was moved or copied with the
+    run (a comparison or pipeline folder taken elsewhere: its runs name each other by path).
+    They are when they end alike and differ only in a root that holds ``run`` now, and, where
+    the old place still exists (a copy), it holds the same bytes. A path outside the run's
+    tree (a dataset, a teacher of the user's) is never matched this way."""
+    if not (isinstance(old, str) and isinstance(new, str)) or old == new:
+        return False
+    o, n = Path(old).parts, Path(new).parts
+    tail = 0
+    while tail < min(len(o), len(n)) and o[-1 - tail] == n[-1 - tail]:
+        tail += 1
+    if tail == 0 or tail == len(n):
+        return False
+    root = Path(*n[: len(n) - tail]).resolve()
+    if root not in Path(run).resolve().parents or not Path(new).exists():
+        return False
+    if Path(old).exists() and _digest(Path(old)) != _digest(Path(new)):
+        return False
+    if (str(run), old) not in _SAID:  # once per run and path, however often it is checked
+        _SAID.add((str(run), old))
+        log.info("%s: %s is %s now (moved or copied with the run)", run, old, new)
+    return True
+
+
+_SAID: set[tuple[str, str]] = set()
+
+
+def _digest(path: Path) -> str:
+    """What a weights path holds: a file's bytes, or a run folder's weight files."""
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def prepare_run(run: Path, config: dict, force: bool = False) -> None:
