@@ -187,7 +187,7 @@ def test_a_run_folder_of_the_previous_release_resumes_to_the_same_weights(tmp_pa
         distill(cfg(*args), tmp_path / "old")
     monkeypatch.undo()
     saved = yaml.safe_load((old / "config.yaml").read_text())
-    assert saved["distill"]["losses"]["kd"] == {"weight": 1.0, "temperature": 2.0}
+    assert saved["distill"]["losses"]["kd"] == {"weight": 1.0, "temperature": 2.0, "grid": "teacher"}
     saved["distill"] = yaml.safe_load(OLD_DISTILL)["distill"]  # as the old release wrote it
     (old / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     ckpt = torch.load(old / "checkpoint.pt", weights_only=True)
@@ -204,3 +204,35 @@ def test_a_run_folder_of_the_previous_release_resumes_to_the_same_weights(tmp_pa
                for r in caplog.records)
     a, b = load_file(tmp_path / "whole" / "last.safetensors"), load_file(old / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cirkd_batch_that_cannot_fit_the_device_is_refused_before_anything_trains(tmp_path):
+    """The mini-batch relation's memory by hand: tiny-student's map at stride 16 and
+    tiny-teacher's at 4 meet on the 4 x 4 grid of a 64-px crop (N = 16); 8 images in groups of
+    2 keep 4 groups x 4 pairs x N^2 entries at 8 bytes, plus 16 bytes an entry of one group at
+    the forward's peak: 256 x (8 x 16 + 16 x 4) = 49,152 bytes."""
+    from kaseg.engine.stages import check_memory_fits
+
+    def config(group):
+        return load_config(None, ["data.crop_size=64", "train.batch_size=8", "train.device=cpu",
+                                  f"distill.losses={{cirkd_batch: {{group: {group}}}}}"])
+
+    check_memory_fits(config(2), available=49152)
+    with pytest.raises(KasegError, match=r"^arm 'cirkd': distill.losses.cirkd_batch alone needs "
+                       r"about 0.0 GiB for train.batch_size=8 over 1 process\(es\) \(8 images "
+                       r"each, in groups of distill.losses.cirkd_batch.group=2, 64 x 64 crops\) "
+                       r"and the cpu has 0.0 GiB: lower"):
+        check_memory_fits(config(2), "arm 'cirkd'", available=49151)
+    # all 8 related (the earlier meaning): 256 x (8 + 16) x 64 bytes, 8x more
+    check_memory_fits(config(8), available=393216)
+    with pytest.raises(KasegError, match="group=8"):
+        check_memory_fits(config(8), available=393215)
+    # over 4 processes each has 2 images, one group: 256 x 24 x 4
+    check_memory_fits(config(8), processes=4, available=24576)
+    with pytest.raises(KasegError, match=r"over 4 process\(es\) \(2 images each"):
+        check_memory_fits(config(8), processes=4, available=24575)
+    # on this machine's memory: 128 images of 4096 positions all related, about 6,144 GiB
+    big = load_config(None, ["data.crop_size=1024", "train.batch_size=128", "train.device=cpu",
+                             "distill.losses={cirkd_batch: {group: 128}}"])
+    with pytest.raises(KasegError, match="needs about 6144.0 GiB"):
+        check_memory_fits(big, "distill")

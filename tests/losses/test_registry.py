@@ -219,8 +219,16 @@ def test_task_adds_selected_losses_with_their_weights_and_combines_with_ours():
     task.eval()
     losses = task(x, y)
     s_out, t_out = task.student(x), teacher.eval()(x)
-    v = valid_mask(y, (64, 64))
-    torch.testing.assert_close(losses["kd"], kd_loss(s_out["logits"], t_out["logits"], 4.0, v))
+    # logit KD on the teacher's output grid (its classifier's, stride 4 here: 16 x 16), the
+    # student's logits (stride 16: 4 x 4) upsampled onto it, its positions j at pixel 4 j
+    t_head, s_head = t_out["head_logits"], s_out["head_logits"]
+    assert t_head.shape[-2:] == (16, 16) and s_head.shape[-2:] == (4, 4)
+    v = valid_mask(y, (16, 16), stride=4)
+    assert not v[:, :2].any() and v[:, 2:].all()  # label rows 0-7 ignored: grid rows 0-1
+    s_up = F.interpolate(s_head, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(losses["kd"], kd_loss(s_up, t_head, 4.0, v))
+    assert not torch.allclose(losses["kd"], kd_loss(s_out["logits"], t_out["logits"], 4.0,
+                                                    valid_mask(y, (64, 64))), rtol=0.01)
     ft = t_out["features"]["pre_logits"]
     torch.testing.assert_close(
         losses["ifvd"], ifvd_loss(s_out["features"]["pre_logits"], ft, y, 3))
@@ -487,7 +495,7 @@ def test_dist_by_its_definition_and_at_another_resolution():
     assert torch.autograd.gradcheck(lambda x: dist_loss(x, t.double()),
                                     (s.detach().double().requires_grad_(True),))
     assert LOSSES["dist"].weight == 1.0 and LOSSES["dist"].options == {
-        "temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0}
+        "temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0, "grid": "teacher"}
 
 
 def test_an_unknown_option_of_dist_in_an_arm_is_one_line_naming_the_arm():
@@ -497,5 +505,26 @@ def test_an_unknown_option_of_dist_in_an_arm_is_one_line_naming_the_arm():
     arm = Arm("dist_t2", "DIST T=2", {"losses": {"dist": {"tau": 2}}})
     with pytest.raises(KasegError, match=r"^arm 'dist_t2': distill.losses.dist: unknown "
                        r"option \['tau'\]; dist takes weight and temperature, inter_weight, "
-                       r"intra_weight$"):
+                       r"intra_weight, grid$"):
         arm_config(load_config(None, []), arm, 0)
+
+
+@pytest.mark.parametrize("name", ["kd", "cwd", "dist"])
+def test_a_logit_term_on_the_input_grid_is_the_loss_on_upsampled_logits(name):
+    """grid: input keeps the earlier reading (both networks' logits at the input's size), grid:
+    teacher (the default) reads the teacher's own output grid; a third value is refused."""
+    assert LOSSES[name].options["grid"] == "teacher"
+    task, teacher = _task({name: {"grid": "input"}})
+    x, y = torch.randn(2, 3, 48, 48), torch.randint(0, 3, (2, 48, 48))
+    y[0, :, :20] = IGN
+    got = task.eval()(x, y)[name]
+    s, t = task.student(x)["logits"], teacher.eval()(x)["logits"]
+    fn, opts = {"kd": (kd_loss, (4.0,)), "cwd": (cwd_loss, (4.0,)),
+                "dist": (dist_loss, (1.0, 1.0, 1.0))}[name]
+    torch.testing.assert_close(got, fn(s, t, *opts, valid_mask(y, (48, 48))))
+    on_teacher = _task({name: {}})[0]
+    on_teacher.load_state_dict(task.state_dict())
+    assert not torch.allclose(on_teacher.eval()(x, y)[name], got, rtol=1e-3)
+    with pytest.raises(ValueError, match=f"distill.losses.{name}: grid must be one of "
+                                         r"\('teacher', 'input'\), got 'output'"):
+        _task({name: {"grid": "output"}})

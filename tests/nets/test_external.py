@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kaseg.nets.checkpoint import load_model, load_weights_into, save_model
@@ -58,6 +59,11 @@ def test_torchvision_models_as_teacher_and_as_student(name):
     out = model.eval()(torch.randn(1, 3, 48, 40))
     assert out["logits"].shape == (1, 4, 48, 40)
     assert out["features"]["pre_logits"].shape[1] == pc
+    # the logits on the classifier's own grid (what the logit terms read), LR-ASPP's at input
+    lraspp = name.startswith("lraspp")
+    assert model.logit_stride == (1 if lraspp else ps) and "head_logits" not in out["features"]
+    grid = out["logits"] if lraspp else out["features"]["pre_logits"]
+    assert out["head_logits"].shape == (1, 4, *grid.shape[-2:])
     # as teacher of an SMP student (OS 16), and as student of an SMP teacher (OS 4 decoder map)
     _one_step(build_model("tiny-student", 4), model)  # (a teacher is frozen for good)
     _one_step(build_model(f"torchvision:{name}", 4), build_model("tiny-teacher", 4))
@@ -121,6 +127,9 @@ def test_any_module_with_named_taps():
     x = torch.randn(2, 3, 32, 28)
     out = model(x)
     assert out["logits"].shape == (2, 3, 32, 28)  # upsampled to the input
+    assert model.logit_stride == 4 and out["head_logits"].shape == (2, 3, 8, 7)  # the module's
+    torch.testing.assert_close(out["logits"], F.interpolate(out["head_logits"], size=(32, 28),
+                                                            mode="bilinear"))
     expected = torch.relu(model.net.body(x))  # the classifier's input, by hand
     torch.testing.assert_close(out["features"]["pre_logits"], expected)
     with pytest.raises(KasegError, match="no submodule 'neck'"):

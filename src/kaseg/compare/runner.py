@@ -45,8 +45,8 @@ from ..engine.experiment import check_config
 from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from ..engine.runs import config_changes
-from ..engine.stages import (check_losses_fit, distill, distill_lockstep, estimate_step_flops, teacher_training_config,
-                     train_autoencoder)
+from ..engine.stages import (check_losses_fit, check_memory_fits, distill, distill_lockstep,
+                             estimate_step_flops, teacher_training_config, train_autoencoder)
 from ..engine.supervised import train_segmenter
 from ..engine.train import Diverged, failure
 
@@ -386,7 +386,9 @@ def adopt_unscaled_folders(out: Path, stages: list[PlannedRun]) -> list[str]:
 def check_arms(cfg: Config, spec: CompareSpec) -> None:
     """Every arm built into a full config and checked before anything trains."""
     for arm in spec.arms:
-        check_losses_fit(arm_config(cfg, arm, spec.seeds[0]), f"arm '{arm.name}'")
+        arm_cfg = arm_config(cfg, arm, spec.seeds[0])
+        check_losses_fit(arm_cfg, f"arm '{arm.name}'")
+        check_memory_fits(arm_cfg, f"arm '{arm.name}'")
 
 
 def all_stages(out: Path, cfg: Config, spec: CompareSpec):

@@ -22,6 +22,22 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def onto_grid(x: torch.Tensor, stride: int | None, size, to_stride: int | None) -> torch.Tensor:
+    """A map of stride ``stride`` (input pixels per position, from the top left of the padded
+    image) on the grid of a ``size`` map of stride ``to_stride``: resized by the ratio of the
+    strides (bilinear), then cropped on the bottom and right to ``size`` (each network pads the
+    image to its own divisor, so the coarser map may cover more of it), or padded there by
+    repeating its edge. Unknown strides: resized to ``size``."""
+    size = tuple(size)
+    if stride is None or to_stride is None:
+        return resize(x, size)
+    h, w = x.shape[-2:]
+    scaled = (round(h * stride / to_stride), round(w * stride / to_stride))
+    x = resize(x, scaled)[..., : size[0], : size[1]]
+    ph, pw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
 def full_precision(fn):
     """Run a loss with autocast off: under AMP its softmaxes and Gram products stay in float32
     (autocast of the device of the first tensor argument; a loss's module may come first)."""

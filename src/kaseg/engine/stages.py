@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -235,6 +236,7 @@ def prepare_distill(cfg: Config, run: str | Path) -> PreparedRun:
     dcfg = cfg.distill
     if needs_autoencoder(dcfg.losses) and not cfg.ae.weights:
         raise KasegError(NEEDS_AE)
+    check_memory_fits(cfg, "distill")
     student = build_student(cfg, train_set.num_classes)
     ae, ae_meta = load_autoencoder(cfg.ae.weights) if cfg.ae.weights else (None, None)
     task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "")
@@ -273,6 +275,48 @@ def check_losses_fit(cfg: Config, source: str = "config") -> None:
         if problem:
             raise KasegError(f"{source}: {name} needs what {t.name}'s '{t.tap}' map does not "
                              f"give: {problem}")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory ``device`` has: a GPU's total, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory_fits(cfg: Config, source: str = "config", processes: int | None = None,
+                      available: int | None = None) -> None:
+    """A selected term whose own memory (:attr:`LossSpec.memory`, e.g. CIRKD's relations) would
+    not fit the device that trains (``available`` bytes; default: ``train.device``'s) with the
+    batch each of the ``processes`` gets (default: torchrun's ``WORLD_SIZE``, else 1) is a
+    one-line error naming the keys that change it, before anything trains."""
+    d, t, m = cfg.distill, cfg.teacher, cfg.model
+    terms = {n: o for n, (_, o) in resolve_losses(d.losses).items() if LOSSES[n].memory}
+    if not terms:
+        return
+    world = processes or int(os.environ.get("WORLD_SIZE", world_size()))
+    batch = max(1, cfg.train.batch_size // world)
+    crop = cfg.data.crop_size
+    h, w = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    strides = [_feature_info(name, os_, dc)[tap].stride for name, os_, dc, tap in (
+        (m.name, m.output_stride, m.decoder_channels, d.student_tap),
+        (t.name, t.output_stride, t.decoder_channels, t.tap))]
+    sizes = [(math.ceil(h / st), math.ceil(w / st)) for st in strides]
+    try:
+        device = resolve_device(cfg.train.device)
+    except KasegError:  # not the machine that trains (a cluster's login node): its job checks
+        return
+    have = device_memory(device) if available is None else available
+    for name, options in terms.items():
+        need = LOSSES[name].memory(batch, *sizes, **options)
+        if need > have:
+            group = (f", in groups of distill.losses.{name}.group={options['group']}"
+                     if "group" in options else "")
+            raise KasegError(
+                f"{source}: distill.losses.{name} alone needs about {need / 2**30:.1f} GiB for "
+                f"train.batch_size={cfg.train.batch_size} over {world} process(es) ({batch} "
+                f"images each{group}, {h} x {w} crops) and the {device.type} has "
+                f"{have / 2**30:.1f} GiB: lower the batch or the group, or use more processes")
 
 
 def estimate_step_flops(cfg: Config) -> int:
@@ -514,6 +558,7 @@ def pipeline(cfg: Config, run: str | Path, force: bool = False) -> dict:
     teacher stage."""
     run = Path(run)
     check_losses_fit(cfg, "pipeline")
+    check_memory_fits(cfg, "pipeline")
     results = {}
     if not cfg.teacher.weights:
         results["teacher"] = train_segmenter(teacher_training_config(cfg), run / "teacher", force)

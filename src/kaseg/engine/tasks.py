@@ -335,9 +335,17 @@ class DistillTask(nn.Module):
             given = Outputs(out["logits"][part], t_out["logits"][part], fs, ft,
                             labels if spec.needs_labels else None, valid, self.ignore_index,
                             self.loss_modules[name] if name in self.loss_modules else None,
-                            self.student_stride, self.teacher_stride, latent)
+                            self.student_stride, self.teacher_stride, latent,
+                            _part(out.get("head_logits"), part),
+                            _part(t_out.get("head_logits"), part),
+                            getattr(self.student, "logit_stride", None),
+                            getattr(self.teacher.inner, "logit_stride", None))
             weighted[name] = (weight, spec.compute(given, **options))
         return weighted
+
+
+def _part(x: torch.Tensor | None, part: slice) -> torch.Tensor | None:
+    return None if x is None else x[part]
 
 
 # where the method's adapters were kept before every term lived in ``loss_modules``

@@ -45,43 +45,90 @@ def _relation_kl(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: fl
 
 
 # --------------------------------------------------------------------------- CIRKD
+# bytes the mini-batch term keeps per relation entry for the backward (the log-softmax's output
+# and the teacher's probabilities, float32; measured by tests/losses/test_contrastive.py), and
+# those its forward holds at its peak besides, for the group being computed (the logits of both
+# networks, the teacher's log-probabilities, the per-entry KL)
+CIRKD_SAVED_BYTES, CIRKD_PEAK_BYTES = 8, 16
+
+
 @full_precision
 def cirkd_batch_loss(fs: torch.Tensor, ft: torch.Tensor, temperature: float = 0.1,
-                     valid: torch.Tensor | None = None) -> torch.Tensor:
-    """CIRKD's mini-batch pixel-to-pixel relation: for every ordered pair (i, j) of the batch's
-    images (i = j included), the similarities of each position of image i to every position of
+                     valid: torch.Tensor | None = None, group: int = 2) -> torch.Tensor:
+    """CIRKD's mini-batch pixel-to-pixel relation: for every ordered pair (i, j) of images of one
+    group (i = j included), the similarities of each position of image i to every position of
     image j, as a distribution, student matched to teacher:
 
         a_ij = softmax over positions q of j of ( f_i,p . f_j,q / tau )      (unit f)
-        L = 1 / B^2 * sum_{i,j} mean_p KL( a^t_ij,p || a^s_ij,p )
+        L_g  = 1 / |g|^2 * sum_{i,j in g} mean_p KL( a^t_ij,p || a^s_ij,p )
+        L    = mean over the groups g of L_g
 
-    tau = 0.1, weight 1 (``--lambda-minibatch-pixel 1``). The channel counts may differ (each
-    network's map is compared with itself); the maps are put on one grid by
-    :func:`common_grid`. ``valid`` (at that grid) [ours]: rows and columns are valid positions
-    only; a pair whose image has no valid position is left out of the mean.
+    tau = 0.1, weight 1 (``--lambda-minibatch-pixel 1``). **Groups**: the authors relate the
+    images of one GPU, 2 of them (8 GPUs x 2 = their batch of 16), and average over the GPUs;
+    kaseg cuts each process's batch into consecutive groups of ``group`` images (the last one
+    may be smaller), so the term means the same on one GPU or eight, and its memory grows as
+    B x group x N^2, not B^2 x N^2 (N: positions on the common grid). ``group`` >= the batch
+    relates every image with every other. The channel counts may differ (each network's map is
+    compared with itself); the maps are put on one grid by :func:`common_grid`. ``valid`` (at
+    that grid) [ours]: rows and columns are valid positions only; a pair whose image has no
+    valid position is left out of its group's mean, a group without a pair out of the mean.
     """
+    if group < 1:
+        raise ValueError(f"distill.losses.cirkd_batch.group must be >= 1, got {group}")
     fs, ft = common_grid(at_least_f32(fs), at_least_f32(ft.detach()))
     s = F.normalize(fs, dim=1).flatten(2)  # (B, C, N), unit columns
     t = F.normalize(ft, dim=1).flatten(2)
-    b = s.shape[0]
     v = None if valid is None else valid.flatten(1)
-    total, pairs = s.new_zeros(()), s.new_zeros(())
-    for i in range(b):  # one anchor image at a time: B x N x N, not B^2 x N x N
-        ls = torch.einsum("cn,bcm->bnm", s[i], s) / temperature
-        lt = torch.einsum("cn,bcm->bnm", t[i], t) / temperature
-        if v is None:
-            total = total + kl_from_logits(lt, ls, dim=-1).mean(1).sum()
-            pairs = pairs + b
-            continue
-        some = v.any(1)  # images with a valid column; the others are left out below (unmasked)
-        cols = (v | ~some[:, None])[:, None, :]
-        ls, lt = ls.masked_fill(~cols, float("-inf")), lt.masked_fill(~cols, float("-inf"))
-        kl = kl_from_logits(lt, ls, dim=-1)  # (B, N): rows p of image i, one per image j
-        rows = v[i].to(kl.dtype)
-        per_pair = (kl * rows).sum(1) / rows.sum().clamp(min=1.0)
-        ok = (some & v[i].any()).to(kl.dtype)
-        total, pairs = total + (per_pair * ok).sum(), pairs + ok.sum()
-    return total / pairs.clamp(min=1.0)
+    total, groups = s.new_zeros(()), s.new_zeros(())
+    for start in range(0, s.shape[0], group):
+        part = slice(start, start + group)
+        value, counted = _group_relation(s[part], t[part], temperature,
+                                         None if v is None else v[part])
+        total, groups = total + value, groups + counted
+    return total / groups.clamp(min=1.0)
+
+
+def cirkd_batch_bytes(batch: int, student_size: tuple[int, int], teacher_size: tuple[int, int],
+                      group: int = 2, **_) -> int:
+    """Bytes :func:`cirkd_batch_loss` needs on one process for ``batch`` images whose tapped maps
+    have these sizes (they meet on the smaller grid): what its backward keeps for every group's
+    pairs, and its forward's peak while computing the largest group. A lower bound of what the
+    step needs (the networks come on top)."""
+    n = min(student_size[0], teacher_size[0]) * min(student_size[1], teacher_size[1])
+    full, rest = divmod(batch, group)
+    largest = min(group, batch)
+    return n * n * (CIRKD_SAVED_BYTES * (full * group**2 + rest**2)
+                    + CIRKD_PEAK_BYTES * largest**2)
+
+
+def _group_relation(s: torch.Tensor, t: torch.Tensor, temperature: float,
+                    v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the mean over the group's pairs of the relation KL, 1 if the group has a pair else 0).
+
+    Memory: the backward keeps the student's log-softmax and the teacher's probabilities, 8
+    bytes an entry, as the authors' ``log_softmax`` / ``softmax`` / ``kl_div`` do. Masked
+    columns get the most negative finite logit, not -inf: their probability is exactly 0 on both
+    sides, so they add nothing and pass no gradient, and no 0 x inf makes a NaN."""
+    ls = torch.einsum("icn,jcm->ijnm", s, s) / temperature  # (g, g, N, N)
+    with torch.no_grad():
+        lt = torch.einsum("icn,jcm->ijnm", t, t) / temperature
+    if v is not None:
+        some = v.any(1)  # images with a valid position; the others join no pair (below)
+        cols = (v | ~some[:, None])[None, :, None, :]  # (1, g, 1, N): image j's columns
+        fill = torch.finfo(ls.dtype).min
+        ls, lt = ls.masked_fill(~cols, fill), lt.masked_fill(~cols, fill)
+    with torch.no_grad():
+        log_pt = lt.log_softmax(-1)
+        pt = log_pt.exp()
+        del lt
+    kl = (pt * (log_pt - ls.log_softmax(-1))).sum(-1)  # (g, g, N): row p of i against image j
+    if v is None:
+        return kl.mean(), kl.new_ones(())
+    rows = v.to(kl.dtype)[:, None, :]  # (g, 1, N): image i's rows
+    per_pair = (kl * rows).sum(-1) / rows.sum(-1).clamp(min=1.0)
+    ok = (some[:, None] & some[None, :]).to(kl.dtype)
+    pairs = ok.sum()
+    return (per_pair * ok).sum() / pairs.clamp(min=1.0), (pairs > 0).to(kl.dtype)
 
 
 class CirkdMemory(nn.Module):

@@ -33,10 +33,11 @@ import torch
 from torch import nn
 
 from ..core.labels import IGNORE_INDEX
+from ..core.tensors import onto_grid
 from .method import (ADAPT_REDUCTIONS, AFFINITY_IMPLS, AFFINITY_REDUCTIONS, Adapter,
                      adaptation_loss, affinity_loss, to_latent_size)
-from .contrastive import (AfDcdHead, CirkdMemory, af_dcd_check, af_dcd_loss, cirkd_batch_loss,
-                          cirkd_memory_loss)
+from .contrastive import (AfDcdHead, CirkdMemory, af_dcd_check, af_dcd_loss, cirkd_batch_bytes,
+                          cirkd_batch_loss, cirkd_memory_loss)
 from .cwd import cwd_loss
 from .dist import dist_loss
 from .fitnet import FitNetRegressor, fitnet_loss
@@ -78,6 +79,12 @@ class Outputs:
     # E(F_t), the trained encoder's code of the teacher's map (the method's target): computed
     # on first use and shared by every term of the step that reads it
     teacher_latent: Callable[[], torch.Tensor] | None = None
+    # the logits on each network's own output grid (its classifier's, before the upsampling to
+    # the input) and that grid's stride; None: only the input-size logits are known
+    student_head_logits: torch.Tensor | None = None
+    teacher_head_logits: torch.Tensor | None = None
+    student_logit_stride: int | None = None
+    teacher_logit_stride: int | None = None
 
     def latent(self) -> torch.Tensor:
         """The teacher's map in the autoencoder's latent space (``LossSpec.needs_autoencoder``)."""
@@ -93,10 +100,25 @@ class Outputs:
         if size == tuple(self.valid.shape[-2:]):
             return 1
         for f, stride in ((self.teacher_features, self.teacher_stride),
-                          (self.student_features, self.student_stride)):
-            if size == tuple(f.shape[-2:]) and stride is not None:
+                          (self.student_features, self.student_stride),
+                          (self.teacher_head_logits, self.teacher_logit_stride)):
+            if f is not None and size == tuple(f.shape[-2:]) and stride is not None:
                 return stride
         return None
+
+    def logits_on(self, grid: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(student logits, teacher logits, valid positions) on the grid ``grid`` names:
+        ``"teacher"``, the teacher's output grid (its classifier's own, where the field's authors
+        compute their logit terms), the student's logits brought onto it by
+        :func:`~kaseg.core.tensors.onto_grid`; ``"input"``, both at the input's size. A teacher
+        that offers no logits on its own grid is read at the input's size."""
+        if grid == "input" or self.teacher_head_logits is None:
+            return self.student_logits, self.teacher_logits, self.valid_on(self.teacher_logits)
+        t = self.teacher_head_logits
+        s = self.student_logits if self.student_head_logits is None else self.student_head_logits
+        s_stride = 1 if self.student_head_logits is None else self.student_logit_stride
+        s = onto_grid(s, s_stride, tuple(t.shape[-2:]), self.teacher_logit_stride)
+        return s, t, self.valid_on(t)
 
     def valid_on(self, like: torch.Tensor) -> torch.Tensor:
         """The valid-pixel mask on the grid of ``like`` (a map of this step)."""
@@ -132,6 +154,10 @@ class LossSpec:
             values, asked when a config is read.
         needs_autoencoder: the loss reads the trained autoencoder's latent code of the teacher's
             map (:meth:`Outputs.latent`; the method's terms): a run with it needs ``ae.weights``.
+        memory: ``memory(batch, student_size, teacher_size, **options) -> bytes``: what the term
+            alone needs on one process for ``batch`` images whose tapped maps have these (h, w)
+            sizes, for a term whose memory can outgrow a device (CIRKD's relations grow as
+            batch x group x positions^2); checked against the device before anything trains.
     """
 
     compute: Callable[..., torch.Tensor]
@@ -142,6 +168,7 @@ class LossSpec:
     check: Callable[..., str | None] | None = None
     validate: Callable[..., str | None] | None = None
     needs_autoencoder: bool = False
+    memory: Callable[..., int] | None = None
 
 
 def build_loss_module(name: str, student_channels: int, teacher_channels: int, num_classes: int,
@@ -211,6 +238,19 @@ def _affinity(o: Outputs, reduction: str, impl: str, dense_max_positions: int) -
     return affinity_loss(zs, zt, reduction, impl, dense_max_positions)
 
 
+LOGIT_GRIDS = ("teacher", "input")
+
+
+def _check_grid(grid: str, **_) -> str | None:
+    return _one_of("grid", grid, LOGIT_GRIDS)
+
+
+def _on_grid(loss: Callable[..., torch.Tensor], o: Outputs, grid: str, *args) -> torch.Tensor:
+    """A logit term ``loss(s, t, *args, valid)`` on the grid ``grid`` names."""
+    s, t, valid = o.logits_on(grid)
+    return loss(s, t, *args, valid)
+
+
 def _one_of(key: str, value, allowed) -> str | None:
     return None if value in allowed else f"{key} must be one of {tuple(allowed)}, got {value!r}"
 
@@ -240,26 +280,29 @@ LOSSES.update({
                          needs_autoencoder=True,
                          options={"reduction": "mse", "impl": "auto",
                                   "dense_max_positions": 1024}),
-    "kd": LossSpec(lambda o, temperature: kd_loss(o.student_logits, o.teacher_logits, temperature,
-                                                  o.valid_on(o.teacher_logits)),
-                   weight=1.0, options={"temperature": 4.0}),
+    # the logit terms run on the teacher's output grid (``grid``; their authors', see
+    # Outputs.logits_on) or, with grid "input", on logits upsampled to the input
+    "kd": LossSpec(lambda o, temperature, grid: _on_grid(kd_loss, o, grid, temperature),
+                   weight=1.0, options={"temperature": 4.0, "grid": "teacher"},
+                   validate=_check_grid),
     "fitnet": LossSpec(lambda o: fitnet_loss(o.module(o.student_features), o.teacher_features,
                                              o.valid_on(o.teacher_features)),
                        weight=1.0, module=FitNetRegressor),
     "skd": LossSpec(lambda o, pool: skd_pairwise_loss(o.student_features, o.teacher_features, pool,
                                                       o.valid_on(o.teacher_features)),
                     weight=10.0, options={"pool": 2}),
-    "cwd": LossSpec(lambda o, temperature: cwd_loss(o.student_logits, o.teacher_logits,
-                                                    temperature, o.valid_on(o.teacher_logits)),
-                    weight=3.0, options={"temperature": 4.0}),
-    "dist": LossSpec(lambda o, temperature, inter_weight, intra_weight: dist_loss(
-        o.student_logits, o.teacher_logits, temperature, inter_weight, intra_weight,
-        o.valid_on(o.teacher_logits)),
-        weight=1.0, options={"temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0}),
+    "cwd": LossSpec(lambda o, temperature, grid: _on_grid(cwd_loss, o, grid, temperature),
+                    weight=3.0, options={"temperature": 4.0, "grid": "teacher"},
+                    validate=_check_grid),
+    "dist": LossSpec(lambda o, temperature, inter_weight, intra_weight, grid: _on_grid(
+        dist_loss, o, grid, temperature, inter_weight, intra_weight),
+        weight=1.0, options={"temperature": 1.0, "inter_weight": 1.0, "intra_weight": 1.0,
+                             "grid": "teacher"}, validate=_check_grid),
     # CIRKD: its arm adds logit KD at T = 1 beside these two, as the authors combine them
-    "cirkd_batch": LossSpec(lambda o, temperature: cirkd_batch_loss(
-        o.student_features, o.teacher_features, temperature, _valid_on_common_grid(o)),
-        weight=1.0, options={"temperature": 0.1}),
+    "cirkd_batch": LossSpec(lambda o, temperature, group: cirkd_batch_loss(
+        o.student_features, o.teacher_features, temperature, _valid_on_common_grid(o), group),
+        weight=1.0, options={"temperature": 0.1, "group": 2}, memory=cirkd_batch_bytes,
+        validate=lambda group, **_: None if group >= 1 else f"group must be >= 1, got {group}"),
     "cirkd_memory": LossSpec(
         lambda o, pixel_memory_size, region_memory_size, pixel_update, **opts: cirkd_memory_loss(
             o.module, o.student_features, o.teacher_features, _labels_on_common_grid(o),

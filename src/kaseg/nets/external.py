@@ -27,7 +27,12 @@ from .specs import FeatureInfo, ModelSpec
 
 log = logging.getLogger(__name__)
 
-_DEEPLAB = {"pre_logits": "classifier.4:input", "encoder": "backbone:out"}
+# the tap of this name is no feature: it is the logits on the classifier's own grid, before the
+# network upsamples them to the input (``head_logits``, what the field's logit terms read);
+# without it, the module's own logits are (at input size when it upsamples them itself)
+HEAD_LOGITS = "head_logits"
+_DEEPLAB = {"pre_logits": "classifier.4:input", "encoder": "backbone:out",
+            HEAD_LOGITS: "classifier.4"}
 # name -> (torchvision builder, taps, the classifier convs that give the classes)
 TORCHVISION: dict[str, tuple[str, dict[str, str], list[str]]] = {
     "deeplabv3_resnet50": ("deeplabv3_resnet50", _DEEPLAB, ["classifier.4"]),
@@ -67,7 +72,8 @@ class TappedModel(nn.Module):
         module: the network; its forward takes an image batch and returns its logits (a tensor,
             a dict with ``out``/``logits``, or a tuple whose first element they are).
         taps: ``{feature name: tap}``, e.g. ``{"pre_logits": "classifier.4:input"}``; a
-            ``pre_logits`` tap is what distillation uses by default.
+            ``pre_logits`` tap is what distillation uses by default; a ``head_logits`` tap
+            (e.g. ``"classifier.4"``) names the logits before the module upsamples them.
         name: recorded in checkpoints (``torchvision:...`` names can be rebuilt from them).
         logits: how to get the logits from the output, if not one of the forms above.
         probe_size: the dry run's input side (a multiple of every stride).
@@ -95,7 +101,7 @@ class TappedModel(nn.Module):
         with torch.no_grad():
             out = self._run(torch.zeros(1, 3, probe_size, probe_size))
         module.train(was)
-        missing = [f for f in self.taps if f not in out["features"]]
+        missing = [f for f in self.taps if f not in out["features"] and f != HEAD_LOGITS]
         if missing:
             raise KasegError(f"taps {missing} were never reached by a forward pass")
         self.feature_info: dict[str, FeatureInfo] = {}
@@ -107,6 +113,12 @@ class TappedModel(nn.Module):
             self.feature_info[feature] = FeatureInfo(int(fmap.shape[1]), probe_size // side)
         self.spec = ModelSpec(name=name or f"custom:{type(module).__name__}",
                               num_classes=int(out["logits"].shape[1]))
+        side = out["head_logits"].shape[-1]
+        if probe_size % side:
+            raise KasegError(f"the logits on their own grid have shape "
+                             f"{tuple(out['head_logits'].shape)}, not a map whose side divides "
+                             f"the {probe_size}-px probe")
+        self.logit_stride = probe_size // side  # the stride of ``head_logits``
 
     def _hook(self, feature: str, part: str):
         def hook(mod, inputs, output):
@@ -129,10 +141,11 @@ class TappedModel(nn.Module):
     def _run(self, x: torch.Tensor) -> dict:
         self._captured = {}
         logits = self._logits(self.net(x))
+        features, self._captured = self._captured, {}
+        head_logits = features.pop(HEAD_LOGITS, logits)
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        features, self._captured = self._captured, {}
-        return {"logits": logits, "features": features}
+        return {"logits": logits, "head_logits": head_logits, "features": features}
 
     def forward(self, x: torch.Tensor) -> dict:
         return self._run(x)

@@ -146,7 +146,9 @@ def _drop_last_conv(encoder: nn.Module, name: str) -> None:
 
 
 class SegModel(nn.Module):
-    """An SMP network whose forward returns ``{"logits", "features": {name: map}}``.
+    """An SMP network whose forward returns ``{"logits", "head_logits", "features": {name: map}}``
+    (``head_logits``: the classifier's output on its own grid, stride ``logit_stride``, on the
+    padded input).
 
     Why a wrapper: distillation needs the pre-classifier feature map (the paper's "last feature
     map"), and users feed images of any size; we pad to the encoder's divisor and crop back, so the
@@ -168,6 +170,8 @@ class SegModel(nn.Module):
             "encoder": FeatureInfo(net.encoder.out_channels[-1], int(net.encoder.output_stride)),
         }
         self.divisor = int(net.encoder.output_stride) if net.requires_divisible_input_shape else 1
+        # the stride of ``head_logits`` (the classifier's own grid), in input pixels
+        self.logit_stride = head_stride if isinstance(head, nn.Sequential) and len(head) == 3 else 1
 
     @property
     def num_classes(self) -> int:
@@ -187,10 +191,23 @@ class SegModel(nn.Module):
         else:
             dec = self.net.decoder(feats)
             last = feats[-1]
-        logits = self.net.segmentation_head(dec)
+        head_logits, logits = _head(self.net.segmentation_head, dec)
         # to the padded input's size (a copy when the head already upsampled to it)
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return {"logits": logits[..., :h, :w], "features": {"pre_logits": dec, "encoder": last}}
+        return {"logits": logits[..., :h, :w], "head_logits": head_logits,
+                "features": {"pre_logits": dec, "encoder": last}}
+
+
+def _head(head: nn.Module, dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the classifier's logits on its own grid, the head's output): SMP's head is (conv,
+    upsampling, activation); the first is what the field's logit terms read (their authors
+    compute them on the networks' own output grid, not at input size). Bit for bit the head's
+    own forward; a head of another form gives its output twice."""
+    if isinstance(head, nn.Sequential) and len(head) == 3:
+        native = head[0](dec)
+        return head[2](native), head[2](head[1](native))
+    out = head(dec)
+    return out, out
 
 
 def _stride_kwargs(name: str, arch: str, os_: int | None, kwargs: dict) -> int | None:
