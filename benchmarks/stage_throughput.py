@@ -1,5 +1,5 @@
-"""Where the demo's time goes: each stage's step time and achieved GFLOP/s (torch's FLOP counter
-over forward + backward), beside what this machine's cores reach on a plain convolution and a
+"""Where the demo's time goes: each stage's step time and achieved GFLOP/s (kaseg's FLOP counter,
+torch's with a grouped convolution's backward counted right, over forward + backward), beside what this machine's cores reach on a plain convolution and a
 matmul in the same run; and the data loader's images/s beside what each step consumes.
 
     python benchmarks/stage_throughput.py [--runs 5] [--size 96] [--batch 8]
@@ -16,10 +16,9 @@ import argparse
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from kaseg.engine.bench import lockstep_iteration
-from kaseg.nets.cost import median_seconds
+from kaseg.nets.cost import flop_counter, median_seconds
 from kaseg.data.synthetic import SyntheticScenes
 from kaseg.data.transforms import TrainTransform
 from kaseg.core.config import DistillConfig
@@ -89,7 +88,7 @@ def step_cost(tasks, shared: bool, batches, runs: int, channels_last: bool):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     run = lockstep_iteration(tasks, batches, torch.device("cpu"), memory_format=fmt)
     seconds = median_seconds(run, "cpu", runs)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         run()
     return seconds, counter.get_total_flops()
@@ -108,7 +107,7 @@ def eval_cost(size: int, batch: int, runs: int, channels_last: bool):
         net(x)["logits"].argmax(1)
 
     seconds = median_seconds(run, "cpu", runs)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter, torch.inference_mode():
         net(x)
     return seconds, counter.get_total_flops()

@@ -5,14 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-# Two test processes (``pytest -n 2``, the README's command) share the 2 cores: one thread each,
-# and the same for every process a test starts (torchrun, the command line, Slurm's jobs), so
-# no core is asked for two busy threads at once. Alone (no -n): both cores to the one process.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-else:
-    torch.set_num_threads(2)
+# Two test processes (``pytest -n 2``, the README's command) share the 2 cores: one thread each.
+# Alone (no -n): both cores to the one process. An explicit OMP_NUM_THREADS is respected. The
+# test process and every process it starts (torchrun, the command line, Slurm's jobs, which
+# inherit the variable) get the same count: tests that compare their weights bit for bit need
+# the same float reductions on both sides.
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or (1 if os.environ.get("PYTEST_XDIST_WORKER")
+                                                      else 2))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

@@ -191,3 +191,26 @@ def test_no_function_is_longer_than_50_lines():
                 if lines > 50:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines})")
     assert not long, long
+
+
+def test_every_flop_is_counted_by_kasegs_counter():
+    """torch's own FlopCounterMode counts a grouped convolution's weight gradient once per
+    group (a depthwise 3x3 of 32 channels: 32x): only kaseg.nets.cost, which wraps it with the
+    right formula, may open it; src/, benchmarks/ and tools/ count through flop_counter()."""
+    root = Path(__file__).resolve().parents[1]
+    allowed = root / "src/kaseg/nets/cost.py"
+    offenders = []
+    for folder in ("src", "benchmarks", "tools"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path == allowed:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                elif isinstance(node, ast.Attribute):
+                    names = [node.attr]
+                if any(n and ("FlopCounterMode" in n or n.endswith("flop_counter") and
+                              n.startswith("torch")) for n in names):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders, f"torch's FLOP counter opened directly: {offenders}"

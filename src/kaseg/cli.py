@@ -269,14 +269,22 @@ def _words(values) -> str:
     return " ".join(f"{v:g}" for v in values)
 
 
+def _switches(p, **helps: str) -> None:
+    """On/off flags, each with its help: ``dry_run="..."`` is ``--dry-run``."""
+    for name, text in helps.items():
+        p.add_argument("--" + name.replace("_", "-"), action="store_true", help=text)
+
+
+RESTART = ("restart every tuning and arm run (the shared teacher, autoencoder and start are "
+           "kept: delete a folder to retrain it)")
+
+
 def _lockstep_flag(p) -> None:
     """The flags every comparison command shares: lockstep, and what a re-run retries."""
-    p.add_argument("--no-lockstep", action="store_true",
-                   help="train the runs of a seed one after another instead of side by side "
-                        "(same results, bit for bit; slower: each run pays its own teacher)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="retry the runs that diverged (their failed.json); by default a re-run "
-                        "leaves them as they are and the report lists them")
+    _switches(p, no_lockstep="train the runs of a seed one after another instead of side by "
+              "side (same results, bit for bit; slower: each run pays its own teacher)",
+              retry_failed="retry the runs that diverged (their failed.json); by default a "
+              "re-run leaves them as they are and the report lists them")
 
 
 def _args_demo(d) -> None:
@@ -286,18 +294,14 @@ def _args_demo(d) -> None:
     d.add_argument("--seeds", type=int,
                    help=f"paired seeds; default: {COMPARE_SEEDS} ({QUICK_SEEDS} with --quick)")
     d.add_argument("--device", default="auto")
-    d.add_argument("--force", action="store_true",
-                   help="restart every tuning and arm run (the shared teacher, autoencoder and "
-                        "start are kept: delete a folder to retrain it)")
+    _switches(d, force=RESTART)
     _lockstep_flag(d)
-    d.add_argument("--all-methods", action="store_true",
-                   help="also logit KD T = 4, FitNet, CWD, adaptation or affinity alone, the "
-                        "paper-literal reductions and the two negative controls (default: CE "
-                        "only, KD T = 2, the method, the method + KD)")
-    d.add_argument("--limited-labels", action="store_true",
-                   help="limited labels, many pictures: students with 64 labelled scenes, with and "
-                        "without the other 960 as unlabelled images (report in "
-                        "OUT/limited-labels/report.md)")
+    _switches(d, all_methods="also logit KD T = 4, FitNet, CWD, adaptation or affinity alone, "
+              "the paper-literal reductions and the two negative controls (default: CE only, KD "
+              "T = 2, the method, the method + KD)",
+              limited_labels="limited labels, many pictures: students with 64 labelled scenes, "
+              "with and without the other 960 as unlabelled images (report in "
+              "OUT/limited-labels/report.md)")
 
 
 def _args_compare(c) -> None:
@@ -320,20 +324,14 @@ def _args_compare(c) -> None:
     c.add_argument("--executor", choices=["local", "slurm"], default="local",
                    help="local: every run here, in order (default); slurm: submit the runs as "
                         "dependent Slurm jobs through submitit (settings: compare.slurm)")
-    c.add_argument("--dry-run", action="store_true",
-                   help="with --executor slurm: print the jobs and what they wait for; submit "
-                        "nothing")
-    c.add_argument("--wait", action="store_true",
-                   help="with --executor slurm: wait until every job has ended, then print "
-                        "the report")
-    c.add_argument("--report", action="store_true",
-                   help="the report from the finished runs only (lists the missing ones)")
-    c.add_argument("--export-best", action="store_true",
-                   help="write the best arm's student to OUT/best/")
+    _switches(c, dry_run="with --executor slurm: print the jobs and what they wait for; "
+              "submit nothing",
+              wait="with --executor slurm: wait until every job has ended, then print the "
+              "report",
+              report="the report from the finished runs only (lists the missing ones)",
+              export_best="write the best arm's student to OUT/best/")
     c.add_argument("--format", choices=["onnx"], help="with --export-best: also as ONNX")
-    c.add_argument("--force", action="store_true",
-                   help="restart every tuning and arm run (the shared teacher, autoencoder and "
-                        "start are kept: delete a folder to retrain it)")
+    _switches(c, force=RESTART)
     _lockstep_flag(c)
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iters=100")
 
@@ -344,9 +342,7 @@ def _args_study(st) -> None:
     st.add_argument("--seeds", type=int, default=COMPARE_SEEDS,
                     help=f"paired seeds per regime (default {COMPARE_SEEDS})")
     st.add_argument("--regimes", nargs="*", help="a subset of the regimes, by name (default: all)")
-    st.add_argument("--force", action="store_true",
-                    help="restart every tuning and arm run (the shared teacher, autoencoder and "
-                         "start are kept: delete a folder to retrain it)")
+    _switches(st, force=RESTART)
     st.add_argument("--reuse", metavar="STUDY_JSON",
                     help="an earlier study's study.json: its regimes that this run does not run "
                          "join the report (and lend their weight scale)")

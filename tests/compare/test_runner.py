@@ -389,7 +389,8 @@ def test_the_field_methods_with_the_compute_matched_control_count_each_arms_cost
     report = (out / "report.md").read_text()
     assert "Δ vs CE compute-matched [95% CI]" in report and "cost x CE only" in report
     assert f"CE only for {iters} iterations" in report
-    assert "than training the student longer for the same compute on this data" in report
+    assert ("than training the student longer for the compute of the costliest arm (`"
+            f"{results['compute_matched']['costliest']}`, {ratio:.2f}x) on this data") in report
     capsys.readouterr()
 
 

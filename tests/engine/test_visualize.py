@@ -1,5 +1,6 @@
 """Pictures a reader can read: one legend names every line, shared stages apart from the arms."""
 
+import pytest
 import json
 
 import kaseg.engine.visualize as visualize
@@ -32,3 +33,35 @@ def test_curves_name_every_line_and_keep_shared_stages_apart(tmp_path, monkeypat
     # the shared row plots the teacher's 20 iterations, the arms' panels 5
     teacher_line = next(l for l in fig.axes[0].get_lines() if l.get_label() == "teacher")
     assert len(teacher_line.get_xdata()) == 20 and teacher_line.get_linestyle() == "--"
+
+
+def _gain(arm, mean, low, high):
+    return {"arm": arm, "diff": {"mean": mean, "low": low, "high": high, "n": 5}}
+
+
+def test_a_wide_control_does_not_set_the_gain_axis_and_is_marked_at_its_edge(tmp_path):
+    """A real data set's report: arms +1.6 to +5.3, a constant-target control at -21.5
+    [-48.4, +5.3]. The axis is the arms' (with 0 and the +2.5 line), the control drawn at the
+    left edge with its value; every label inside the picture."""
+    from PIL import Image
+
+    from kaseg.engine.visualize import paired_gain_plot
+
+    rows = [_gain("kd_t2", 1.6, 0.4, 2.8), _gain("cwd", 5.3, 3.9, 6.7),
+            _gain("ka", 2.2, 1.0, 3.4), _gain("ctrl_constant", -21.5, -48.4, 5.3)]
+    labels = {"kd_t2": "+ logit KD (T = 2)", "cwd": "+ CWD (logits)", "ka": "+ both (the method)",
+              "ctrl_constant": "control: adapters fitted to a constant target"}
+    path = tmp_path / "gain.png"
+    drawn = paired_gain_plot(path, {"paired gain vs CE only": rows}, labels,
+                             controls={"ctrl_constant"})["paired gain vs CE only"]
+    lo, hi = drawn["xlim"]
+    span = 6.7 - 0.0
+    assert lo == pytest.approx(0.0 - 0.08 * span) and hi == pytest.approx(6.7 + 0.08 * span)
+    assert drawn["edge"] == {"ctrl_constant": "-21.5 [-48.4, +5.3]"}
+    # not named a control, it is an arm whose interval is an outlier (over 4x the median
+    # width): its mean counts, its interval is marked at the edge
+    drawn = paired_gain_plot(tmp_path / "g2.png", {"p": rows}, labels)["p"]
+    assert drawn["xlim"][0] == pytest.approx(-21.5 - 0.08 * (6.7 + 21.5))
+    assert drawn["edge"] == {"ctrl_constant": "-21.5 [-48.4, +5.3]"}
+    # the whole picture is kept: its width grows past the figure's when a label sticks out
+    assert Image.open(path).size[0] >= 640

@@ -83,34 +83,58 @@ def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
     return max(better, key=lambda r: r["diff"]["mean"]) if better else None
 
 
+def _at_costliest(stages_cfg: dict | None) -> str:
+    """Which compute the one control was matched to, in words."""
+    if not stages_cfg:
+        return "for the compute of the costliest distilling arm"
+    return (f"for the compute of the costliest arm (`{stages_cfg['costliest']}`, "
+            f"{stages_cfg['ratio']:.2f}x)")
+
+
+def _own_cost(r: dict) -> str:
+    return f"; its own cost {r['train_gflops_x']:.2f}x" if "train_gflops_x" in r else ""
+
+
 def matched_lines(rows: list[dict], spec: CompareSpec, stages_cfg: dict | None) -> list[str]:
     """What the compute-matched control says, in words: how long it trained, and whether
-    training the student longer beats distilling it."""
+    training the student longer beats distilling it. The one control is matched to the
+    costliest arm, so each arm is named with its own cost: a cheaper arm's control had more
+    compute than the arm had."""
     ctrl = next((r for r in rows if r["arm"] == MATCHED), None)
     if ctrl is None:
+        if any(a.name == MATCHED for a in spec.arms):
+            return ["Compute-matched control (`ce_matched`): asked for, but it has **no finished "
+                    "run**, so every verdict below is against CE only, not against training "
+                    "the student longer."]
         return []
     controls = {a.name for a in spec.arms if a.control}
     rivals = [r for r in rows if r["arm"] not in controls and r["arm"] != BASELINE
               and "diff_matched" in r]
+    at = _at_costliest(stages_cfg)
     head = "Compute-matched control (`ce_matched`): CE only" + (
         f" for {stages_cfg['iters']} iterations, {stages_cfg['ratio']:.2f}x the CE-only "
         f"schedule: the training FLOPs per iteration of the costliest distilling arm "
-        f"(`{stages_cfg['costliest']}`)" if stages_cfg else "") + "."
+        f"(`{stages_cfg['costliest']}`)" if stages_cfg else "") + (
+        ". Every arm is met by this one control, so a cheaper arm's control had more compute "
+        "than the arm (each arm's own cost beside it).")
     beaten = [r for r in rivals if r["diff_matched"]["high"] < 0]
     level = [r for r in rivals if r["diff_matched"]["low"] <= 0 <= r["diff_matched"]["high"]]
     worth = [r for r in rivals if r["diff_matched"]["low"] > 0]
     lines = [head]
     if beaten:
-        lines.append("**Training the student longer beats distilling it** with " +
-                     ", ".join(f"`{r['arm']}` ({r['diff_matched']['mean']:+.2f})" for r in beaten)
+        lines.append(f"**Training the student longer, {at}, beats distilling it** with " +
+                     ", ".join(f"`{r['arm']}` ({r['diff_matched']['mean']:+.2f}{_own_cost(r)})"
+                               for r in beaten)
                      + ": their paired interval against the compute-matched control lies below "
                      "0.")
     if level:
-        lines.append("No resolved difference from training the student longer: " +
-                     ", ".join(f"`{r['arm']}`" for r in level) + ".")
+        lines.append(f"No resolved difference from training the student longer {at}: " +
+                     ", ".join(f"`{r['arm']}`" + (f" ({_own_cost(r)[2:]})" if _own_cost(r) else "")
+                               for r in level) + ".")
     if worth:
-        lines.append("Better than training the student longer for the same compute: " +
-                     ", ".join(f"`{r['arm']}`" for r in worth) + ".")
+        lines.append(f"Better than training the student longer {at}: " +
+                     ", ".join(f"`{r['arm']}`" + (f" ({_own_cost(r)[2:]})" if _own_cost(r) else "")
+                               for r in worth) + ".")
     return lines
 
 
@@ -137,7 +161,8 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
         indent=2))
     if rows:
         paired_gain_plot(out / "gain.png", {"paired gain vs CE only": rows},
-                         {a.name: a.label for a in spec.arms})
+                         {a.name: a.label for a in spec.arms},
+                         controls={a.name for a in spec.arms if a.control})
     lines = _report_lines(out, got, spec, rows, ctx_rows, costs, command, device)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     got["rows"] = rows
@@ -195,24 +220,32 @@ def _verdict_lines(got: dict, spec: CompareSpec, rows: list[dict]) -> list[str]:
         secs = [f"`{r['arm']}` {r['train_seconds_alone_x']:.2f}" for r in rows
                 if "train_seconds_alone_x" in r]
         lines += ["Cost x CE only: each arm's whole training compute (FLOPs per iteration, by "
-                  "torch's counter, x iterations) over CE only's (each run's `cost.json`)." + (
+                  "kaseg's counter, x iterations) over CE only's (each run's `cost.json`)." + (
                       " Its training time alone over CE only's, on this machine: " +
                       ", ".join(secs) + "." if secs else ""), ""]
-    matched = matched_lines(rows, spec, got.get("matched"))
-    if matched:
-        lines += [*matched, ""]
+    matched_text = matched_lines(rows, spec, got.get("matched"))
+    if matched_text:
+        lines += [*matched_text, ""]
+    matched = any(r["arm"] == MATCHED for r in rows)
+    missing = not matched and any(a.name == MATCHED for a in spec.arms)
     best = best_arm(rows, spec)
-    also = " and than training the student longer for the same compute" if matched else ""
+    also = (f" and than training the student longer {_at_costliest(got.get('matched'))}"
+            if matched else "")
     if best:
         dd = best["diff"]
         lines.append(f"**Verdict: {best['label']} (`{best['arm']}`) is the best arm resolved "
                      f"better than CE only{also} on this data**: Δ {dd['mean']:+.2f} mIoU, "
-                     f"95% CI [{dd['low']:+.2f}, {dd['high']:+.2f}] over {dd['n']} seeds.")
+                     f"95% CI [{dd['low']:+.2f}, {dd['high']:+.2f}] over {dd['n']} seeds" +
+                     (_MISSING if missing else "."))
     else:
         lines.append(f"**Verdict: no arm is resolved better than CE only{also} on this data** "
                      "(no arm's 95% interval lies above 0 against " +
-                     ("both)." if matched else "it)."))
+                     ("both)." if matched else "it)" + (_MISSING if missing else ".")))
     return lines
+
+
+_MISSING = ("; the compute-matched control (`ce_matched`) was asked for but has no finished run, "
+            "so this verdict is against CE only.")
 
 
 def _left_out_lines(got: dict, rows: list[dict]) -> list[str]:

@@ -124,20 +124,59 @@ def training_curves(path: str | Path, runs: dict[str, str | Path], dpi: int = 10
     plt.close(fig)
 
 
+TARGET_GAIN = 2.5  # He et al.'s gain on Cityscapes test, the dashed line of the gain plots
+
+
+def gain_range(rows: list[dict], controls=frozenset(), wide: float = 4.0) -> tuple[float, float]:
+    """The x range of a gain panel: 0, the +2.5 line, and every arm's mean and 95% interval,
+    except the controls' (which measure something else) and an outlier's interval (wider than
+    ``wide`` x the median width), which count by their mean only when they are arms, not at
+    all when they are controls. What falls outside is marked at the edge with its value."""
+    arms = [r["diff"] for r in rows if "diff" in r and r["arm"] not in controls]
+    widths = sorted(d["high"] - d["low"] for d in arms if d["low"] == d["low"])
+    median = widths[len(widths) // 2] if widths else 0.0
+    xs = [0.0, TARGET_GAIN]
+    for d in arms:
+        xs.append(d["mean"])
+        if d["low"] == d["low"] and (not median or d["high"] - d["low"] <= wide * median):
+            xs += [d["low"], d["high"]]
+    lo, hi = min(xs), max(xs)
+    pad = 0.08 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _at_edge(ax, d: dict, y: float, xlim: tuple[float, float], color: str) -> str:
+    """Mark a gain that runs beyond the axis at the nearer edge, its value written there."""
+    ok = d["low"] == d["low"]
+    text = f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]" if ok else f"{d['mean']:+.1f}"
+    right = d["mean"] > (xlim[0] + xlim[1]) / 2
+    ax.plot([min(max(d["mean"], xlim[0]), xlim[1])], [y], ">" if right else "<", color=color,
+            clip_on=False)
+    ax.annotate(text, (xlim[1] if right else xlim[0], y), xytext=(-6 if right else 6, 5),
+                textcoords="offset points", ha="right" if right else "left", fontsize=7,
+                color=color)
+    return text
+
+
 def paired_gain_plot(path: str | Path, regimes: dict[str, list[dict]], labels: dict[str, str],
-                     dpi: int = 100, cols: int = 2) -> None:
+                     dpi: int = 100, cols: int = 2, controls=frozenset()) -> dict:
     """One panel per regime: each arm's paired difference to the CE-only student (mean and 95%
-    CI, mIoU points) as a horizontal error bar, with 0 and the +2.5 target marked."""
+    CI, mIoU points) as a horizontal error bar, with 0 and the +2.5 target marked. The axis is
+    the arms' (:func:`gain_range`): a control or an outlier beyond it is drawn to the edge and
+    its value written there. -> ``{regime: {"xlim": (lo, hi), "edge": {arm: text}}}``."""
     names = list(regimes)
     cols = max(1, min(cols, len(names)))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 0.6 + 0.42 * max(
-        (len(r) for r in regimes.values()), default=1) * rows + 1.2 * rows), squeeze=False)
+        (len(r) for r in regimes.values()), default=1) * rows + 1.4 * rows), squeeze=False)
     flat = axes.flatten()
     for ax in flat[len(names):]:
         ax.axis("off")
+    drawn = {}
     for ax, name in zip(flat, names):
         arms = [r for r in regimes[name] if "diff" in r]
+        lo_x, hi_x = gain_range(arms, controls)
+        edge = {}
         y = np.arange(len(arms))[::-1]
         for yi, r in zip(y, arms):
             d = r["diff"]
@@ -146,15 +185,23 @@ def paired_gain_plot(path: str | Path, regimes: dict[str, list[dict]], labels: d
             color = "C2" if ok and lo > 0 else ("C3" if ok and hi < 0 else "C0")
             ax.errorbar(d["mean"], yi, xerr=[[d["mean"] - lo], [hi - d["mean"]]] if ok else None,
                         fmt="o", color=color, capsize=3)
+            if (ok and (lo < lo_x or hi > hi_x)) or not lo_x <= d["mean"] <= hi_x:
+                edge[r["arm"]] = _at_edge(ax, d, yi, (lo_x, hi_x), color)
+        ax.set_xlim(lo_x, hi_x)
         ax.axvline(0.0, color="0.4", lw=1)
-        ax.axvline(2.5, color="C2", lw=1, ls="--")
+        ax.axvline(TARGET_GAIN, color="C2", lw=1, ls="--")
+        ax.set_ylim(-0.7, len(arms) - 0.3)
         ax.set_yticks(y)
         ax.set_yticklabels([labels.get(r["arm"], r["arm"]) for r in arms], fontsize=8)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("paired Δ mIoU vs CE only (points, 95% CI)")
+        ax.set_xlabel("paired Δ mIoU vs CE only (points, 95% CI); dashed: +2.5, the paper's "
+                      "gain on Cityscapes" + ("\nbeyond the axis: drawn at the edge, its value "
+                                              "written there" if edge else ""), fontsize=9)
+        drawn[name] = {"xlim": (lo_x, hi_x), "edge": edge}
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")  # every label inside the picture
     plt.close(fig)
+    return drawn
 
 
 def schedule_plot(path: str | Path, ladders: dict[str, dict[int, list[dict]]],

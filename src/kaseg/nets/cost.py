@@ -14,9 +14,10 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
                         transposed, _output_padding, _groups, output_mask, out_shape=None,
                         **kwargs) -> int:
     """FLOPs of a convolution's backward: each gradient it computes (input, weight) takes as many
-    multiply-adds as the forward. Why ours: torch's formula (2.14) counts the input gradient of a
+    multiply-adds as the forward. Why ours: torch's formula (2.14) counts the weight gradient of a
     grouped convolution as if it had one group, 32x too many for a depthwise 3x3 of 32 channels,
-    which made a MobileNetV2 student's backward 14x its forward."""
+    which made a MobileNetV2 student's backward 14x its forward. Every FLOP kaseg counts goes
+    through :func:`flop_counter` (tests/test_layout.py checks that nothing opens torch's own)."""
     # the forward's multiply-adds: every element of the larger side (the output of a plain conv,
     # the input of a transposed one) takes (channels per group) x kernel of them
     big = x_shape if transposed else grad_out_shape

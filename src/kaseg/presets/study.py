@@ -380,7 +380,8 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                   ", `study_schedule.png` (each arm's paired gain against the fine-tuning "
                   "iterations, one panel per ladder)." if ladders else ".")]
     atomic_write_text(out / "study.md", "\n".join(lines) + "\n")
-    paired_gain_plot(out / "study.png", {r["name"]: r["rows"] for r in results}, LABELS_STUDY)
+    paired_gain_plot(out / "study.png", {r["name"]: r["rows"] for r in results}, LABELS_STUDY,
+                     controls={n for n, a in ARMS.items() if a.control})
     if ladders:
         schedule_plot(out / "study_schedule.png", ladders, LABELS_STUDY)
 
