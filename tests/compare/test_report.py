@@ -58,3 +58,26 @@ def test_the_matched_control_is_named_as_the_costliest_arms_compute_with_each_ar
     # cwd is resolved above CE only but not above the control: no arm is the verdict's
     assert ("**Verdict: no arm is resolved better than CE only and than training the student "
             "longer for the compute of the costliest arm (`af_dcd`, 10.98x) on this data**") in text
+
+
+def test_two_results_of_one_comparison_are_paired_seed_by_seed(tmp_path):
+    """tools/results_diff.py: new - old per seed; an unchanged arm reads identical."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def write(name, kd):
+        rows = [{"arm": "baseline", "seeds": [0, 1, 2], "values": [30.0, 31.0, 32.0]},
+                {"arm": "kd_t2", "seeds": [0, 1, 2], "values": kd}]
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+
+    write("old.json", [30.0, 31.0, 32.0])
+    write("new.json", [31.0, 32.5, 33.0])  # +1, +1.5, +1: mean 1.1667, sd 0.2887
+    tool = Path(__file__).resolve().parents[2] / "tools" / "results_diff.py"
+    out = subprocess.run([sys.executable, str(tool), str(tmp_path / "old.json"),
+                          str(tmp_path / "new.json")], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[2] == "| `baseline` | 3 | 31.00 | 31.00 | +0.00 | [+0.00, +0.00] | identical |"
+    # half-width t(2) x sd / sqrt(3) = 4.302653 x 0.288675 / 1.732051 = 0.7171
+    assert out[3] == "| `kd_t2` | 3 | 31.00 | 32.17 | +1.17 | [+0.45, +1.88] | higher |"

@@ -432,8 +432,8 @@ def step_inputs(cfg: Config, num_classes: int, unlabeled: bool) -> tuple:
 
 def record_cost(p: PreparedRun, time_it: bool = True) -> dict:
     """``RUN/cost.json`` (once per run): the training FLOPs of one iteration (teacher forward,
-    student forward and backward, every term and adapter; torch's counter) and the seconds of one
-    iteration of this run trained alone, on the run's device (fp32, default layout). Why: a
+    student forward and backward, every term and adapter; kaseg's FLOP counter) and the seconds
+    of one iteration of this run trained alone, on the run's device (fp32, default layout). Why: a
     comparison weighs what each arm gains against what it costs; lockstep shares the teacher
     only inside a comparison, a user deploying one method pays the step alone."""
     path = p.folder / COST

@@ -1,4 +1,5 @@
-"""What a model costs: parameters and FLOPs, counted by torch's own FLOP counter."""
+"""What a model costs: parameters and FLOPs, counted by torch's own FLOP counter with one formula
+of ours (a grouped convolution's backward)."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def _forked(device: torch.device):
 def train_step_flops(task: nn.Module, inputs: tuple,
                      device: torch.device | str | None = None, copy: bool = True) -> int:
     """FLOPs of one training step of ``task`` on ``inputs``: its forward (teacher, student,
-    every term and adapter) and its backward, by torch's counter. Measured on a copy, so the
+    every term and adapter) and its backward, by :func:`flop_counter`. Measured on a copy, so the
     task's weights, buffers (BatchNorm statistics, a warm-up counter) and the global RNG are left
     as they were: a run that records its cost trains exactly as one that does not. ``copy=False``:
     ``task`` is already a throwaway copy (:func:`training_copy`) and is used as it is."""
