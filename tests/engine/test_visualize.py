@@ -58,10 +58,17 @@ def test_a_wide_control_does_not_set_the_gain_axis_and_is_marked_at_its_edge(tmp
     span = 6.7 - 0.0
     assert lo == pytest.approx(0.0 - 0.08 * span) and hi == pytest.approx(6.7 + 0.08 * span)
     assert drawn["edge"] == {"ctrl_constant": "-21.5 [-48.4, +5.3]"}
-    # not named a control, it is an arm whose interval is an outlier (over 4x the median
-    # width): its mean counts, its interval is marked at the edge
+    # not named a control, it is an outlier: its interval is over 4x the median width and
+    # would stretch the axis past 3x what the other arms span: marked at the edge all the same
     drawn = paired_gain_plot(tmp_path / "g2.png", {"p": rows}, labels)["p"]
-    assert drawn["xlim"][0] == pytest.approx(-21.5 - 0.08 * (6.7 + 21.5))
+    assert drawn["xlim"] == pytest.approx((lo, hi))
     assert drawn["edge"] == {"ctrl_constant": "-21.5 [-48.4, +5.3]"}
+    # a real but noisy arm (CWD on the folder set: +1.8 [-1.4, +5.1] beside arms 0.4 wide) is
+    # drawn whole: with it the axis spans 6.53, under 3x the 2.83 of the others with 0 and +2.5
+    noisy = [_gain("kd_t2", -0.09, -0.33, 0.15), _gain("ka", 0.01, -0.19, 0.21),
+             _gain("cwd", 1.82, -1.44, 5.09)]
+    drawn = paired_gain_plot(tmp_path / "g3.png", {"p": noisy}, labels)["p"]
+    assert drawn["edge"] == {} and drawn["xlim"] == pytest.approx(
+        (-1.44 - 0.08 * 6.53, 5.09 + 0.08 * 6.53))
     # the whole picture is kept: its width grows past the figure's when a label sticks out
-    assert Image.open(path).size[0] >= 640
+    assert Image.open(path).size[0] >= 800

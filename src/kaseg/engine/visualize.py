@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -127,31 +128,43 @@ def training_curves(path: str | Path, runs: dict[str, str | Path], dpi: int = 10
 TARGET_GAIN = 2.5  # He et al.'s gain on Cityscapes test, the dashed line of the gain plots
 
 
-def gain_range(rows: list[dict], controls=frozenset(), wide: float = 4.0) -> tuple[float, float]:
-    """The x range of a gain panel: 0, the +2.5 line, and every arm's mean and 95% interval,
-    except the controls' (which measure something else) and an outlier's interval (wider than
-    ``wide`` x the median width), which count by their mean only when they are arms, not at
-    all when they are controls. What falls outside is marked at the edge with its value."""
+def gain_range(rows: list[dict], controls=frozenset(), wide: float = 4.0,
+               stretch: float = 3.0) -> tuple[float, float]:
+    """The x range of a gain panel: 0, the +2.5 line, and the arms' means and 95% intervals.
+    Controls (which measure something else) do not count. An interval wider than ``wide`` x the
+    median width counts, with its mean, only while the range stays within ``stretch`` x what
+    the other arms span: a real but noisy arm is drawn whole, an outlier is not allowed to
+    squash every other arm against 0. What falls outside is marked at the edge with its value."""
     arms = [r["diff"] for r in rows if "diff" in r and r["arm"] not in controls]
     widths = sorted(d["high"] - d["low"] for d in arms if d["low"] == d["low"])
-    median = widths[len(widths) // 2] if widths else 0.0
-    xs = [0.0, TARGET_GAIN]
+    limit = wide * widths[len(widths) // 2] if widths else math.inf
+    xs, noisy = [0.0, TARGET_GAIN], []
     for d in arms:
-        xs.append(d["mean"])
-        if d["low"] == d["low"] and (not median or d["high"] - d["low"] <= wide * median):
-            xs += [d["low"], d["high"]]
+        if d["low"] != d["low"]:
+            xs.append(d["mean"])
+        elif d["high"] - d["low"] <= limit:
+            xs += [d["mean"], d["low"], d["high"]]
+        else:
+            noisy.append(d)
     lo, hi = min(xs), max(xs)
+    span = stretch * (hi - lo)
+    for d in sorted(noisy, key=lambda d: d["high"] - d["low"]):
+        if max(hi, d["high"]) - min(lo, d["low"]) <= span:
+            lo, hi = min(lo, d["low"]), max(hi, d["high"])
     pad = 0.08 * (hi - lo)
     return lo - pad, hi + pad
 
 
 def _at_edge(ax, d: dict, y: float, xlim: tuple[float, float], color: str) -> str:
-    """Mark a gain that runs beyond the axis at the nearer edge, its value written there."""
+    """Mark a gain that runs beyond the axis: an arrow head at each edge it crosses, its value
+    written inside, by the edge its mean is nearer."""
     ok = d["low"] == d["low"]
     text = f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]" if ok else f"{d['mean']:+.1f}"
+    lo, hi = (d["low"], d["high"]) if ok else (d["mean"], d["mean"])
+    for crosses, x, head in ((lo < xlim[0], xlim[0], "<"), (hi > xlim[1], xlim[1], ">")):
+        if crosses:
+            ax.plot([x], [y], head, color=color, clip_on=False)
     right = d["mean"] > (xlim[0] + xlim[1]) / 2
-    ax.plot([min(max(d["mean"], xlim[0]), xlim[1])], [y], ">" if right else "<", color=color,
-            clip_on=False)
     ax.annotate(text, (xlim[1] if right else xlim[0], y), xytext=(-6 if right else 6, 5),
                 textcoords="offset points", ha="right" if right else "left", fontsize=7,
                 color=color)
@@ -167,7 +180,7 @@ def paired_gain_plot(path: str | Path, regimes: dict[str, list[dict]], labels: d
     names = list(regimes)
     cols = max(1, min(cols, len(names)))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 0.6 + 0.42 * max(
+    fig, axes = plt.subplots(rows, cols, figsize=(8.5 * cols, 0.6 + 0.42 * max(
         (len(r) for r in regimes.values()), default=1) * rows + 1.4 * rows), squeeze=False)
     flat = axes.flatten()
     for ax in flat[len(names):]:
