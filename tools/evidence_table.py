@@ -1,6 +1,6 @@
 """The README's evidence table, generated from the committed results (never typed by hand): each
 regime (one of `kaseg study`, or a `kaseg compare` of a folder set) x KD, the method, the
-method + KD, the untrained-encoder control and CE only trained for the same FLOPs: the paired
+method + KD, the untrained-encoder control and CE only trained for the costliest arm's FLOPs: the paired
 difference to CE only (mIoU points) with its 95% interval, bold where the interval lies above 0.
 
     python tools/evidence_table.py           # rewrite README.md between the evidence:table markers
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = "docs/results/study_field.json"  # every regime of the study, each with its commit
 COMPARISONS = {"folder set (112 images), field methods tuned": "docs/results/field_folder_results.json"}
 COLUMNS = [("kd_t2", "KD"), ("ka", "the method"), ("ka_kd", "the method + KD"),
-           ("ctrl_random_ae", "control: untrained encoder"), ("ce_matched", "CE, same FLOPs")]
+           ("ctrl_random_ae", "control: untrained encoder"), ("ce_matched", "CE, costliest arm's FLOPs")]
 BEGIN, END = "<!-- evidence:table -->", "<!-- /evidence:table -->"
 
 
