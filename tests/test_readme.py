@@ -55,3 +55,10 @@ def test_the_evidence_table_is_generated_from_the_committed_results():
     assert tool.cell(None) == "" and tool.cell({"diff": {"n": 1, "mean": 1.0}}) == "+1.00 (1 seed)"
     assert "| scenes 96 px, CE-pretrained start, 2400 it | 5 | **+1.16 [+0.90, +1.42]** | " \
            "**+0.46 [+0.33, +0.59]** |" in readme
+
+
+def test_the_readme_stays_under_300_lines():
+    """What a stranger reads first: detail belongs in docs/ (README links each page)."""
+    assert len(README.splitlines()) <= 300
+    for page in re.findall(r"\]\((docs/[a-z_]+\.md)\)", README):
+        assert (ROOT / page).is_file(), page
