@@ -42,6 +42,7 @@ def test_info_json(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["params"] > 0 and info["gflops"] > 0
     assert info["features"]["pre_logits"] == {"channels": 64, "stride": 16}
+    assert info["logit_stride"] == 16  # DeepLabV3's classifier at OS 16, then upsampled x16
 
 
 @pytest.mark.parametrize("args,match", [

@@ -245,7 +245,8 @@ def _cmd_info(args) -> int:
     model = build_model(args.model, args.num_classes, args.output_stride)
     cost = model_cost(model, tuple(args.size))
     info = {"model": args.model, **cost,
-            "features": {k: vars(v) for k, v in model.feature_info.items()}}
+            "features": {k: vars(v) for k, v in model.feature_info.items()},
+            "logit_stride": getattr(model, "logit_stride", 1)}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -253,6 +254,8 @@ def _cmd_info(args) -> int:
               f"({cost['gmacs']:.2f} GMACs) at {args.size[0]}x{args.size[1]}")
         for k, v in model.feature_info.items():
             print(f"  feature '{k}': {v.channels} channels, stride {v.stride}")
+        print(f"  logits on the classifier's own grid: stride {info['logit_stride']} (where the "
+              "logit terms read a teacher)")
     return 0
 
 
