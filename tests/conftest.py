@@ -10,8 +10,13 @@ from PIL import Image
 # test process and every process it starts (torchrun, the command line, Slurm's jobs, which
 # inherit the variable) get the same count: tests that compare their weights bit for bit need
 # the same float reductions on both sides.
-THREADS = int(os.environ.get("OMP_NUM_THREADS") or (1 if os.environ.get("PYTEST_XDIST_WORKER")
-                                                      else 2))
+# The first process to read this (pytest alone, or xdist's controller) records what the user set
+# in KASEG_TEST_THREADS, so that xdist's workers, which inherit the controller's environment, do
+# not take the controller's own count for the user's.
+_MARK = "KASEG_TEST_THREADS"
+if _MARK not in os.environ:
+    os.environ[_MARK] = os.environ.get("OMP_NUM_THREADS", "")
+THREADS = int(os.environ[_MARK] or (1 if os.environ.get("PYTEST_XDIST_WORKER") else 2))
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 torch.set_num_threads(THREADS)
 

@@ -334,17 +334,28 @@ def test_the_docs_dry_run_is_what_the_code_prints(tmp_path, capsys, monkeypatch)
 def test_the_suite_and_the_processes_it_starts_use_the_same_thread_count(tmp_path):
     """Slurm's jobs (and torchrun's processes) inherit OMP_NUM_THREADS; the test process must
     run with that same count, or a bit-for-bit comparison of their weights fails. Checked in a
-    pytest of its own, alone (no -n), with the variable set to 1 and unset."""
+    pytest of its own, alone (no -n), with the variable set to 1 and unset; and with -n 2 each
+    worker has 1 thread (not the 2 the controller gives itself: 4 busy threads on 2 cores made
+    the suite several times slower)."""
     probe = tmp_path / "test_probe.py"
     probe.write_text("import os, torch\n\ndef test_threads():\n"
                      "    assert torch.get_num_threads() == int(os.environ['OMP_NUM_THREADS'])\n")
     shutil.copy(Path(__file__).resolve().parents[1] / "conftest.py", tmp_path / "conftest.py")
     for value in ("1", None):
         env = {k: v for k, v in os.environ.items()
-               if k not in ("OMP_NUM_THREADS", "PYTEST_XDIST_WORKER")}
+               if k not in ("OMP_NUM_THREADS", "PYTEST_XDIST_WORKER", "KASEG_TEST_THREADS")}
         if value:
             env["OMP_NUM_THREADS"] = value
         got = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
                               "-p", "no:cacheprovider", str(probe)], cwd=tmp_path, env=env,
                              capture_output=True, text=True)
         assert got.returncode == 0, (value, got.stdout[-2000:])
+    probe.write_text("import os, torch\n\ndef test_threads():\n"
+                     "    assert torch.get_num_threads() == 1\n"
+                     "    assert os.environ['OMP_NUM_THREADS'] == '1'\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "PYTEST_XDIST_WORKER", "KASEG_TEST_THREADS")}
+    got = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p",
+                          "no:cacheprovider", str(probe)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert got.returncode == 0, got.stdout[-2000:]

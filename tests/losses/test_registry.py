@@ -220,12 +220,15 @@ def test_task_adds_selected_losses_with_their_weights_and_combines_with_ours():
     losses = task(x, y)
     s_out, t_out = task.student(x), teacher.eval()(x)
     # logit KD on the teacher's output grid (its classifier's, stride 4 here: 16 x 16), the
-    # student's logits (stride 16: 4 x 4) upsampled onto it, its positions j at pixel 4 j
+    # student's logits (stride 16: 4 x 4) sampled onto it: both SMP heads upsample to the 64
+    # padded pixels with align_corners=True, so teacher position j lies at pixel 63 j / 15 and
+    # student position i at 21 i: j at student position j / 5, align_corners' own resize
     t_head, s_head = t_out["head_logits"], s_out["head_logits"]
     assert t_head.shape[-2:] == (16, 16) and s_head.shape[-2:] == (4, 4)
+    assert task.student.logit_corners and teacher.logit_corners
     v = valid_mask(y, (16, 16), stride=4)
     assert not v[:, :2].any() and v[:, 2:].all()  # label rows 0-7 ignored: grid rows 0-1
-    s_up = F.interpolate(s_head, size=(16, 16), mode="bilinear", align_corners=False)
+    s_up = F.interpolate(s_head, size=(16, 16), mode="bilinear", align_corners=True)
     torch.testing.assert_close(losses["kd"], kd_loss(s_up, t_head, 4.0, v))
     assert not torch.allclose(losses["kd"], kd_loss(s_out["logits"], t_out["logits"], 4.0,
                                                     valid_mask(y, (64, 64))), rtol=0.01)

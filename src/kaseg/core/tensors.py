@@ -22,20 +22,38 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def onto_grid(x: torch.Tensor, stride: int | None, size, to_stride: int | None) -> torch.Tensor:
-    """A map of stride ``stride`` (input pixels per position, from the top left of the padded
-    image) on the grid of a ``size`` map of stride ``to_stride``: resized by the ratio of the
-    strides (bilinear), then cropped on the bottom and right to ``size`` (each network pads the
-    image to its own divisor, so the coarser map may cover more of it), or padded there by
-    repeating its edge. Unknown strides: resized to ``size``."""
+def _pixels(n: int, stride: int, corners: bool) -> tuple[float, float]:
+    """(a, b): position i of an n-position map lies at pixel a * i + b (pixel k's centre is k)
+    when its network upsamples it to n x stride pixels with ``align_corners=corners``."""
+    size = n * stride
+    if corners:
+        return ((size - 1) / (n - 1) if n > 1 else 0.0), 0.0
+    return float(stride), (stride - 1) / 2
+
+
+def onto_grid(x: torch.Tensor, stride: int | None, size, to_stride: int | None,
+              corners: bool = False, to_corners: bool = False) -> torch.Tensor:
+    """A map of stride ``stride`` on the grid of a ``size`` map of stride ``to_stride``: each
+    target position sampled (bilinear) where it lies in the image, by the geometry each network
+    upsamples its own map with (``corners``: ``align_corners`` of that upsampling; SMP's heads
+    align corners, torchvision's and kaseg's own resizing do not), beyond the map's edge its
+    edge value. Each network pads the image to its own divisor, so the two maps may cover
+    different extents. Unknown strides: resized to ``size``."""
     size = tuple(size)
     if stride is None or to_stride is None:
         return resize(x, size)
-    h, w = x.shape[-2:]
-    scaled = (round(h * stride / to_stride), round(w * stride / to_stride))
-    x = resize(x, scaled)[..., : size[0], : size[1]]
-    ph, pw = size[0] - x.shape[-2], size[1] - x.shape[-1]
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+    if tuple(x.shape[-2:]) == size and stride == to_stride and corners == to_corners:
+        return x
+    axes = []
+    for n, m in zip(x.shape[-2:], size):
+        a_to, b_to = _pixels(m, to_stride, to_corners)
+        a, b = _pixels(n, stride, corners)
+        pixel = torch.arange(m, dtype=torch.float64) * a_to + b_to
+        u = (pixel - b) / a if a else torch.zeros_like(pixel)  # position on x's own grid
+        axes.append((2 * u / (n - 1) - 1 if n > 1 else torch.zeros_like(u)).to(x.dtype))
+    gy, gx = torch.meshgrid(axes[0].to(x.device), axes[1].to(x.device), indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1).expand(x.shape[0], *size, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def full_precision(fn):

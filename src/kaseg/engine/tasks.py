@@ -339,7 +339,9 @@ class DistillTask(nn.Module):
                             _part(out.get("head_logits"), part),
                             _part(t_out.get("head_logits"), part),
                             getattr(self.student, "logit_stride", None),
-                            getattr(self.teacher.inner, "logit_stride", None))
+                            getattr(self.teacher.inner, "logit_stride", None),
+                            getattr(self.student, "logit_corners", False),
+                            getattr(self.teacher.inner, "logit_corners", False))
             weighted[name] = (weight, spec.compute(given, **options))
         return weighted
 

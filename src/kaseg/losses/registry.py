@@ -85,6 +85,10 @@ class Outputs:
     teacher_head_logits: torch.Tensor | None = None
     student_logit_stride: int | None = None
     teacher_logit_stride: int | None = None
+    # whether each network upsamples those logits with align_corners=True (SMP's heads): where
+    # its positions lie in the image (core.tensors.onto_grid)
+    student_logit_corners: bool = False
+    teacher_logit_corners: bool = False
 
     def latent(self) -> torch.Tensor:
         """The teacher's map in the autoencoder's latent space (``LossSpec.needs_autoencoder``)."""
@@ -109,15 +113,18 @@ class Outputs:
     def logits_on(self, grid: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(student logits, teacher logits, valid positions) on the grid ``grid`` names:
         ``"teacher"``, the teacher's output grid (its classifier's own, where the field's authors
-        compute their logit terms), the student's logits brought onto it by
-        :func:`~kaseg.core.tensors.onto_grid`; ``"input"``, both at the input's size. A teacher
-        that offers no logits on its own grid is read at the input's size."""
+        compute their logit terms), the student's logits sampled onto it where each position
+        lies in the image (:func:`~kaseg.core.tensors.onto_grid`); ``"input"``, both at the
+        input's size. A teacher that offers no logits on its own grid is read at the input's
+        size."""
         if grid == "input" or self.teacher_head_logits is None:
             return self.student_logits, self.teacher_logits, self.valid_on(self.teacher_logits)
         t = self.teacher_head_logits
         s = self.student_logits if self.student_head_logits is None else self.student_head_logits
-        s_stride = 1 if self.student_head_logits is None else self.student_logit_stride
-        s = onto_grid(s, s_stride, tuple(t.shape[-2:]), self.teacher_logit_stride)
+        own = self.student_head_logits is not None
+        s = onto_grid(s, self.student_logit_stride if own else 1, tuple(t.shape[-2:]),
+                      self.teacher_logit_stride, own and self.student_logit_corners,
+                      self.teacher_logit_corners)
         return s, t, self.valid_on(t)
 
     def valid_on(self, like: torch.Tensor) -> torch.Tensor:

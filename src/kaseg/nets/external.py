@@ -119,6 +119,7 @@ class TappedModel(nn.Module):
                              f"{tuple(out['head_logits'].shape)}, not a map whose side divides "
                              f"the {probe_size}-px probe")
         self.logit_stride = probe_size // side  # the stride of ``head_logits``
+        self.logit_corners = False  # torchvision and kaseg upsample with align_corners=False
 
     def _hook(self, feature: str, part: str):
         def hook(mod, inputs, output):

@@ -170,8 +170,10 @@ class SegModel(nn.Module):
             "encoder": FeatureInfo(net.encoder.out_channels[-1], int(net.encoder.output_stride)),
         }
         self.divisor = int(net.encoder.output_stride) if net.requires_divisible_input_shape else 1
-        # the stride of ``head_logits`` (the classifier's own grid), in input pixels
+        # the stride of ``head_logits`` (the classifier's own grid), in input pixels, and the
+        # geometry the head upsamples it with (SMP's: align_corners=True)
         self.logit_stride = head_stride if isinstance(head, nn.Sequential) and len(head) == 3 else 1
+        self.logit_corners = bool(getattr(up, "align_corners", False)) and self.logit_stride > 1
 
     @property
     def num_classes(self) -> int:
