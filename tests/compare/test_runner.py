@@ -434,7 +434,7 @@ def test_each_tuned_arm_trains_at_its_own_best_weight(tmp_path, capsys):
         run = out / "tuning" / f"dist-x{k}-s100"
         assert yaml.safe_load((run / "config.yaml").read_text())["distill"]["losses"] == {
             "dist": {"weight": float(k), "temperature": 1.0, "inter_weight": 1.0,
-                     "intra_weight": 1.0}}
+                     "intra_weight": 1.0, "grid": "teacher"}}
         scores[k] = _last_miou(run)
     chosen = max(["0.5", "2"], key=scores.get)
     run = out / "runs" / f"dist-x{chosen}-s0"
