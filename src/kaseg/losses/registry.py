@@ -120,10 +120,12 @@ class Outputs:
         if grid == "input" or self.teacher_head_logits is None:
             return self.student_logits, self.teacher_logits, self.valid_on(self.teacher_logits)
         t = self.teacher_head_logits
-        s = self.student_logits if self.student_head_logits is None else self.student_head_logits
-        own = self.student_head_logits is not None
-        s = onto_grid(s, self.student_logit_stride if own else 1, tuple(t.shape[-2:]),
-                      self.teacher_logit_stride, own and self.student_logit_corners,
+        if self.student_head_logits is None:  # input-size logits: stride 1, either geometry
+            s, stride, corners = self.student_logits, 1, False
+        else:
+            s, stride = self.student_head_logits, self.student_logit_stride
+            corners = self.student_logit_corners
+        s = onto_grid(s, stride, tuple(t.shape[-2:]), self.teacher_logit_stride, corners,
                       self.teacher_logit_corners)
         return s, t, self.valid_on(t)
 
