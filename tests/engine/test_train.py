@@ -460,3 +460,72 @@ def test_a_kill_before_the_first_checkpoint_leaves_no_duplicate_history(tmp_path
     assert iters == [1, 2, 3, 4, 5, 6]
     assert all(json.loads(ln).get("loss") != 9.0
                for ln in (run / "history.jsonl").read_text().splitlines())
+
+
+def test_runs_of_other_lengths_share_the_stream_and_end_as_each_alone_even_after_a_kill(
+        tmp_path, monkeypatch):
+    """Budgets in lockstep: runs of 3, 5 and 8 iterations (each its own poly decay and
+    validations; dropout draws from the global RNG) share one batch stream, the shorter ones
+    leaving the group at their own end, and each ends with the weights it has trained alone; a
+    group killed at iteration 5 resumes to the same weights."""
+    from dataclasses import replace
+
+    import kaseg.engine.train as train_mod
+    from kaseg.engine.train import TrainingRun, fit_lockstep, rng_state
+
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    base = tiny_config(**{"train.val_every": 2}).train
+    lengths = {3: 3, 5: 2, 8: 4}  # iterations: validation period
+    ok = dict(validate=lambda: {"miou": 0.0}, export=lambda w: None)
+    alone = {}
+    for n, every in lengths.items():
+        model = _dropout_student(n)
+        fit(SegmentationTask(model), ds, replace(base, iters=n, val_every=every),
+            tmp_path / f"alone{n}", seed=0, **ok)
+        alone[n] = _weights_of(model)
+
+    def group(folder, die_at=None):
+        models, states = {}, {}
+        for n in lengths:  # the same init, and the RNG state it leaves, as alone
+            models[n] = _dropout_student(n)
+            states[n] = rng_state()
+        runs = [TrainingRun(SegmentationTask(models[n]), tmp_path / folder / str(n), **ok,
+                            cfg=replace(base, iters=n, val_every=every), rng=states[n])
+                for n, every in lengths.items()]
+        for r in runs:
+            r.folder.mkdir(parents=True, exist_ok=True)
+        summaries = fit_lockstep(runs, ds, base, seed=0)
+        return models, summaries
+
+    models, summaries = group("together")
+    assert [s["iters"] for s in summaries] == [3, 5, 8]
+    assert all(_same(_weights_of(models[n]), alone[n]) for n in lengths)
+
+    real_step = train_mod._step
+
+    def dies(t, batch, it, progress):
+        if it == 5:
+            raise KeyboardInterrupt
+        return real_step(t, batch, it, progress)
+
+    monkeypatch.setattr(train_mod, "_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        group("killed")
+    monkeypatch.setattr(train_mod, "_step", real_step)
+    models, summaries = group("killed")  # resumes: 3 is done, 5 from 4, 8 from 4
+    assert [s["iters"] for s in summaries] == [3, 5, 8]
+    assert all(_same(_weights_of(models[n]), alone[n]) for n in lengths)
+
+
+def test_a_lockstep_run_of_another_batch_size_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from kaseg.engine.train import TrainingRun, fit_lockstep
+
+    ds = SyntheticScenes("train", count=8, size=32, transform=EvalTransform())
+    base = tiny_config().train
+    ok = dict(validate=lambda: {"miou": 0.0}, export=lambda w: None)
+    runs = [TrainingRun(SegmentationTask(build_model("tiny-student", 8)), tmp_path / n, **ok,
+                        cfg=replace(base, batch_size=b)) for n, b in (("a", 2), ("b", 4))]
+    with pytest.raises(KasegError, match=r"b: batch size 4 in a lockstep group of batch size 2"):
+        fit_lockstep(runs, ds, replace(base, batch_size=2), seed=0)

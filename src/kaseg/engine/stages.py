@@ -355,16 +355,19 @@ def _used(task: DistillTask, unlabeled_set):
 
 
 def _stream(p: PreparedRun) -> str:
-    """What decides a run's batches: runs with the same stream can train in lockstep."""
+    """What decides a run's batches: runs with the same stream can train in lockstep. Its
+    schedule (length, learning rate, validations) does not: a run of a smaller budget sees a
+    prefix of a longer run's batches, and leaves the group at its own end."""
     c = p.cfg
     unl = (c.distill.unlabeled_batch_size or c.train.batch_size) if p.unlabeled_set else None
-    return json.dumps([c.seed, to_dict(c.data), to_dict(c.train), unl], sort_keys=True)
+    return json.dumps([c.seed, to_dict(c.data), c.train.batch_size, c.train.device, unl],
+                      sort_keys=True)
 
 
 def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
                      force: bool = False) -> list[dict]:
     """Several ``kaseg distill`` runs in one process: those with the same batch stream (seed,
-    data, training schedule) train in lockstep, their equal frozen networks (the teacher, a
+    data, batch size; each its own schedule) train in lockstep, their equal frozen networks (the teacher, a
     shared trained encoder) run once per batch. Each run ends bit-identical to the same run
     alone (its own RNG stream, optimizer, checkpoints and folder); -> each run's result, in
     order (``{"failed": record}`` for a run that diverged: it stopped alone, the others went
@@ -393,7 +396,7 @@ def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
             io = _student_io(j.task.student, j.train_set, j.val_set, j.folder, j.cfg.train,
                              j.cfg.data.num_workers)
             runs_.append(TrainingRun(j.task, j.folder, *io, desc=f"distill {j.folder.name}",
-                                     rng=j.rng))
+                                     rng=j.rng, cfg=j.cfg.train))
         try:
             summaries = fit_lockstep(
                 runs_,

@@ -181,6 +181,9 @@ class TrainingRun:
     desc: str = "train"
     score_key: str = "miou"
     rng: dict | None = None  # the global RNG state this run starts from (None: the caller's)
+    # its own schedule (iterations, validations, learning rate; None: the group's): runs of
+    # other lengths share the batch stream, a shorter one seeing a prefix of a longer one's
+    cfg: TrainConfig | None = None
     t: Trainer | None = None
     progress: Progress | None = None
     t0: float = 0.0
@@ -219,7 +222,9 @@ def fit_lockstep(runs: list[TrainingRun], train_set, cfg: TrainConfig, *, seed: 
     Each run keeps its own global RNG state (swapped in around its steps, validations and
     checkpoints), optimizer and run folder, so it ends bit-identical to the same run trained
     alone, and a killed group resumes like any run (a run saved further than the others waits
-    for them).
+    for them). Each run may have its own schedule (:attr:`TrainingRun.cfg`: its length, poly
+    decay, validations; one batch size): the group trains until its longest run ends, a run
+    leaving it at its own end.
 
     A run whose loss becomes non-finite stops alone: its folder gets ``failed.json`` (the term,
     the iteration, the values), its summary a ``"failed"`` record, and the others train on, so
@@ -227,18 +232,19 @@ def fit_lockstep(runs: list[TrainingRun], train_set, cfg: TrainConfig, *, seed: 
     """
     swap = len(runs) > 1
     _start(runs, cfg, swap)
-    active = [r for r in runs if r.progress.iter < cfg.iters and not r.progress.stopped]
+    active = [r for r in runs if not _finished(r)]
     if active:
         start = min(r.progress.iter for r in active)
+        end = max(r.cfg.iters for r in active)
         batches = _batches(train_set, cfg, seed, start, num_workers, active[0].t.device,
                            unlabeled_set, unlabeled_batch_size)
-        bar = tqdm(total=cfg.iters, initial=start, desc=desc, dynamic_ncols=True,
+        bar = tqdm(total=end, initial=start, desc=desc, dynamic_ncols=True,
                    mininterval=1.0, disable=not is_main())
         for r in active:
             r.t.task.train()
             r.t0, r.t.start = time.perf_counter(), r.progress.iter
         try:
-            for it in range(start + 1, cfg.iters + 1):
+            for it in range(start + 1, end + 1):
                 active = _iteration(active, next(batches), it, bar, swap)
                 bar.update(1)
                 if not active:
@@ -254,6 +260,11 @@ def fit_lockstep(runs: list[TrainingRun], train_set, cfg: TrainConfig, *, seed: 
             for r in runs]
 
 
+def _finished(r: TrainingRun) -> bool:
+    """Whether a run has left its group: its schedule is done, it stopped early or diverged."""
+    return r.progress.iter >= r.cfg.iters or r.progress.stopped or r.failed is not None
+
+
 def _start(runs: list[TrainingRun], cfg: TrainConfig, swap: bool) -> None:
     """Each run's trainer and resumed progress, each under its own RNG state. A run without
     one starts from the caller's state, not from the one the run before it resumed to."""
@@ -261,21 +272,25 @@ def _start(runs: list[TrainingRun], cfg: TrainConfig, swap: bool) -> None:
     for r in runs:
         if swap:
             set_rng_state(r.rng if r.rng is not None else caller)
-        r.t = _trainer(r.task, cfg, r.folder, r.desc)
+        r.cfg = r.cfg or cfg
+        if r.cfg.batch_size != cfg.batch_size:
+            raise KasegError(f"{r.folder}: batch size {r.cfg.batch_size} in a lockstep group "
+                             f"of batch size {cfg.batch_size}: its runs share every batch")
+        r.t = _trainer(r.task, r.cfg, r.folder, r.desc)
         r.progress = _resume(r.t)
         r.rng = rng_state() if swap else None
 
 
 def _iteration(active: list[TrainingRun], batch, it: int, bar, swap: bool) -> list[TrainingRun]:
     """Every active run's step ``it`` on ``batch``; -> the runs still active (a run that
-    stopped early or diverged drops out, the others train on)."""
+    stopped early, diverged or reached its own end drops out, the others train on)."""
     for r in active:
         if r.progress.iter < it:  # a run saved further than this waits
             try:
                 _advance(r, batch, it, bar, swap)
             except Diverged as e:  # this run stops; the others train on
                 _fail(r, e, bar)
-    return [r for r in active if not r.progress.stopped and r.failed is None]
+    return [r for r in active if not _finished(r)]
 
 
 def _fail(r: TrainingRun, error: Diverged, bar) -> None:
