@@ -90,7 +90,8 @@ def _cmd_compare(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     spec = spec_from(read_section(args.config, "compare"), args.config, args.arms, args.seeds,
-                     args.tune_seeds, args.weight_scales, args.controls, args.init_iters)
+                     args.tune_seeds, args.weight_scales, args.controls, args.init_iters,
+                     args.budgets, args.cost)
     out = Path(args.out)
     command = "kaseg " + " ".join(shlex.quote(a) for a in args.argv)
     if (args.dry_run or args.wait) and args.executor != "slurm":
@@ -322,6 +323,12 @@ def _args_compare(c) -> None:
     c.add_argument("--controls", action="store_true", help="add both negative controls")
     c.add_argument("--init-iters", type=int,
                    help="a shared CE-trained start of N iterations (its own seed) for every arm")
+    c.add_argument("--budgets", type=float, nargs="+",
+                   help="every arm at train.iters x each budget, and CE only at each run's cost "
+                        "(the frontier: which method at my compute?); e.g. 1 3 9")
+    c.add_argument("--cost", choices=["flops", "seconds"],
+                   help="the accounting the frontier's verdict is judged by (default flops, the "
+                        "teacher's forward counted); CE only's budgets meet both")
     c.add_argument("--plan", action="store_true",
                    help="write OUT/plan.txt, one command per unfinished run, and stop")
     c.add_argument("--executor", choices=["local", "slurm"], default="local",

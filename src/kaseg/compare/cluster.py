@@ -37,6 +37,7 @@ from submitit.core.utils import DelayedSubmission
 from submitit.helpers import Checkpointable
 from tqdm import tqdm
 
+from .arms import BASELINE
 from .runner import CompareSpec, PlannedRun, all_stages, lockstep_groups, run_group
 from ..core.config import Config, SlurmConfig
 from ..core.errors import KasegError
@@ -184,7 +185,7 @@ def plan_jobs(out: Path, cfg: Config, spec: CompareSpec, force: bool = False,
     after = [j.name for j in jobs if j.array == "tuning"] or after
     for seed in spec.seeds:
         if arms is None:  # named once the tuning has chosen their scales
-            runs = [f"{a.name} (seed {seed})" for a in spec.arms]
+            runs = [f"{a.name} (seed {seed}{_budgets_of(a.name, spec)})" for a in spec.arms]
         else:
             runs = [s.name for s in arms if s.seed == seed and todo(s)]
         if runs:
@@ -194,6 +195,14 @@ def plan_jobs(out: Path, cfg: Config, spec: CompareSpec, force: bool = False,
         jobs.append(PlannedJob("report", job("report"), ["report.md", "results.json"],
                                [j.name for j in jobs], "afterany"))
     return jobs
+
+
+def _budgets_of(arm: str, spec: CompareSpec) -> str:
+    """An arm's budgets in words, before the tuning has named its runs."""
+    if spec.budgets is None:
+        return ""
+    words = ", budgets " + " ".join(f"{b:g}" for b in spec.budgets)
+    return words + (" and at each run's cost" if arm == BASELINE else "")
 
 
 def describe(jobs: list[PlannedJob], slurm: SlurmConfig, out: Path) -> list[str]:

@@ -20,6 +20,7 @@ from ..core.files import atomic_write_text
 from .tables import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
                       paired_rows, with_matched)
 from .runner import CompareSpec, all_stages, arm_scales
+from .frontier_report import frontier_figure, frontier_lines, frontier_of
 from ..core.config import Config
 from ..nets.cost import measure_latency, model_cost
 from ..data import build_dataset
@@ -49,7 +50,7 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
                         "per_class_iou": m["per_class_iou"], "source": str(source)})
     if spec.init_iters and "init" not in missing:
         records += evaluate_runs(out, armed, {"init": ("init", 0)})
-    done = {s.name: (s.arm, s.seed) for s in arms or [] if s.done(out)}
+    done = {s.name: (s.arm, s.seed, s.budget) for s in arms or [] if s.done(out)}
     records += evaluate_runs(out, armed, done)
     matched = next((s for s in arms or [] if s.arm == MATCHED), None)
     if matched is not None:
@@ -68,7 +69,9 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
     return {"records": records, "missing": missing, "failed": failed, "scale": scale,
             "tuning": scores, "cfg": armed, "val": val, "teacher": teacher,
             "arm_tuning": {name: {"scale": k, "scores": sc} for name, (k, sc) in own.items()},
-            "matched": matched_cfg if matched is not None else None}
+            "matched": matched_cfg if matched is not None else None,
+            "trained_teacher": any(s.name == "teacher" for s in first),
+            "ce_budgets": sorted({s.budget for s in arms or [] if s.arm == BASELINE})}
 
 
 def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
@@ -146,8 +149,10 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
     got["jobs"] = {k: v for k, v in (jobs or {}).items() if k in got["missing"]}
     records, armed = got["records"], got["cfg"]
     names = [a.name for a in spec.arms]
-    rows = with_matched(paired_rows(records, names), records, names)
-    ctx_rows = paired_rows(records, names, key="context_iou")
+    flat = [r for r in records if r.get("budget", 1.0) == 1.0]  # the main table: budget 1
+    rows = with_matched(paired_rows(flat, names), flat, names)
+    ctx_rows = paired_rows(flat, names, key="context_iou")
+    got["frontier"] = frontier_of(cfg, got, spec) if spec.budgets else None
     costs = _costs(out, armed, records, got["teacher"])
     got["pictured"] = _predictions(out, got, spec)
     atomic_write_text(out / "results.json", json.dumps(
@@ -156,13 +161,15 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
          "arm_tuning": got["arm_tuning"],
          "missing": got["missing"], "missing_jobs": got["jobs"], "failed": got["failed"],
          "costs": costs,
-         "compute_matched": got["matched"], "rows": rows,
+         "compute_matched": got["matched"], "rows": rows, "frontier": got["frontier"],
          "records": records, "pictured_val_images": got["pictured"]},
         indent=2))
     if rows:
         paired_gain_plot(out / "gain.png", {"paired gain vs CE only": rows},
                          {a.name: a.label for a in spec.arms},
                          controls={a.name for a in spec.arms if a.control})
+    if got["frontier"]:
+        frontier_figure(out / "frontier.png", got["frontier"], {a.name: a.label for a in spec.arms})
     lines = _report_lines(out, got, spec, rows, ctx_rows, costs, command, device)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     got["rows"] = rows
@@ -203,6 +210,8 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
                      f"GFLOPs, {c['latency_ms']:.1f} ms per image on {c['device']}.")
     lines.append("")
     lines += _verdict_lines(got, spec, rows)
+    if got.get("frontier"):
+        lines += ["", *frontier_lines(got["frontier"], spec, cfg.train.iters)]
     lines += _left_out_lines(got, rows)
     pictured = got.get("pictured") or []
     lines += ["", "Files: `results.json` (every record), `gain.png` (each arm's paired gain "
@@ -364,7 +373,7 @@ def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> lis
     the set (:func:`kaseg.engine.visualize.spread_indices`); -> their indices."""
     val = got["val"]
     done = {r["arm"]: r["run"] for r in got["records"] if r.get("run") and r["seed"] ==
-            spec.seeds[0]}
+            spec.seeds[0] and r.get("budget", 1.0) == 1.0}
     if not done:
         return []
     picked = spread_indices(len(val), count)

@@ -14,7 +14,11 @@ A comparison is a list of stages, each a resumable run folder under OUT:
 3. arms x seeds, seed-major (partial results stay paired): a seed fixes the student's initial
    weights, data order and augmentation in every arm. The folder of an arm whose config depends
    on the weight scale names the scale (``runs/ka-x0.3-s0``), so a re-tune that picks another
-   scale trains only those arms; the others (``runs/baseline-s0``) are reused.
+   scale trains only those arms; the others (``runs/baseline-s0``) are reused. With
+   ``budgets`` every arm also trains at ``train.iters x b`` (``runs/kd_t2-b3-s0``; budget 1
+   keeps its name) and CE only at the budgets that meet each distilling run's cost
+   (:mod:`kaseg.compare.frontier`); a seed's runs of every budget train in one lockstep group.
+   Tuning stays at budget 1; its chosen weights apply at every budget.
 
 Faults: a run that diverges stops alone (its ``failed.json`` says why) while the other runs of
 its seed train on; a re-run does not retry it unless asked (``retry_failed``). ``force``
@@ -38,6 +42,7 @@ from tqdm import tqdm
 
 from .arms import (BASELINE, CONTROL_ARMS, DEFAULT_ARMS, Arm, ae_variant_config, arm_config,
                    arm_from_yaml, expand_groups, get_arm, tune_weights)
+from .frontier import COSTS, budget_schedule, budget_tag, ce_budgets, check_budgets
 from ..core.files import atomic_write_text
 from ..core.config import (COMPARE_SEEDS as SEEDS, TUNE_SEEDS, WEIGHT_SCALES, Config,
                            SlurmConfig, from_dict, to_dict)
@@ -46,7 +51,8 @@ from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from ..engine.runs import config_changes
 from ..engine.stages import (check_losses_fit, check_memory_fits, distill, distill_lockstep,
-                             estimate_step_flops, teacher_training_config, train_autoencoder)
+                             estimate_step_flops, estimate_step_seconds, teacher_training_config,
+                             train_autoencoder)
 from ..engine.supervised import train_segmenter
 from ..engine.train import Diverged, failure
 
@@ -75,8 +81,17 @@ class CompareSpec:
     arms_data: dict = field(default_factory=dict)
     arms_train: dict = field(default_factory=dict)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # ``--executor slurm``'s jobs
+    # training budgets (x train.iters) of every arm, CE only also at each run's cost; None: one
+    # budget, as before budgets existed
+    budgets: list[float] | None = None
+    cost: str = "flops"  # the accounting the verdict is judged by (CE only meets both)
 
     def __post_init__(self):
+        if self.cost not in COSTS:
+            raise KasegError(f"compare.cost: unknown accounting '{self.cost}'; known: "
+                             f"{', '.join(COSTS)}")
+        if self.budgets is not None:
+            self.budgets = check_budgets(self.budgets, 10**9)  # iterations: all_stages
         names = [a.name for a in self.arms]
         if BASELINE not in names:
             raise KasegError(f"a comparison needs the '{BASELINE}' arm (CE only): every other "
@@ -110,6 +125,7 @@ class PlannedRun:
     seed: int | None = None
     phase: str = "arms"
     root: Path | None = None  # the folder ``name`` is in, when not OUT
+    budget: float = 1.0  # x train.iters (:mod:`kaseg.compare.frontier`)
 
     def folder(self, out: Path) -> Path:
         return (self.root or out) / self.name
@@ -301,8 +317,8 @@ def scale_dependent(cfg: Config, arm: Arm) -> bool:
 def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
                scale: float, out: Path | None = None,
                own: dict[str, float] | None = None) -> list[PlannedRun]:
-    """The arms x seeds; ``own``: the chosen scale of each tuned arm's losses (its folder names
-    it unless x1)."""
+    """The arms x budgets x seeds; ``own``: the chosen scale of each tuned arm's losses (its
+    folder names it unless x1)."""
     stages, own = [], own or {}
     tags = {arm.name: f"-x{scale:g}" if scale_dependent(variants[arm.ae] if arm.ae else cfg, arm)
             else "" for arm in spec.arms}
@@ -312,18 +328,40 @@ def arm_stages(cfg: Config, spec: CompareSpec, variants: dict[str, Config],
     matched = None
     if any(a.matched for a in spec.arms):
         matched = matched_schedule(out, cfg, spec, variants, scale)
+    budgets = arm_budgets(out, cfg, spec, variants, scale)
     for seed in spec.seeds:  # seed-major: partial results are paired
         for arm in spec.arms:
             base = variants[arm.ae] if arm.ae else cfg
-            tag = tags[arm.name]
             c = arm_config(base, arm, seed, scale)
             if arm.name in own:
                 c = tune_weights(c, arm, own[arm.name])
             if arm.matched:
-                c = replace(c, train=replace(c.train, **matched["train"]))
-                tag = f"-i{c.train.iters}"
-            stages.append(PlannedRun(f"runs/{arm.name}{tag}-s{seed}", "distill", c, arm.name, seed))
+                m = replace(c, train=replace(c.train, **matched["train"]))
+                stages.append(PlannedRun(f"runs/{arm.name}-i{m.train.iters}-s{seed}", "distill",
+                                         m, arm.name, seed))
+                continue
+            for b in budgets.get(arm.name, [1.0]):
+                t = replace(c.train, **budget_schedule(c.train.iters, c.train.val_every, b))
+                stages.append(PlannedRun(f"runs/{arm.name}{tags[arm.name]}{budget_tag(b)}-s{seed}",
+                                         "distill", replace(c, train=t), arm.name, seed,
+                                         budget=b))
     return stages
+
+
+def arm_budgets(out: Path | None, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+                scale: float) -> dict[str, list[float]]:
+    """``{arm: its budgets}``: ``spec.budgets`` for every arm, CE only's extended to meet each
+    distilling run's cost in FLOPs and in seconds alone, both estimated before any run
+    (:func:`kaseg.compare.frontier.ce_budgets`); {} without budgets."""
+    if spec.budgets is None:
+        return {}
+    rivals = [a for a in spec.arms if not (a.control or a.matched)]
+    ce: set[float] = set()
+    for what in COSTS:
+        costs = step_costs(out, cfg, replace(spec, arms=rivals), variants, scale, what)
+        ce.update(ce_budgets(costs, BASELINE, spec.budgets, cfg.train.iters)[0])
+    return {a.name: (sorted(ce) if a.name == BASELINE else list(spec.budgets))
+            for a in spec.arms}
 
 
 def matched_schedule(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
@@ -347,22 +385,33 @@ def matched_schedule(out: Path, cfg: Config, spec: CompareSpec, variants: dict[s
 
 def step_flops(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
                scale: float) -> dict[str, int]:
-    """Training FLOPs per iteration of each arm (at its first seed), estimated from its config
-    with untrained networks (FLOPs do not depend on the weights); cached in ``OUT/costs.json``
-    by each arm's config."""
-    path = out / "costs.json"
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    """Training FLOPs per iteration of each arm (:func:`step_costs`)."""
+    return step_costs(out, cfg, spec, variants, scale, "flops")
+
+
+def step_costs(out: Path | None, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
+               scale: float, what: str = "flops") -> dict[str, float]:
+    """Training FLOPs (or seconds alone) per iteration of each arm (at its first seed),
+    estimated from its config with untrained networks (they do not depend on the weights);
+    cached in ``OUT/costs.json`` by each arm's config."""
+    path = None if out is None else out / "costs.json"
+    cache = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    estimate = {"flops": estimate_step_flops, "seconds": estimate_step_seconds}[what]
     result, changed = {}, False
     for arm in spec.arms:
         if arm.matched:
             continue
         c = arm_config(variants[arm.ae] if arm.ae else cfg, arm, spec.seeds[0], scale)
         key = json.dumps(to_dict(replace(c, seed=0)), sort_keys=True)
-        if arm.name not in cache or cache[arm.name]["config"] != key:
-            cache[arm.name] = {"config": key, "flops": estimate_step_flops(c)}
+        entry = cache.get(arm.name)
+        if entry is None or entry["config"] != key:
+            entry = cache[arm.name] = {"config": key}
+        if what not in entry:
+            entry[what] = estimate(c)
             changed = True
-        result[arm.name] = cache[arm.name]["flops"]
-    if changed:
+        result[arm.name] = entry[what]
+    if changed and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(cache, indent=1))
     return result
 
@@ -395,6 +444,8 @@ def all_stages(out: Path, cfg: Config, spec: CompareSpec):
     """-> (shared + tuning stages, arm stages or None while tuning is unfinished, scale,
     tuning scores, the arms' config)."""
     check_config(cfg, "compare")
+    if spec.budgets is not None:
+        check_budgets(spec.budgets, cfg.train.iters)
     shared, armed, variants = shared_stages(out, cfg, spec)
     check_arms(armed, spec)
     tuning = tuning_stages(armed, spec)
@@ -413,8 +464,8 @@ def run(out: Path, cfg: Config, spec: CompareSpec, force: bool = False, desc: st
     ``retry_failed``); the runs of one seed in lockstep (``lockstep=False``: one after another;
     the results are the same, bit for bit); -> (arm stages, scale, tuning scores, the arms'
     config)."""
-    first, _, _, _, _ = all_stages(out, cfg, spec)
-    total = len(first) + len(spec.arms) * len(spec.seeds)
+    first, arms, _, _, _ = all_stages(out, cfg, spec)
+    total = len(first) + (len(arms) if arms is not None else len(spec.arms) * len(spec.seeds))
     bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
     try:
         for group in lockstep_groups(first):
@@ -465,13 +516,14 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
 
 
 SECTION_KEYS = ("arms", "seeds", "tune_seeds", "weight_scales", "controls", "init_iters",
-                "slurm")
+                "slurm", "budgets", "cost")
 
 
 def spec_from(section: dict, source: str = "compare", arms: list[str] | None = None,
               seeds: int | None = None, tune_seeds: list[int] | None = None,
               weight_scales: list[float] | None = None, controls: bool = False,
-              init_iters: int | None = None) -> CompareSpec:
+              init_iters: int | None = None, budgets: list[float] | None = None,
+              cost: str | None = None) -> CompareSpec:
     """A :class:`CompareSpec` from a config's ``compare:`` section, command-line values first."""
 
     bad = sorted(set(section) - set(SECTION_KEYS))
@@ -507,12 +559,16 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
         kw["weight_scales"] = [float(k) for k in (weight_scales if weight_scales is not None
                                                   else section["weight_scales"])]
     init = init_iters if init_iters is not None else section.get("init_iters", 0)
+    kw["budgets"] = budgets if budgets is not None else section.get("budgets")
+    kw["cost"] = cost or section.get("cost", "flops")
     try:
         kw["slurm"] = from_dict(SlurmConfig, section.get("slurm") or {}, source,
                                 "compare.slurm.")
         return CompareSpec(chosen, seed_list, init_iters=int(init), **kw)
     except (TypeError, ValueError) as e:
         raise KasegError(f"{source}: compare: {e}") from None
+    except KasegError as e:
+        raise KasegError(f"{source}: {e}") from None
 
 
 __getattr__ = renamed(__name__, {"Stage": "PlannedRun"}, globals())  # 0.1.0's names

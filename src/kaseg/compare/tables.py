@@ -80,19 +80,22 @@ def machine(device: str = "auto") -> str:
             f"{torch.get_num_threads()} torch threads)")
 
 
-def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple[str, int]]) -> list[dict]:
-    """Every run's *last* weights on the same val set (no checkpoint picked on val)."""
+def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple]) -> list[dict]:
+    """Every run's *last* weights on the same val set (no checkpoint picked on val); ``runs``:
+    ``{folder: (arm, seed)}`` or ``(arm, seed, budget)``."""
     val = build_dataset(cfg.data, cfg.data.val_split, train=False)
     device = resolve_device(cfg.train.device)
     context = getattr(val, "context_classes", ())
     records = []
-    for folder, (arm, seed) in tqdm(runs.items(), desc="evaluate", leave=False):
+    for folder, (arm, seed, *budget) in tqdm(runs.items(), desc="evaluate", leave=False):
+        budget = float(budget[0]) if budget else 1.0
         model, meta = load_model(out / folder, which="last")
         m = evaluate(model, val, cfg.train.val_batch_size, device)
         ctx = [m["per_class_iou"][val.class_names[c]] for c in context]
         ctx = [v for v in ctx if v is not None]
         records.append({
-            "name": f"{arm}-s{seed}", "arm": arm, "seed": seed, "model": meta["spec"]["name"],
+            "name": f"{arm}{'' if budget == 1 else f'-b{budget:g}'}-s{seed}", "arm": arm,
+            "seed": seed, "budget": budget, "model": meta["spec"]["name"],
             "miou": m["miou"], "per_class_iou": m["per_class_iou"], "pixel_acc": m["pixel_acc"],
             "context_iou": sum(ctx) / len(ctx) if ctx else None, "run": folder,
             "protocol": "val, last checkpoint, single scale, full image",

@@ -325,24 +325,48 @@ def estimate_step_flops(cfg: Config) -> int:
     comparison knows each arm's cost before its runs exist (the compute-matched control's
     schedule). The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        train_set, _ = build_data(cfg)
-        unlabeled = build_unlabeled(cfg.data, train_set)
-        k, t, d = train_set.num_classes, cfg.teacher, cfg.distill
-        teacher = build_model(t.name, k, t.output_stride, t.decoder_channels).eval()
-        student = build_student(replace(cfg, model=replace(cfg.model, init_weights=None,
-                                                           pretrained=False)), k)
-        encoder, latent = torch.nn.Identity(), 1
-        if needs_autoencoder(d.losses):
-            ti, si = teacher.feature_info[t.tap], student.feature_info[d.student_tap]
-            latent = cfg.ae.latent_channels or max(1, ti.channels // 2)
-            try:
-                strides = ae_strides(si.stride // ti.stride)
-            except ValueError as e:
-                raise KasegError(str(e)) from None
-            encoder = FeatureAutoencoder(ti.channels, latent, strides).encoder
-        task = distill_task(cfg, student, teacher, encoder, latent)
-        inputs = step_inputs(cfg, k, unlabeled is not None and task.uses_teacher)
+        task, inputs = _throwaway_task(cfg)
         return train_step_flops(task, inputs, copy=False)  # a throwaway task: no copy
+
+
+def estimate_step_seconds(cfg: Config) -> float:
+    """Seconds of one training iteration of ``cfg`` alone on its device, timed on untrained
+    networks of its architectures (the time does not depend on the weights either): what a
+    comparison that judges by seconds plans CE only's budgets with."""
+    with torch.random.fork_rng(devices=[]):
+        task, inputs = _throwaway_task(cfg)
+        device = resolve_device(cfg.train.device)
+        return train_step_seconds(training_copy(task, device), inputs, device, runs=3,
+                                  copy=False)
+
+
+def _throwaway_task(cfg: Config) -> tuple[DistillTask, tuple]:
+    """The distillation task of ``cfg`` on untrained networks, and a stand-in batch."""
+    train_set, _ = build_data(cfg)
+    unlabeled = build_unlabeled(cfg.data, train_set)
+    k, t, d = train_set.num_classes, cfg.teacher, cfg.distill
+    teacher = build_model(t.name, k, t.output_stride, t.decoder_channels).eval()
+    student = build_student(replace(cfg, model=replace(cfg.model, init_weights=None,
+                                                       pretrained=False)), k)
+    encoder, latent = torch.nn.Identity(), 1
+    if needs_autoencoder(d.losses):
+        ti, si = teacher.feature_info[t.tap], student.feature_info[d.student_tap]
+        latent = cfg.ae.latent_channels or max(1, ti.channels // 2)
+        try:
+            strides = ae_strides(si.stride // ti.stride)
+        except ValueError as e:
+            raise KasegError(str(e)) from None
+        encoder = FeatureAutoencoder(ti.channels, latent, strides).encoder
+    task = distill_task(cfg, student, teacher, encoder, latent)
+    return task, step_inputs(cfg, k, unlabeled is not None and task.uses_teacher)
+
+
+def teacher_training_flops(cfg: Config) -> int:
+    """FLOPs of training ``cfg``'s teacher as a comparison does (CE, its iterations): the cost a
+    user without a teacher pays before any distillation."""
+    tcfg = teacher_training_config(cfg)
+    ce = replace(tcfg, distill=replace(tcfg.distill, losses={}, pseudo_labels=False))
+    return estimate_step_flops(ce) * tcfg.train.iters
 
 
 def _used(task: DistillTask, unlabeled_set):

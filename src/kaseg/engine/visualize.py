@@ -254,3 +254,47 @@ def schedule_plot(path: str | Path, ladders: dict[str, dict[int, list[dict]]],
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def upper_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no cheaper point beats: sorted by cost, each with a higher mean than every
+    cheaper one (the best result reachable at each cost)."""
+    best, out = -math.inf, []
+    for cost, mean in sorted(points):
+        if mean > best:
+            out.append((cost, mean))
+            best = mean
+    return out
+
+
+def frontier_plot(path: str | Path, panels: dict[str, dict[str, list[tuple]]],
+                  dpi: int = 100) -> dict[str, list[tuple[float, float]]]:
+    """One panel per cost accounting: each line's points ``(cost, mean, low, high)`` (mIoU and
+    its 95% CI against training cost, log axis), joined in order of cost, and the upper
+    envelope of all of them dashed. -> each panel's envelope."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
+    drawn = {}
+    for ax, (title, lines) in zip(axes[0], panels.items()):
+        everything = []
+        for k, (name, pts) in enumerate(lines.items()):
+            pts = sorted(pts)
+            xs, means = [p[0] for p in pts], [p[1] for p in pts]
+            err = [[m - lo if lo == lo else 0 for _, m, lo, _ in pts],
+                   [hi - m if hi == hi else 0 for _, m, _, hi in pts]]
+            ax.errorbar(xs, means, yerr=err, fmt="o-", capsize=3, color=f"C{k % 10}",
+                        label=name, lw=1.2, ms=4)
+            everything += list(zip(xs, means))
+        env = upper_envelope(everything)
+        if env:
+            ax.plot(*zip(*env), ls="--", color="0.15", lw=1.0, zorder=0,
+                    label="upper envelope (best at each cost)")
+        ax.set_xscale("log")
+        ax.set_xlabel(title + " (log scale)", fontsize=9)
+        ax.set_ylabel("mIoU % (mean, 95% CI over paired seeds)", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        drawn[title] = env
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return drawn
