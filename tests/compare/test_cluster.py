@@ -359,3 +359,35 @@ def test_the_suite_and_the_processes_it_starts_use_the_same_thread_count(tmp_pat
                           "no:cacheprovider", str(probe)], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert got.returncode == 0, got.stdout[-2000:]
+
+
+def test_dry_run_lists_a_seeds_budget_runs_in_its_one_job(tmp_path, folder_dataset, capsys,
+                                                           monkeypatch):
+    """With budgets, a seed's job holds every arm at every budget and CE only at each run's
+    cost; before the tuning has named the runs, the job says the budgets in words."""
+    import kaseg.compare.runner as runner_mod
+
+    # fixed step costs (the seconds of a real estimate vary): KD 3x CE only in FLOPs, 1.5x in s
+    monkeypatch.setattr(runner_mod, "estimate_step_flops",
+                        lambda c: 3 if c.distill.losses else 1)
+    monkeypatch.setattr(runner_mod, "estimate_step_seconds",
+                        lambda c: 1.5 if c.distill.losses else 1.0)
+    config = _config(tmp_path, folder_dataset, iters=10, arms=["baseline", "kd_t2"],
+                     weight_scales=[1], budgets=[1, 3])
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--executor", "slurm",
+                 "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    seed0 = re.split(r"\s{2,}", next(ln for ln in lines if "seed 0" in ln).strip())
+    # KD at 1 costs 3 (CE at 3 in FLOPs, 2 in seconds), at 3 costs 9 (16 and 8 on the grid)
+    assert seed0[2].endswith(": runs/baseline-s0, runs/baseline-b2-s0, runs/baseline-b3-s0, "
+                             "runs/baseline-b8-s0, runs/baseline-b16-s0, runs/kd_t2-s0, "
+                             "runs/kd_t2-b3-s0")
+    config = _config(tmp_path, folder_dataset, iters=10, arms=["baseline", "kd_t2", "ka"],
+                     budgets=[1, 3])
+    assert main(["compare", "--config", str(config), "--out", str(out), "--executor", "slurm",
+                 "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    seed0 = next(ln for ln in lines if "  seed 0" in ln)
+    assert seed0.endswith("baseline (seed 0, budgets 1 3 and at each run's cost), kd_t2 (seed 0, "
+                          "budgets 1 3), ka (seed 0, budgets 1 3)")

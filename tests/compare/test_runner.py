@@ -450,3 +450,53 @@ def test_each_tuned_arm_trains_at_its_own_best_weight(tmp_path, capsys):
     # no arm uses the method: its weights are not tuned and no autoencoder is trained
     assert not (out / "tuning" / "ka-x0.5-s100").exists() and not (out / "ae").exists()
     assert "The method's weights" not in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_budgets_train_in_lockstep_as_alone_and_the_report_draws_the_frontier(
+        tmp_path, monkeypatch, capsys):
+    """CE only and KD at budgets 1 and 2, CE only also where each KD run's cost needs it: the
+    plan lists every budget run, the runs of a seed trained in one lockstep group end with the
+    weights each has alone, and results.json holds the frontier in three accountings (the
+    teacher's training counted, since the comparison trained it), with frontier.png."""
+    import kaseg.compare.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "estimate_step_flops", lambda c: 3 if c.distill.losses else 1)
+    monkeypatch.setattr(runner_mod, "estimate_step_seconds",
+                        lambda c: 1.5 if c.distill.losses else 1.0)
+    config = _config(tmp_path, {"baseline": None, "kd_t2": None})
+    common = ["--seeds", "2", "--budgets", "1", "2"]
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    assert main(["compare", "--config", str(config), "--out", str(together), "--plan",
+                 *common]) == 0
+    plan = (together / "plan-arms.txt").read_text()
+    # KD at 1 costs 3 CE iterations-worth: CE at 4 (FLOPs; 3 would be the grid's 4) and 2 (s)
+    names = ["baseline-s0", "baseline-b2-s0", "baseline-b4-s0", "baseline-b8-s0",
+             "kd_t2-s0", "kd_t2-b2-s0"]
+    assert [ln.split("--out ")[1].split("/runs/")[1] for ln in plan.splitlines()
+            if ln.endswith("-s0")] == names
+    assert main(["compare", "--config", str(config), "--out", str(together), *common]) == 0
+    assert main(["compare", "--config", str(config), "--out", str(alone), "--no-lockstep",
+                 *common]) == 0
+    for run in names:
+        a, b = _weights(alone / "runs" / run), _weights(together / "runs" / run)
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+    assert json.loads((together / "runs" / "baseline-b8-s0" / "cost.json").read_text())[
+        "iters"] == 24
+    fr = json.loads((together / "results.json").read_text())["frontier"]
+    assert fr["budgets"] == [1.0, 2.0] and fr["ce_budgets"] == [1.0, 2.0, 4.0, 8.0]
+    kd2 = next(p for p in fr["points"] if (p["arm"], p["budget"]) == ("kd_t2", 2.0))
+    assert set(kd2["vs_ce"]) == {"flops", "seconds", "flops_teacher"}
+    # planned from the stand-in estimates (3x), judged by the measured cost (8.6x: the tiny
+    # teacher's forward): CE only's largest run, 8 units, does not reach it, and says so
+    flops = kd2["vs_ce"]["flops"]
+    assert (flops["reached"], flops["largest_budget"]) == (False, 8.0)
+    kd1 = next(p for p in fr["points"] if (p["arm"], p["budget"]) == ("kd_t2", 1.0))
+    assert kd1["vs_ce"]["seconds"]["reached"] and kd1["vs_ce"]["seconds"]["more"] >= 1.0
+    assert fr["teacher_training_gflops"] > 0
+    assert kd2["cost"]["flops_teacher"] == pytest.approx(kd2["cost"]["flops"] +
+                                                         fr["teacher_training_gflops"])
+    assert (together / "frontier.png").stat().st_size > 10_000
+    report = (together / "report.md").read_text()
+    assert "Budget 2 (6 iterations):" in report and "**Frontier verdict" in report

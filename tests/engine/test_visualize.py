@@ -72,3 +72,19 @@ def test_a_wide_control_does_not_set_the_gain_axis_and_is_marked_at_its_edge(tmp
         (-1.44 - 0.08 * 6.53, 5.09 + 0.08 * 6.53))
     # the whole picture is kept: its width grows past the figure's when a label sticks out
     assert Image.open(path).size[0] >= 800
+
+
+def test_the_frontier_marks_the_best_result_at_each_cost(tmp_path):
+    """The upper envelope keeps a point only when it beats every cheaper one, whichever line it
+    is on; one panel per accounting is written."""
+    from kaseg.engine.visualize import frontier_plot, upper_envelope
+
+    assert upper_envelope([(4, 50.0), (1, 40.0), (2, 39.0), (8, 50.0), (16, 52.0)]) == [
+        (1, 40.0), (4, 50.0), (16, 52.0)]
+    panels = {"GFLOPs": {"CE only": [(1, 40, 39, 41), (2, 44, 43, 45), (8, 47, 46, 48)],
+                         "KD": [(3, 46, 45, 47), (9, 46.5, 45, 48)]},
+              "seconds": {"CE only": [(1, 40, 39, 41)], "KD": [(1.5, 46, 45, 47)]}}
+    drawn = frontier_plot(tmp_path / "frontier.png", panels)
+    assert drawn["GFLOPs"] == [(1, 40), (2, 44), (3, 46), (8, 47)]
+    assert drawn["seconds"] == [(1, 40), (1.5, 46)]
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000

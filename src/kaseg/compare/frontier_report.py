@@ -87,15 +87,18 @@ def frontier_lines(fr: dict, spec: CompareSpec, iters: int) -> list[str]:
         lines += [*budget_table(fr, b), ""]
     lines += [ce_curve_line(fr), ""]
     main = verdict_sentences(fr, acc, labels)
-    lines.append(f"**Frontier verdict ({ACCOUNTINGS[acc]})**: " + " ".join(main))
+    lines.append(f"**Frontier verdict, by {ACCOUNTINGS[acc]}**: " + " ".join(main))
     others = [a for a in ACCOUNTINGS if a != acc]
     differ = [a for a in others if headline(fr, a) != headline(fr, acc)]
     for a in differ:
         lines += ["", f"In {ACCOUNTINGS[a]} the answer differs: " +
                   " ".join(verdict_sentences(fr, a, labels))]
     if not differ:
+        won = headline(fr, acc)
         lines += ["", "The other accountings (" + ", ".join(ACCOUNTINGS[a] for a in others) +
-                  ") resolve the same runs better than CE only at their cost."]
+                  ") agree: " + ("the same runs are resolved better than CE only at their cost."
+                                 if won else "no run is resolved better than CE only at its "
+                                 "cost in them either.")]
     return lines + ["", "`frontier.png`: mIoU (mean, 95% CI) against training cost, one line "
                     "per arm, the upper envelope dashed, one panel per accounting."]
 
