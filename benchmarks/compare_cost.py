@@ -4,7 +4,13 @@ method + KD) trained side by side on one batch (one teacher and encoder forward,
 and against the floor: one teacher + encoder forward and k CE-only student steps.
 
     python benchmarks/compare_cost.py [--pairs tiny paper] [--device auto] [--runs 5]
-        [--unlabeled N]
+        [--unlabeled N] [--budgets 3 --ce-runs 4]
+
+``--budgets B --ce-runs C`` adds a budgets row per pair: a seed's runs of a frontier while all
+are active (KD T = 2 at B budgets, CE only at C budgets: ``kaseg compare --budgets``) in
+lockstep, against the same runs one after another (each KD run its own teacher forward) and
+against the floor of one teacher forward + the B + C student steps. Goal: lockstep / floor <=
+1.05.
 
 ``--unlabeled N``: each step also carries N unlabelled images (the limited-labels regime); the
 encoder then runs on the labelled and on the unlabelled half of the teacher's map, and the
@@ -39,11 +45,12 @@ METHOD = {"adapt": {}, "affinity": {}}
 ARMS = {"ka": METHOD, "kd_t2": KD, "ka_kd": {**METHOD, **KD}}  # distill.losses of each arm
 
 
-def arms(teacher, ae, student_name: str, k: int) -> list:
-    """k distillation tasks, each with its own student (the same initial weights) and its own
-    copy of the teacher and encoder (as arms trained alone load them)."""
+def arms(teacher, ae, student_name: str, k: int, names: list[str] | None = None) -> list:
+    """k distillation tasks (``names``: these arms of :data:`ARMS`, repeats allowed), each with
+    its own student (the same initial weights) and its own copy of the teacher and encoder (as
+    arms trained alone load them)."""
     tasks = []
-    for name in list(ARMS)[:k]:
+    for name in names or list(ARMS)[:k]:
         torch.manual_seed(0)
         student = build_model(student_name, 8)
         t = build_model(teacher.spec.name, 8)
@@ -63,6 +70,9 @@ def main() -> None:
     ap.add_argument("--arms", type=int, default=3, choices=[1, 2, 3])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--unlabeled", type=int, default=0, metavar="N")
+    ap.add_argument("--budgets", type=int, default=0, metavar="B",
+                    help="a budgets row: KD at B budgets and CE only at --ce-runs budgets")
+    ap.add_argument("--ce-runs", type=int, default=4, metavar="C")
     args = ap.parse_args()
     runs, device, k = args.runs, resolve_device(args.device), args.arms
     print(f"{k} distilling arms (ka, kd_t2, ka_kd) per iteration, {device}, "
@@ -122,6 +132,45 @@ def main() -> None:
         print(f"{name:<6} {size:>5} {batch:>5} {alone:>21.1f} {lockstep:>12.1f} {floor:>9.1f} "
               f"{lockstep / alone:>17.3f} {ratio:>17.3f} {'ok' if ratio <= 1.15 else 'MISSED':>5} "
               f"{memo['hits']:>18} {one_entry:>16}")
+        if args.budgets:
+            budgets_row(name, teacher, ae, s_name, size, batch, batches, device, runs,
+                        args.budgets, args.ce_runs)
+
+
+def budgets_row(name, teacher, ae, s_name, size, batch, batches, device, runs: int, b: int,
+                c: int) -> None:
+    """KD at ``b`` budgets and CE only at ``c``, all active: lockstep, one after another, and the
+    floor (one teacher forward + every student's CE step)."""
+    ce_batches = ((x, y) for x, y, *_ in batches)
+
+    @torch.no_grad()
+    def teacher_forward():
+        teacher(next(ce_batches)[0])
+
+    fwd_ms = 1e3 * median_seconds(teacher_forward, device, runs)
+
+    def group(shared: bool) -> list:
+        kd = arms(teacher, ae, s_name, b, ["kd_t2"] * b)
+        if shared:
+            share_frozen(kd)
+        torch.manual_seed(0)
+        return kd + [SegmentationTask(build_model(s_name, 8)) for _ in range(c)]
+
+    def timed(shared: bool) -> float:
+        tasks = group(shared)
+        ms = 1e3 * median_seconds(lockstep_iteration(tasks, ce_batches, device, swap_rng=True),
+                                  device, runs)
+        unshare_frozen([t for t in tasks if isinstance(t, DistillTask)])
+        return ms
+
+    alone, lockstep = timed(False), timed(True)
+    torch.manual_seed(0)
+    ce = [SegmentationTask(build_model(s_name, 8)) for _ in range(b + c)]
+    floor = fwd_ms + 1e3 * median_seconds(lockstep_iteration(ce, ce_batches, device), device, runs)
+    ratio = lockstep / floor
+    print(f"{name + f' budgets: KD x{b} + CE x{c}':<6} {size:>5} {batch:>5} {alone:>21.1f} "
+          f"{lockstep:>12.1f} {floor:>9.1f} {lockstep / alone:>17.3f} {ratio:>17.3f} "
+          f"{'ok' if ratio <= 1.05 else 'MISSED':>5}")
 
 
 if __name__ == "__main__":
