@@ -134,7 +134,7 @@ def _cmd_study(args) -> int:
     from .presets.study import run_study
 
     run_study(args.out, args.device, args.seeds, args.regimes, args.force,
-              not args.no_lockstep, args.reuse, args.retune, args.retry_failed)
+              not args.no_lockstep, args.reuse, args.retune, args.retry_failed, args.budgets)
     print((Path(args.out) / "study.md").read_text())
     return 0
 
@@ -359,6 +359,9 @@ def _args_study(st) -> None:
     st.add_argument("--retune", nargs="+", metavar="REGIME",
                     help="regimes that choose their own weight scale on the tuning seeds instead "
                          "of reusing another's (is the reused one still best there?)")
+    st.add_argument("--budgets", type=float, nargs="+",
+                    help="each regime's arms at its iterations x each budget, CE only also at "
+                         "each run's cost: a frontier per regime (kaseg compare --budgets)")
     _lockstep_flag(st)
 
 

@@ -246,3 +246,32 @@ def test_a_regime_of_the_previous_release_is_found_under_its_new_name(tmp_path, 
     moved = json.loads((tmp_path / "elsewhere" / "96px-limited-labels-2400" / "regime.json")
                        .read_text())
     assert (moved["name"], moved["ladder"]) == ("96px-limited-labels-2400", "limited labels")
+
+
+def test_budgets_reach_each_regime_and_its_frontier_is_written(tmp_path, monkeypatch):
+    """``kaseg study --budgets``: each regime's comparison gets the budgets, and a regime record
+    with a frontier gets the frontier's section in study.md."""
+    from kaseg.compare.frontier import frontier
+
+    seen = {}
+
+    def fake_run(rdir, cfg, spec, force, desc, lockstep, retry_failed=False):
+        seen["budgets"] = spec.budgets
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(study, "run", fake_run)
+    with pytest.raises(RuntimeError, match="stop"):
+        study.run_regime(tmp_path, study._on_ladder(150), [0], "cpu", False, (0.3, {}),
+                         cfg=study.base_config(96, "cpu"), budgets=[1, 4])
+    assert seen["budgets"] == [1.0, 4.0]
+    recs = [{"arm": a, "budget": b, "seed": s, "miou": m / 100, "train_gflops": g,
+             "train_seconds_alone": g}
+            for s in range(2) for a, b, m, g in (("baseline", 1, 40 + s, 1),
+                                                 ("baseline", 4, 45 + s, 4),
+                                                 ("kd_t2", 1, 44 + 2 * s, 4))]
+    fr = {**frontier(recs, "baseline", ["kd_t2"], {"kd_t2"}, None), "accounting": "flops",
+          "budgets": [1.0], "ce_budgets": [1.0, 4.0], "iters": 150}
+    text = "\n".join(study._frontier_part({"frontier": fr}))
+    assert "Budget 1 (150 iterations):" in text
+    assert "| `kd_t2` | 2 | 45.00 ± 1.41 | 4 GFLOPs | -0.50 [-6.85, +5.85] (CE b4, 1.00x) |" in text
+    assert study._frontier_part({"frontier": None}) == []

@@ -69,11 +69,11 @@ def ce_curve_line(fr: dict) -> str:
         for r in ce) + "."
 
 
-def frontier_lines(fr: dict, spec: CompareSpec, iters: int) -> list[str]:
+def frontier_lines(fr: dict, labels: dict[str, str], iters: int) -> list[str]:
     """The report's frontier section: what was run, a table per budget, CE only's curve and the
-    verdict in the chosen accounting, and where another accounting says otherwise."""
+    verdict in the chosen accounting (``labels``: each arm's), and where another accounting
+    says otherwise."""
     acc = fr["accounting"]
-    labels = {a.name: a.label for a in spec.arms}
     lines = ["## Which method at my compute? Every arm at each budget, met by CE only at its cost",
              "", f"Budgets {', '.join(f'{b:g}' for b in fr['budgets'])} x {iters} iterations "
              "(each run its own poly decay); CE only also at budgets " +

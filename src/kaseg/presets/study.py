@@ -29,6 +29,7 @@ from ..core.files import atomic_write_text
 from ..compare.arms import AE_VARIANTS, ARM_GROUPS, ARMS, method_weights
 from ..compare.tables import (code_version, context_table, evaluate_runs, machine, markdown_table,
                       paired_rows, with_matched)
+from ..compare.frontier_report import frontier_lines, frontier_of
 from ..compare.runner import TUNE_SEEDS, WEIGHT_SCALES, run
 from ..core.config import COMPARE_SEEDS, Config
 from .recipes import demo_config, preset_spec
@@ -161,7 +162,8 @@ def base_config(size: int, device: str) -> Config:
     return replace(cfg, data=data, train=replace(cfg.train, val_batch_size=32 if size > 96 else 64))
 
 
-def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]):
+def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float],
+                budgets: list[float] | None = None):
     """The regime as a comparison: shared stages per input size (``out/shared-SIZEpx``), the
     arms' schedule and data changed from the base recipe."""
     arms_data = ({"labeled_count": regime.labeled_count, "unlabeled_split": "train"}
@@ -170,7 +172,8 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
                        init_iters=regime.init_iters, shared_dir=out / f"shared-{regime.size}px",
                        arms_data=arms_data,
                        arms_train={"iters": regime.iters,
-                                   "val_every": min(regime.iters, CHECKPOINT_EVERY)})
+                                   "val_every": min(regime.iters, CHECKPOINT_EVERY)},
+                       budgets=budgets)
     spec.tune_seeds = list(TUNING_SEEDS)
     return spec
 
@@ -178,11 +181,12 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
 def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
                tuned: tuple[float, dict] | None = None, lockstep: bool = True,
                cfg: Config | None = None, retune: bool = False,
-               retry_failed: bool = False) -> dict:
+               retry_failed: bool = False, budgets: list[float] | None = None) -> dict:
     """One regime's comparison and its record (``regime.json``); ``cfg``: the base recipe
     (default: the demo's at the regime's input size). ``retune``: choose the weight scale on the
     tuning seeds here even in a regime that reuses another's (does the reused scale still win at
-    this schedule? If it does, the arms' runs are the same and are reused)."""
+    this schedule? If it does, the arms' runs are the same and are reused). ``budgets``: the
+    regime's iterations x each, CE only also at each run's cost (its record's ``frontier``)."""
     if retune and not regime.tune:
         head, reused, source = regime.note.partition("; weights from ")
         regime = replace(regime, tune=True, note=f"{head}; weights re-tuned here" + (
@@ -192,16 +196,17 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
         cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
     rdir = out / regime.name
     scales = list(WEIGHT_SCALES) if regime.tune or tuned is None else [tuned[0]]
-    spec = regime_spec(out, regime, seeds, scales)
+    spec = regime_spec(out, regime, seeds, scales, budgets)
     stages, scale, tuning, cfg = run(rdir, cfg, spec, force, desc=f"study {regime.name}",
                                       lockstep=lockstep, retry_failed=retry_failed)
-    runs = {s.name: (s.arm, s.seed) for s in stages if s.done(rdir)}  # not diverged ones
+    runs = {s.name: (s.arm, s.seed, s.budget) for s in stages if s.done(rdir)}  # not diverged
     shared = spec.shared_dir
     refs = {f"{shared.name}/teacher": ("teacher", 0)}
     if regime.pretrained:
         refs[f"{shared.name}/init"] = ("init", 0)
     # run paths relative to the study folder (shared runs) or to the regime's folder
     records = evaluate_runs(out, cfg, refs) + evaluate_runs(rdir, cfg, runs)
+    flat = [x for x in records if x.get("budget", 1.0) == 1.0]  # the table: budget 1
     ae_errors = {}
     for variant in [None, *AE_VARIANTS]:
         path = shared / ("ae" if variant is None else f"ae-{variant}") / "metrics.json"
@@ -217,8 +222,12 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
               "weight_scale": scale, "tuning": tuning, "ae": ae_errors,
               **{f"{term}_weight": w for term, w in method_weights(cfg, scale).items()},
               "failed": {s.name: s.failure(rdir) for s in stages if s.failure(rdir)},
-              "rows": with_matched(paired_rows(records, regime.arms), records, regime.arms),
-              "context_rows": paired_rows(records, regime.arms, key="context_iou"),
+              "rows": with_matched(paired_rows(flat, regime.arms), flat, regime.arms),
+              "context_rows": paired_rows(flat, regime.arms, key="context_iou"),
+              "frontier": frontier_of(cfg, {"records": records, "trained_teacher": True,
+                                            "ce_budgets": sorted({s.budget for s in stages
+                                                                  if s.arm == "baseline"})},
+                                      spec) if budgets else None,
               "records": records}
     atomic_write_text(rdir / "regime.json", json.dumps(result, indent=2))
     return result
@@ -290,7 +299,8 @@ def reuse_records(out: Path, path: str | Path, chosen: list[Regime]) -> list[str
 def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = COMPARE_SEEDS,
               regimes: list[str] | None = None, force: bool = False,
               lockstep: bool = True, reuse: str | Path | None = None,
-              retune: list[str] | None = None, retry_failed: bool = False) -> list[dict]:
+              retune: list[str] | None = None, retry_failed: bool = False,
+              budgets: list[float] | None = None) -> list[dict]:
     """``reuse``: an earlier study's ``study.json`` whose regimes (those not run here) join this
     one's report (:func:`reuse_records`); ``retune``: regimes that choose their own weight scale
     (:func:`run_regime`)."""
@@ -311,13 +321,14 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         f" --regimes {' '.join(regimes)}" if regimes else "") + (
         f" --reuse {reuse}" if reuse is not None else "") + (
         f" --retune {' '.join(retune)}" if retune else "") + (
+        f" --budgets {' '.join(f'{b:g}' for b in budgets)}" if budgets else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
         own = regime.tune or regime.name in retune  # chooses its own scale: reuses none
         tuned = None if own else reference_scale(out, results, regime)
         results.append(run_regime(out, regime, seed_list, device, force, tuned,
                                   lockstep, retune=regime.name in retune,
-                                  retry_failed=retry_failed))
+                                  retry_failed=retry_failed, budgets=budgets))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
                       f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
                       f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "
@@ -371,7 +382,7 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                                    for x in r["rows"]]), "",
                   *context_table([dict(x, label=LABELS_STUDY.get(x["arm"], x["arm"]))
                                   for x in r["context_rows"]], "Context classes only (IoU %):"),
-                  ""]
+                  "", *_frontier_part(r)]
     ladders = schedule_ladders(results)
     if ladders:
         lines += schedule_table(ladders, ladder_provenance(results))
@@ -384,6 +395,14 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                      controls={n for n, a in ARMS.items() if a.control})
     if ladders:
         schedule_plot(out / "study_schedule.png", ladders, LABELS_STUDY)
+
+
+def _frontier_part(r: dict) -> list[str]:
+    """A regime's frontier section, when it ran with budgets."""
+    fr = r.get("frontier")
+    if not fr:
+        return []
+    return [*frontier_lines(fr, LABELS_STUDY, fr["iters"]), ""]
 
 
 def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
