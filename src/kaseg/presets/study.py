@@ -224,10 +224,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
               "failed": {s.name: s.failure(rdir) for s in stages if s.failure(rdir)},
               "rows": with_matched(paired_rows(flat, regime.arms), flat, regime.arms),
               "context_rows": paired_rows(flat, regime.arms, key="context_iou"),
-              "frontier": frontier_of(cfg, {"records": records, "trained_teacher": True,
-                                            "ce_budgets": sorted({s.budget for s in stages
-                                                                  if s.arm == "baseline"})},
-                                      spec) if budgets else None,
+              "frontier": _frontier_of(cfg, records, stages, spec),
               "records": records}
     atomic_write_text(rdir / "regime.json", json.dumps(result, indent=2))
     return result
@@ -395,6 +392,16 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                      controls={n for n, a in ARMS.items() if a.control})
     if ladders:
         schedule_plot(out / "study_schedule.png", ladders, LABELS_STUDY)
+
+
+def _frontier_of(cfg: Config, records: list[dict], stages, spec) -> dict | None:
+    """A regime's frontier (its teacher is the study's own, trained: counted in the third
+    accounting); None without budgets."""
+    if not spec.budgets:
+        return None
+    ce = sorted({s.budget for s in stages if s.arm == "baseline"})
+    return frontier_of(cfg, {"records": records, "trained_teacher": True, "ce_budgets": ce},
+                       spec)
 
 
 def _frontier_part(r: dict) -> list[str]:
