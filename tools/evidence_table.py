@@ -5,6 +5,9 @@ difference to CE only (mIoU points) with its 95% interval, bold where the interv
 
     python tools/evidence_table.py           # rewrite README.md between the evidence:table markers
     python tools/evidence_table.py --check   # exit 1 when README.md's table is not this output
+
+Below the table, between the evidence:frontier markers: each committed frontier's verdict (a
+`kaseg compare --budgets` report's, in its own words and accounting).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ COMPARISONS = {"folder set (112 images), field methods tuned": "docs/results/fie
 COLUMNS = [("kd_t2", "KD"), ("ka", "the method"), ("ka_kd", "the method + KD"),
            ("ctrl_random_ae", "control: untrained encoder"), ("ce_matched", "CE, costliest arm's FLOPs")]
 BEGIN, END = "<!-- evidence:table -->", "<!-- /evidence:table -->"
+# the frontiers (``kaseg compare --budgets``) whose verdict README states, by label
+FRONTIERS = {"the folder set": "docs/results/frontier_folder_results.json"}
+F_BEGIN, F_END = "<!-- evidence:frontier -->", "<!-- /evidence:frontier -->"
 
 
 def cell(row: dict | None) -> str:
@@ -68,11 +74,38 @@ def table(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def with_table(readme: str, body: str) -> str:
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the {BEGIN} ... {END} markers")
-    head, rest = readme.split(BEGIN, 1)
-    return head + BEGIN + "\n" + body + "\n" + END + rest.split(END, 1)[1]
+def frontiers(root: Path = ROOT) -> str:
+    """Each committed frontier's verdict in its accounting, with its seeds, budgets, source and
+    commit (the report's own sentences: :func:`kaseg.compare.frontier.verdict_sentences`)."""
+    from kaseg.compare.arms import ARMS
+    from kaseg.compare.frontier import ACCOUNTINGS, verdict_sentences
+
+    labels = {name: arm.label for name, arm in ARMS.items()}
+    out = []
+    for label, path in FRONTIERS.items():
+        if not (root / path).is_file():
+            continue
+        res = json.loads((root / path).read_text())
+        fr = res["frontier"]
+        n = max((len(p["seeds"]) for p in fr["points"]), default=0)
+        out.append(f"**Which method at my compute, on {label}** (budgets "
+                   f"{', '.join(f'{b:g}' for b in fr['budgets'])} x {fr['iters']} iterations, "
+                   f"up to {n} paired seeds, by {ACCOUNTINGS[fr['accounting']]}; "
+                   f"`{Path(path).name}`, {res['code']}): " +
+                   " ".join(verdict_sentences(fr, fr["accounting"], labels)))
+    return "\n\n".join(out)
+
+
+def with_table(readme: str, body: str, begin: str = BEGIN, end: str = END) -> str:
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"README.md lacks the {begin} ... {end} markers")
+    head, rest = readme.split(begin, 1)
+    return head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+
+
+def generated(readme: str, root: Path = ROOT) -> str:
+    """README with its evidence table and frontier verdicts as the committed results give."""
+    return with_table(with_table(readme, table(root)), frontiers(root), F_BEGIN, F_END)
 
 
 def main() -> int:
@@ -82,10 +115,11 @@ def main() -> int:
     args = ap.parse_args()
     path = ROOT / "README.md"
     old = path.read_text()
-    new = with_table(old, table())
+    new = generated(old)
     if args.check:
         if new != old:
-            print("README.md's evidence table is not tools/evidence_table.py's output",
+            print("README.md's evidence table or frontier lines are not "
+                  "tools/evidence_table.py's output",
                   file=sys.stderr)
             return 1
         return 0
