@@ -3,13 +3,15 @@ number the docs quote from the demo or the study is what the code wrote (with it
 commit, which each report states in its first lines).
 
     python tools/readme_results.py [--demo demo_out] [--study study_out] [--ladder DIR]
-                                   [--compare DIR] [--field DIR] [--into docs/evidence.md]
+                                   [--compare DIR] [--field DIR] [--frontier DIR]
+                                   [--into docs/evidence.md]
 
 Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
 ``kaseg demo --limited-labels``), ``study`` (STUDY/study.md), ``ladder`` (LADDER/study.md, a
 ``kaseg study --regimes ...`` of the schedule ladders' regimes), ``compare`` (COMPARE/report.md,
-from ``kaseg compare --config configs/compare_folder.yaml``) and ``field`` (FIELD/report.md, the
-same with ``--arms field --controls``).
+from ``kaseg compare --config configs/compare_folder.yaml``), ``field`` (FIELD/report.md, the
+same with ``--arms field --controls``) and ``frontier`` (FRONTIER/report.md, the same with
+``--budgets``).
 
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
@@ -61,6 +63,8 @@ def main() -> None:
                     help="a `kaseg compare` folder (configs/compare_folder.yaml's)")
     ap.add_argument("--field", default="cmp_folder_field",
                     help="a `kaseg compare ... --arms field --controls` folder (the folder set's)")
+    ap.add_argument("--frontier", default="cmp_folder_frontier",
+                    help="a `kaseg compare ... --budgets` folder (the folder set's frontier)")
     ap.add_argument("--into", "--readme", dest="readme", default="docs/evidence.md",
                     help="the file whose results sections are replaced")
     args = ap.parse_args()
@@ -71,7 +75,8 @@ def main() -> None:
                          ("study", Path(args.study) / "study.md"),
                          ("ladder", Path(args.ladder) / "study.md"),
                          ("compare", Path(args.compare) / "report.md"),
-                         ("field", Path(args.field) / "report.md")):
+                         ("field", Path(args.field) / "report.md"),
+                         ("frontier", Path(args.frontier) / "report.md")):
         if report.is_file():
             body = relative_paths(demote(report.read_text()), Path(__file__).resolve().parents[1])
             text = replace_section(text, name, body)

@@ -405,7 +405,8 @@ def export_best(out: Path, got: dict, spec: CompareSpec, fmt: str | None = None)
     best = best_arm(got["rows"], spec)
     if best is None:
         return None
-    runs = [r for r in got["records"] if r["arm"] == best["arm"]]
+    runs = [r for r in got["records"] if r["arm"] == best["arm"]
+            and r.get("budget", 1.0) == 1.0]  # the table's runs, not another budget's
     pick = max(runs, key=lambda r: r["miou"])
     model, meta = load_model(out / pick["run"], which="last")
     meta = {k: v for k, v in meta.items() if k not in ("kind", "spec")}
