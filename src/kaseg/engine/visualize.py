@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -267,6 +268,17 @@ def upper_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float
     return out
 
 
+def _mean_range(ax, means: list[float], bounds: list[float]) -> bool:
+    """The y axis scaled to the means (a two-seed interval can be ten times wider than the
+    spread of the means, and would flatten every line); -> whether an interval is cut."""
+    if not means:
+        return False
+    lo, hi = min(means), max(means)
+    pad = max(1.0, 0.6 * (hi - lo))
+    ax.set_ylim(lo - pad, hi + pad)
+    return any(b < lo - pad or b > hi + pad for b in bounds)
+
+
 def frontier_plot(path: str | Path, panels: dict[str, dict[str, list[tuple]]],
                   dpi: int = 100) -> dict[str, list[tuple[float, float]]]:
     """One panel per cost accounting: each line's points ``(cost, mean, low, high)`` (mIoU and
@@ -286,9 +298,15 @@ def frontier_plot(path: str | Path, panels: dict[str, dict[str, list[tuple]]],
             everything += list(zip(xs, means))
         env = upper_envelope(everything)
         if env:
-            ax.plot(*zip(*env), ls="--", color="0.15", lw=1.0, zorder=0,
+            ax.plot(*zip(*env), ls="--", color="0.1", lw=2.2, alpha=0.45, zorder=0,
                     label="upper envelope (best at each cost)")
+        cut = _mean_range(ax, [m for _, m in everything],
+                          [v for pts in lines.values() for p in pts for v in p[2:] if v == v])
+        if cut:
+            ax.text(0.01, 0.01, "intervals beyond the axis are cut at it", fontsize=7,
+                    color="0.3", transform=ax.transAxes, va="bottom")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
         ax.set_xlabel(title + " (log scale)", fontsize=9)
         ax.set_ylabel("mIoU % (mean, 95% CI over paired seeds)", fontsize=9)
         ax.set_title(title, fontsize=10)
