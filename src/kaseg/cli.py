@@ -134,7 +134,8 @@ def _cmd_study(args) -> int:
     from .presets.study import run_study
 
     run_study(args.out, args.device, args.seeds, args.regimes, args.force,
-              not args.no_lockstep, args.reuse, args.retune, args.retry_failed, args.budgets)
+              not args.no_lockstep, args.reuse, args.retune, args.retry_failed, args.budgets,
+              args.arms)
     print((Path(args.out) / "study.md").read_text())
     return 0
 
@@ -362,6 +363,8 @@ def _args_study(st) -> None:
     st.add_argument("--budgets", type=float, nargs="+",
                     help="each regime's arms at its iterations x each budget, CE only also at "
                          "each run's cost: a frontier per regime (kaseg compare --budgets)")
+    st.add_argument("--arms", nargs="+",
+                    help="only these of each regime's arms (CE only always): a smaller study")
     _lockstep_flag(st)
 
 

@@ -275,3 +275,12 @@ def test_budgets_reach_each_regime_and_its_frontier_is_written(tmp_path, monkeyp
     assert "Budget 1 (150 iterations):" in text
     assert "| `kd_t2` | 2 | 45.00 ± 1.41 | 4 GFLOPs | -0.50 [-6.85, +5.85] (CE b4, 1.00x) |" in text
     assert study._frontier_part({"frontier": None}) == []
+
+
+def test_arms_keep_only_the_named_ones_and_ce_only():
+    regime = study._limited_on_ladder(600)
+    assert [r.arms for r in study.only_arms([regime], ["kd_t2"])] == [["baseline", "kd_t2"]]
+    assert study.only_arms([regime], None) == [regime]
+    with pytest.raises(study.KasegError, match=r"--arms cwd: regime 96px-limited-labels-600 has "
+                       r"none of them \(its arms: baseline kd_t2 ka ka_kd ctrl_random_ae\)"):
+        study.only_arms([regime], ["cwd"])

@@ -297,12 +297,12 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
               regimes: list[str] | None = None, force: bool = False,
               lockstep: bool = True, reuse: str | Path | None = None,
               retune: list[str] | None = None, retry_failed: bool = False,
-              budgets: list[float] | None = None) -> list[dict]:
+              budgets: list[float] | None = None, arms: list[str] | None = None) -> list[dict]:
     """``reuse``: an earlier study's ``study.json`` whose regimes (those not run here) join this
     one's report (:func:`reuse_records`); ``retune``: regimes that choose their own weight scale
     (:func:`run_regime`)."""
     out = Path(out)
-    chosen = chosen_regimes(regimes)
+    chosen = only_arms(chosen_regimes(regimes), arms)
     retune = [current_name(n) for n in retune or []]
     upgrade_folders(out)
     stray = sorted(set(retune) - {r.name for r in chosen})
@@ -319,6 +319,7 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         f" --reuse {reuse}" if reuse is not None else "") + (
         f" --retune {' '.join(retune)}" if retune else "") + (
         f" --budgets {' '.join(f'{b:g}' for b in budgets)}" if budgets else "") + (
+        f" --arms {' '.join(arms)}" if arms else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
         own = regime.tune or regime.name in retune  # chooses its own scale: reuses none
@@ -332,6 +333,21 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
                       "(finished runs are skipped).")
         write_study(out, known_results(out, results), provenance)
     return results
+
+
+def only_arms(regimes: list[Regime], arms: list[str] | None) -> list[Regime]:
+    """Each regime with the named arms only (CE only always kept): the same regimes, a smaller
+    comparison (e.g. one method's frontier). A regime with none of them is an error."""
+    if not arms:
+        return regimes
+    out = []
+    for r in regimes:
+        kept = [a for a in r.arms if a in arms or a == "baseline"]
+        if len(kept) < 2:
+            raise KasegError(f"--arms {' '.join(arms)}: regime {r.name} has none of them (its "
+                             f"arms: {' '.join(r.arms)})")
+        out.append(replace(r, arms=kept))
+    return out
 
 
 def chosen_regimes(names: list[str] | None = None) -> list[Regime]:
