@@ -85,8 +85,10 @@ def test_the_verdict_says_up_to_where_distillation_wins_and_what_holds_beyond():
     fr = frontier(_records(2.0, -1.0, 0.0), "baseline", ["kd"], {"kd"}, None)
     text = " ".join(verdict_sentences(fr, "flops", {"kd": "CE + KD"}))  # KD at 3: -1 to -0.6
     assert text.startswith("Up to 3 GFLOPs the best student is CE + KD (`kd`) at budget 1 "
-                           "(+2.00 [+2.00, +2.00] over CE only at budget 3, 1.00x its cost); "
-                           "beyond that, CE only trained longer is as good or better.")
+                           "(+2.00 [+2.00, +2.00] over CE only at budget 3, 1.00x its cost, at "
+                           "3 GFLOPs). Against the other 1 distilling run(s), CE only trained "
+                           "for the same cost is better than 1. Beyond 3 GFLOPs, CE only trained "
+                           "longer is as good or better.")
     assert "CE only has stopped improving: from budget 8 to 16 it changes by +0.00" in text
 
 

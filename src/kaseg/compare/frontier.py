@@ -189,38 +189,17 @@ def _ci(d: dict) -> str:
 
 
 def verdict_sentences(fr: dict, accounting: str, labels: dict[str, str]) -> list[str]:
-    """The frontier's answer in ``accounting``, in words: up to which cost a distilling run beats
-    CE only at the same cost (and the best one there), what holds beyond, where CE only's runs
-    do not reach, and whether CE only has stopped improving."""
+    """The frontier's answer in ``accounting``, in words: which distilling runs beat CE only at
+    the same cost (the best one, and up to which cost), what holds for the others and beyond,
+    where CE only's runs do not reach, and whether CE only has stopped improving."""
     rows = [r for r in fr["points"] if r.get("vs_ce") and r["vs_ce"].get(accounting)]
     paired_ = [(r, r["vs_ce"][accounting]) for r in rows if r["vs_ce"][accounting]["reached"]]
-    short = [(r, v) for r, v in ((r, r["vs_ce"][accounting]) for r in rows) if not v["reached"]]
-    name = lambda r: f"{labels.get(r['arm'], r['arm'])} (`{r['arm']}`) at budget {r['budget']:g}"
-    lines = []
+    short = [(r, r["vs_ce"][accounting]) for r in rows if not r["vs_ce"][accounting]["reached"]]
     wins = [(r, v) for r, v in paired_ if v["verdict"] == "better"]
-    if wins:
-        edge = max(v["cost"] for _, v in wins)
-        best_r, best_v = max(wins, key=lambda rv: rv[0]["summary"]["mean"])
-        beyond = [(r, v) for r, v in paired_ if v["cost"] > edge]
-        lines.append(
-            f"Up to {fmt_cost(edge, accounting)} the best student is {name(best_r)} "
-            f"({_ci(best_v['diff'])} over CE only at budget {best_v['ce_budget']:g}, "
-            f"{best_v['more']:.2f}x its cost)" + (
-                "; beyond that, CE only trained longer is as good" + (
-                    " or better" if any(v["verdict"] == "worse" for _, v in beyond) else "")
-                if beyond else "; no run costs more") + ".")
-    elif paired_:
-        worse = [r for r, v in paired_ if v["verdict"] == "worse"]
-        lines.append("At every budget measured, CE only trained for the same cost is as good as "
-                     "every distilling run" + (
-                         f", and better than {len(worse)} of the {len(paired_)}" if worse
-                         else "") + ".")
+    lines = _wins_sentences(wins, paired_, accounting, labels) if wins else (
+        [_no_win_sentence(paired_)] if paired_ else [])
     if short:
-        top = max(v["largest_cost"] for _, v in short)
-        lines.append(f"CE only's largest run ({fmt_cost(top, accounting)}) does not reach the "
-                     f"cost of " + ", ".join(f"{name(r)} ({fmt_cost(v['cost'], accounting)})"
-                                             for r, v in short) +
-                     ": no pair there (not extrapolated).")
+        lines.append(_short_sentence(short, len(rows), accounting, labels))
     step = fr.get("ce_last_step")
     if step and step["diff"]["n"] >= 2:
         if step["diff"]["low"] > 0:
@@ -231,6 +210,58 @@ def verdict_sentences(fr: dict, accounting: str, labels: dict[str, str]) -> list
             lines.append(f"CE only has stopped improving: from budget {step['from']:g} to "
                          f"{step['to']:g} it changes by {_ci(step['diff'])}.")
     return lines
+
+
+def _name(r: dict, labels: dict[str, str]) -> str:
+    return f"{labels.get(r['arm'], r['arm'])} (`{r['arm']}`) at budget {r['budget']:g}"
+
+
+def _wins_sentences(wins: list, paired_: list, accounting: str, labels: dict) -> list[str]:
+    """The best run that beats CE only at its cost, the others that do, and what holds for the
+    rest: below, among and beyond them."""
+    edge = max(v["cost"] for _, v in wins)
+    best_r, best_v = max(wins, key=lambda rv: rv[0]["summary"]["mean"])
+    lines = [f"Up to {fmt_cost(edge, accounting)} the best student is {_name(best_r, labels)} "
+             f"({_ci(best_v['diff'])} over CE only at budget {best_v['ce_budget']:g}, "
+             f"{best_v['more']:.2f}x its cost, at {fmt_cost(best_v['cost'], accounting)})."]
+    others = [(r, v) for r, v in wins if r is not best_r]
+    if others:
+        lines.append("Also better than CE only at the same cost: " + ", ".join(
+            f"{_name(r, labels)} ({_ci(v['diff'])})" for r, v in others) + ".")
+    rest = [v for r, v in paired_ if v["verdict"] != "better"]
+    beyond = [v for v in rest if v["cost"] > edge]
+    if rest:
+        worse = sum(v["verdict"] == "worse" for v in rest)
+        parts = ([f"as good as {len(rest) - worse}"] if len(rest) > worse else []) + (
+            [f"better than {worse}"] if worse else [])
+        lines.append(f"Against the other {len(rest)} distilling run(s), CE only trained for the "
+                     f"same cost is {' and '.join(parts)}.")
+    if beyond:
+        lines.append(f"Beyond {fmt_cost(edge, accounting)}, CE only trained longer is as good" +
+                     (" or better" if any(v["verdict"] == "worse" for v in beyond) else "") + ".")
+    if not beyond:
+        lines.append("No distilling run costs more: whether the gain holds beyond is not "
+                     "measured.")
+    return lines
+
+
+def _no_win_sentence(paired_: list) -> str:
+    worse = [v for _, v in paired_ if v["verdict"] == "worse"]
+    return ("At every budget measured, CE only trained for the same cost is as good as every "
+            "distilling run" + (f", and better than {len(worse)} of the {len(paired_)}"
+                                if worse else "") + ".")
+
+
+def _short_sentence(short: list, total: int, accounting: str, labels: dict) -> str:
+    """Where CE only's largest run does not reach: every run, or the ones named."""
+    top = max(v["largest_cost"] for _, v in short)
+    costs = [v["cost"] for _, v in short]
+    which = (f"any distilling run ({fmt_cost(min(costs), accounting)} to "
+             f"{fmt_cost(max(costs), accounting)})" if len(short) == total and len(short) > 1
+             else ", ".join(f"{_name(r, labels)} ({fmt_cost(v['cost'], accounting)})"
+                            for r, v in short))
+    return (f"CE only's largest run ({fmt_cost(top, accounting)}) does not reach the cost of "
+            f"{which}: no pair there (not extrapolated).")
 
 
 def headline(fr: dict, accounting: str) -> tuple:
