@@ -191,7 +191,7 @@ def _check_shared(out: Path, stage: PlannedRun) -> None:
     """A shared stage is never restarted by ``--force``: a changed config is an error naming
     the folder to delete."""
     folder = stage.folder(out)
-    changed = config_changes(folder, to_dict(stage.cfg))
+    changed = config_changes(folder, to_dict(stage.cfg), stage.command)
     if changed:
         raise KasegError(
             f"{folder}: this shared stage was trained with a different config "

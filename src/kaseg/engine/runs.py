@@ -83,9 +83,16 @@ def with_defaults(old: dict, defaults: dict) -> dict:
     return out
 
 
-def config_changes(run: Path, config: dict) -> list[str]:
-    """The keys (runtime settings aside) in which ``config`` differs from the one ``run`` was
-    started with; [] when they agree or the folder records none."""
+# the config sections a command never reads: a finished or half-done run of it is the same run
+# whatever they hold (a shared CE start stays reusable when another comparison needs no
+# autoencoder, so ``ae.weights`` is unset there)
+UNUSED = {"train": ("teacher", "ae", "distill")}
+
+
+def config_changes(run: Path, config: dict, command: str | None = None) -> list[str]:
+    """The keys (runtime settings aside, and the sections ``command`` never reads:
+    :data:`UNUSED`) in which ``config`` differs from the one ``run`` was started with; [] when
+    they agree or the folder records none."""
     cfg_path = Path(run) / "config.yaml"
     if not cfg_path.exists():
         return []
@@ -93,7 +100,9 @@ def config_changes(run: Path, config: dict) -> list[str]:
     if "api" not in config:  # keys added since the run started mean what they meant then
         old = upgrade_config(with_defaults(with_defaults(old, LEGACY), to_dict(Config())))
     new = upgrade_config(config)
+    unused = UNUSED.get(command, ())
     return [k for k in diff_configs(old, new) if k not in RUNTIME_KEYS
+            and k.split(".")[0] not in unused
             and not moved_with_run(_value(old, k), _value(new, k), Path(run))]
 
 
@@ -141,7 +150,8 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def prepare_run(run: Path, config: dict, force: bool = False) -> None:
+def prepare_run(run: Path, config: dict, force: bool = False,
+                command: str | None = None) -> None:
     """Make ``run`` ready for this config: new, resumable (same config), or restarted (``force``).
 
     Call it only after every input has been checked, so a run that fails on bad input never
@@ -153,7 +163,7 @@ def prepare_run(run: Path, config: dict, force: bool = False) -> None:
     if run.is_dir() and any(run.iterdir()) and not cfg_path.exists() and not force:
         raise KasegError(f"{run}: folder is not empty and is not a kaseg run; choose another --out")
     if cfg_path.exists() and not force:
-        changed = config_changes(run, config)
+        changed = config_changes(run, config, command)
         if changed:
             raise KasegError(
                 f"{run}: was started with a different config ({', '.join(changed[:5])}); "

@@ -44,7 +44,7 @@ def train_segmenter(cfg: Config, run: str | Path, force: bool = False) -> dict:
     train_set, val_set = build_data(cfg)
     model = build_network(cfg, train_set.num_classes)
     device = resolve_device(cfg.train.device)
-    prepare_run(run, to_dict(cfg), force)
+    prepare_run(run, to_dict(cfg), force, "train")
     meta = dataset_meta(train_set)
 
     def validate() -> dict:

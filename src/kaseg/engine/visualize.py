@@ -310,7 +310,7 @@ def frontier_plot(path: str | Path, panels: dict[str, dict[str, list[tuple]]],
         ax.set_xlabel(title + " (log scale)", fontsize=9)
         ax.set_ylabel("mIoU % (mean, 95% CI over paired seeds)", fontsize=9)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")  # costlier runs sit right and high
         drawn[title] = env
     fig.tight_layout()
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
