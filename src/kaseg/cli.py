@@ -91,7 +91,7 @@ def _cmd_compare(args) -> int:
     cfg = load_config(args.config, args.overrides)
     spec = spec_from(read_section(args.config, "compare"), args.config, args.arms, args.seeds,
                      args.tune_seeds, args.weight_scales, args.controls, args.init_iters,
-                     args.budgets, args.cost)
+                     args.budgets, args.cost, args.max_ce_budget)
     out = Path(args.out)
     command = "kaseg " + " ".join(shlex.quote(a) for a in args.argv)
     if (args.dry_run or args.wait) and args.executor != "slurm":
@@ -135,7 +135,7 @@ def _cmd_study(args) -> int:
 
     run_study(args.out, args.device, args.seeds, args.regimes, args.force,
               not args.no_lockstep, args.reuse, args.retune, args.retry_failed, args.budgets,
-              args.arms)
+              args.arms, args.max_ce_budget)
     print((Path(args.out) / "study.md").read_text())
     return 0
 
@@ -330,6 +330,9 @@ def _args_compare(c) -> None:
     c.add_argument("--cost", choices=["flops", "seconds"],
                    help="the accounting the frontier's verdict is judged by (default flops, the "
                         "teacher's forward counted); CE only's budgets meet both")
+    c.add_argument("--max-ce-budget", type=float,
+                   help="CE only's budgets stop here: a run costing more is reported as not "
+                        "reached (default: CE only meets every run)")
     c.add_argument("--plan", action="store_true",
                    help="write OUT/plan.txt, one command per unfinished run, and stop")
     c.add_argument("--executor", choices=["local", "slurm"], default="local",
@@ -363,6 +366,8 @@ def _args_study(st) -> None:
     st.add_argument("--budgets", type=float, nargs="+",
                     help="each regime's arms at its iterations x each budget, CE only also at "
                          "each run's cost: a frontier per regime (kaseg compare --budgets)")
+    st.add_argument("--max-ce-budget", type=float,
+                    help="with --budgets: CE only's budgets stop here (kaseg compare's)")
     st.add_argument("--arms", nargs="+",
                     help="only these of each regime's arms (CE only always): a smaller study")
     _lockstep_flag(st)

@@ -85,6 +85,9 @@ class CompareSpec:
     # budget, as before budgets existed
     budgets: list[float] | None = None
     cost: str = "flops"  # the accounting the verdict is judged by (CE only meets both)
+    # CE only's budgets stop here (None: wherever a run's cost needs them); a run beyond is
+    # reported as not reached, never extrapolated
+    max_ce_budget: float | None = None
 
     def __post_init__(self):
         if self.cost not in COSTS:
@@ -92,6 +95,8 @@ class CompareSpec:
                              f"{', '.join(COSTS)}")
         if self.budgets is not None:
             self.budgets = check_budgets(self.budgets, 10**9)  # iterations: all_stages
+        if self.max_ce_budget is not None and not self.max_ce_budget > 0:
+            raise KasegError(f"compare.max_ce_budget must be > 0, got {self.max_ce_budget}")
         names = [a.name for a in self.arms]
         if BASELINE not in names:
             raise KasegError(f"a comparison needs the '{BASELINE}' arm (CE only): every other "
@@ -360,6 +365,8 @@ def arm_budgets(out: Path | None, cfg: Config, spec: CompareSpec, variants: dict
     for what in COSTS:
         costs = step_costs(out, cfg, replace(spec, arms=rivals), variants, scale, what)
         ce.update(ce_budgets(costs, BASELINE, spec.budgets, cfg.train.iters)[0])
+    cap = spec.max_ce_budget
+    ce = {b for b in ce if cap is None or b <= cap or b in spec.budgets}
     return {a.name: (sorted(ce) if a.name == BASELINE else list(spec.budgets))
             for a in spec.arms}
 
@@ -516,14 +523,14 @@ def plan(out: Path, cfg: Config, spec: CompareSpec, prefix: str = "kaseg") -> li
 
 
 SECTION_KEYS = ("arms", "seeds", "tune_seeds", "weight_scales", "controls", "init_iters",
-                "slurm", "budgets", "cost")
+                "slurm", "budgets", "cost", "max_ce_budget")
 
 
 def spec_from(section: dict, source: str = "compare", arms: list[str] | None = None,
               seeds: int | None = None, tune_seeds: list[int] | None = None,
               weight_scales: list[float] | None = None, controls: bool = False,
               init_iters: int | None = None, budgets: list[float] | None = None,
-              cost: str | None = None) -> CompareSpec:
+              cost: str | None = None, max_ce_budget: float | None = None) -> CompareSpec:
     """A :class:`CompareSpec` from a config's ``compare:`` section, command-line values first."""
 
     bad = sorted(set(section) - set(SECTION_KEYS))
@@ -561,6 +568,8 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
     init = init_iters if init_iters is not None else section.get("init_iters", 0)
     kw["budgets"] = budgets if budgets is not None else section.get("budgets")
     kw["cost"] = cost or section.get("cost", "flops")
+    kw["max_ce_budget"] = max_ce_budget if max_ce_budget is not None else section.get(
+        "max_ce_budget")
     try:
         kw["slurm"] = from_dict(SlurmConfig, section.get("slurm") or {}, source,
                                 "compare.slurm.")

@@ -181,7 +181,8 @@ def regime_spec(out: Path, regime: Regime, seeds: list[int], scales: list[float]
 def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: bool,
                tuned: tuple[float, dict] | None = None, lockstep: bool = True,
                cfg: Config | None = None, retune: bool = False,
-               retry_failed: bool = False, budgets: list[float] | None = None) -> dict:
+               retry_failed: bool = False, budgets: list[float] | None = None,
+               max_ce_budget: float | None = None) -> dict:
     """One regime's comparison and its record (``regime.json``); ``cfg``: the base recipe
     (default: the demo's at the regime's input size). ``retune``: choose the weight scale on the
     tuning seeds here even in a regime that reuses another's (does the reused scale still win at
@@ -197,6 +198,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
     rdir = out / regime.name
     scales = list(WEIGHT_SCALES) if regime.tune or tuned is None else [tuned[0]]
     spec = regime_spec(out, regime, seeds, scales, budgets)
+    spec.max_ce_budget = max_ce_budget
     stages, scale, tuning, cfg = run(rdir, cfg, spec, force, desc=f"study {regime.name}",
                                       lockstep=lockstep, retry_failed=retry_failed)
     runs = {s.name: (s.arm, s.seed, s.budget) for s in stages if s.done(rdir)}  # not diverged
@@ -297,7 +299,8 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
               regimes: list[str] | None = None, force: bool = False,
               lockstep: bool = True, reuse: str | Path | None = None,
               retune: list[str] | None = None, retry_failed: bool = False,
-              budgets: list[float] | None = None, arms: list[str] | None = None) -> list[dict]:
+              budgets: list[float] | None = None, arms: list[str] | None = None,
+              max_ce_budget: float | None = None) -> list[dict]:
     """``reuse``: an earlier study's ``study.json`` whose regimes (those not run here) join this
     one's report (:func:`reuse_records`); ``retune``: regimes that choose their own weight scale
     (:func:`run_regime`)."""
@@ -320,13 +323,15 @@ def run_study(out: str | Path = "study_out", device: str = "auto", seeds: int = 
         f" --retune {' '.join(retune)}" if retune else "") + (
         f" --budgets {' '.join(f'{b:g}' for b in budgets)}" if budgets else "") + (
         f" --arms {' '.join(arms)}" if arms else "") + (
+        f" --max-ce-budget {max_ce_budget:g}" if max_ce_budget else "") + (
         f" --device {device}" if device != "auto" else "")
     for regime in chosen:
         own = regime.tune or regime.name in retune  # chooses its own scale: reuses none
         tuned = None if own else reference_scale(out, results, regime)
         results.append(run_regime(out, regime, seed_list, device, force, tuned,
                                   lockstep, retune=regime.name in retune,
-                                  retry_failed=retry_failed, budgets=budgets))
+                                  retry_failed=retry_failed, budgets=budgets,
+                                  max_ce_budget=max_ce_budget))
         provenance = (f"Produced by `kaseg study --out {out.name}{flags}` with {code_version()}, "
                       f"{time.strftime('%Y-%m-%d')}, on {machine(device)}; "
                       f"{(time.perf_counter() - t0) / 60:.0f} minutes in this invocation "
