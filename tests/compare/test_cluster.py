@@ -383,6 +383,12 @@ def test_dry_run_lists_a_seeds_budget_runs_in_its_one_job(tmp_path, folder_datas
     assert seed0[2].endswith(": runs/baseline-s0, runs/baseline-b2-s0, runs/baseline-b3-s0, "
                              "runs/baseline-b8-s0, runs/baseline-b16-s0, runs/kd_t2-s0, "
                              "runs/kd_t2-b3-s0")
+    config = _config(tmp_path, folder_dataset, iters=10, arms=["baseline", "kd_t2"],
+                     weight_scales=[1], budgets=[1, 3], max_ce_budget=8)
+    assert main(["compare", "--config", str(config), "--out", str(out), "--executor", "slurm",
+                 "--dry-run"]) == 0
+    seed0 = next(ln for ln in capsys.readouterr().out.splitlines() if "seed 0" in ln)
+    assert "runs/baseline-b8-s0, runs/kd_t2-s0" in seed0 and "b16" not in seed0  # capped
     config = _config(tmp_path, folder_dataset, iters=10, arms=["baseline", "kd_t2", "ka"],
                      budgets=[1, 3])
     assert main(["compare", "--config", str(config), "--out", str(out), "--executor", "slurm",

@@ -532,7 +532,6 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
               init_iters: int | None = None, budgets: list[float] | None = None,
               cost: str | None = None, max_ce_budget: float | None = None) -> CompareSpec:
     """A :class:`CompareSpec` from a config's ``compare:`` section, command-line values first."""
-
     bad = sorted(set(section) - set(SECTION_KEYS))
     if bad:
         raise KasegError(f"{source}: compare: unknown key(s) {bad}; known: "
@@ -566,10 +565,7 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
         kw["weight_scales"] = [float(k) for k in (weight_scales if weight_scales is not None
                                                   else section["weight_scales"])]
     init = init_iters if init_iters is not None else section.get("init_iters", 0)
-    kw["budgets"] = budgets if budgets is not None else section.get("budgets")
-    kw["cost"] = cost or section.get("cost", "flops")
-    kw["max_ce_budget"] = max_ce_budget if max_ce_budget is not None else section.get(
-        "max_ce_budget")
+    kw.update(_frontier_keys(section, budgets=budgets, cost=cost, max_ce_budget=max_ce_budget))
     try:
         kw["slurm"] = from_dict(SlurmConfig, section.get("slurm") or {}, source,
                                 "compare.slurm.")
@@ -578,6 +574,14 @@ def spec_from(section: dict, source: str = "compare", arms: list[str] | None = N
         raise KasegError(f"{source}: compare: {e}") from None
     except KasegError as e:
         raise KasegError(f"{source}: {e}") from None
+
+
+def _frontier_keys(section: dict, **given) -> dict:
+    """The frontier's settings (budgets, cost, max_ce_budget): the command line's, else the
+    section's."""
+    out = {k: v if v is not None else section.get(k) for k, v in given.items()}
+    out["cost"] = out["cost"] or "flops"
+    return out
 
 
 __getattr__ = renamed(__name__, {"Stage": "PlannedRun"}, globals())  # 0.1.0's names

@@ -186,8 +186,8 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
     """One regime's comparison and its record (``regime.json``); ``cfg``: the base recipe
     (default: the demo's at the regime's input size). ``retune``: choose the weight scale on the
     tuning seeds here even in a regime that reuses another's (does the reused scale still win at
-    this schedule? If it does, the arms' runs are the same and are reused). ``budgets``: the
-    regime's iterations x each, CE only also at each run's cost (its record's ``frontier``)."""
+    this schedule? If it does, the arms' runs are the same and are reused). ``budgets``,
+    ``max_ce_budget``: a frontier (:class:`kaseg.compare.runner.CompareSpec`'s)."""
     if retune and not regime.tune:
         head, reused, source = regime.note.partition("; weights from ")
         regime = replace(regime, tune=True, note=f"{head}; weights re-tuned here" + (
@@ -197,8 +197,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
         cfg = replace(cfg, teacher=replace(cfg.teacher, iters=regime.teacher_iters))
     rdir = out / regime.name
     scales = list(WEIGHT_SCALES) if regime.tune or tuned is None else [tuned[0]]
-    spec = regime_spec(out, regime, seeds, scales, budgets)
-    spec.max_ce_budget = max_ce_budget
+    spec = replace(regime_spec(out, regime, seeds, scales, budgets), max_ce_budget=max_ce_budget)
     stages, scale, tuning, cfg = run(rdir, cfg, spec, force, desc=f"study {regime.name}",
                                       lockstep=lockstep, retry_failed=retry_failed)
     runs = {s.name: (s.arm, s.seed, s.budget) for s in stages if s.done(rdir)}  # not diverged
