@@ -184,10 +184,9 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
                retry_failed: bool = False, budgets: list[float] | None = None,
                max_ce_budget: float | None = None) -> dict:
     """One regime's comparison and its record (``regime.json``); ``cfg``: the base recipe
-    (default: the demo's at the regime's input size). ``retune``: choose the weight scale on the
-    tuning seeds here even in a regime that reuses another's (does the reused scale still win at
-    this schedule? If it does, the arms' runs are the same and are reused). ``budgets``,
-    ``max_ce_budget``: a frontier (:class:`kaseg.compare.runner.CompareSpec`'s)."""
+    (default: the demo's at the regime's input size). ``retune``: choose the weight scale here
+    even in a regime that reuses another's (the arms' runs are reused if it still wins).
+    ``budgets``, ``max_ce_budget``: a frontier (:class:`kaseg.compare.runner.CompareSpec`'s)."""
     if retune and not regime.tune:
         head, reused, source = regime.note.partition("; weights from ")
         regime = replace(regime, tune=True, note=f"{head}; weights re-tuned here" + (
