@@ -10,8 +10,9 @@ Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md,
 ``kaseg demo --limited-labels``), ``study`` (STUDY/study.md), ``ladder`` (LADDER/study.md, a
 ``kaseg study --regimes ...`` of the schedule ladders' regimes), ``compare`` (COMPARE/report.md,
 from ``kaseg compare --config configs/compare_folder.yaml``), ``field`` (FIELD/report.md, the
-same with ``--arms field --controls``) and ``frontier`` (FRONTIER/report.md, the same with
-``--budgets``).
+same with ``--arms field --controls``), ``frontier`` (FRONTIER/report.md, the same with
+``--budgets``) and ``limited_frontier`` (the limited-labels 600-iteration regime's section of
+LIMITED_FRONTIER/study.md, a ``kaseg study ... --budgets``).
 
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
@@ -45,6 +46,17 @@ def relative_paths(markdown: str, root: Path) -> str:
     return markdown.replace(str(root.resolve()) + "/", "")
 
 
+def regime_section(study_md: str, regime: str) -> str:
+    """A study report's provenance line and one regime's section (the study's others are reused
+    records, reported elsewhere)."""
+    lines = study_md.splitlines()
+    head = next((ln for ln in lines if ln.startswith("Produced by")), "")
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"## {regime}:"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    return "\n".join([head, "", *lines[start:end]]).strip() + "\n"
+
+
 def replace_section(readme: str, name: str, body: str) -> str:
     begin, end = f"<!-- results:{name}:begin -->", f"<!-- results:{name}:end -->"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
@@ -65,6 +77,8 @@ def main() -> None:
                     help="a `kaseg compare ... --arms field --controls` folder (the folder set's)")
     ap.add_argument("--frontier", default="cmp_folder_frontier",
                     help="a `kaseg compare ... --budgets` folder (the folder set's frontier)")
+    ap.add_argument("--limited-frontier", default="study_frontier",
+                    help="a `kaseg study --regimes 96px-limited-labels-600 --budgets ...` folder")
     ap.add_argument("--into", "--readme", dest="readme", default="docs/evidence.md",
                     help="the file whose results sections are replaced")
     args = ap.parse_args()
@@ -81,6 +95,12 @@ def main() -> None:
             body = relative_paths(demote(report.read_text()), Path(__file__).resolve().parents[1])
             text = replace_section(text, name, body)
             print(f"{name}: {report}")
+    study_md = Path(args.limited_frontier) / "study.md"
+    if study_md.is_file():
+        body = regime_section(study_md.read_text(), "96px-limited-labels-600")
+        body = relative_paths(demote(body), Path(__file__).resolve().parents[1])
+        text = replace_section(text, "limited_frontier", body)
+        print(f"limited_frontier: {study_md}")
     readme_path.write_text(text)
 
 
