@@ -80,7 +80,9 @@ def ce_budgets(step_cost: dict[str, float], base: str, budgets: list[float], ite
         for b in budgets:
             target = cost * budget_iters(iters, b)
             k = math.floor(math.log(target / (step_cost[base] * iters), grid))
-            candidates = sorted({*budgets, *(grid ** j for j in range(k, k + 3))})
+            # a few powers past the ratio: a budget's iterations are rounded, so the first power
+            # above it can fall just short
+            candidates = sorted({*budgets, *(grid ** j for j in range(k, k + 6))})
             ce = next(c for c in candidates
                       if step_cost[base] * budget_iters(iters, c) >= target * (1 - 1e-12))
             pairs[(arm, b)] = ce
@@ -120,8 +122,9 @@ def points(records: list[dict], distilling: set[str], teacher_gflops: float | No
 
 def pair(pts: dict, key: tuple, base: str, accounting: str) -> dict | None:
     """``key``'s run against CE only's cheapest run of at least its cost in ``accounting``:
-    ``{"ce_budget", "ce_cost", "more" (CE's cost / the run's), "diff", "verdict"}``; ``{"reached":
-    False, "largest": ...}`` when no CE run costs as much; None without a cost."""
+    ``{"reached": True, "ce_budget", "ce_cost", "cost", "more" (CE's cost / the run's), "diff",
+    "verdict"}``; ``{"reached": False, "largest_budget", "largest_cost", "cost"}`` when no CE
+    run costs as much; None without a cost."""
     cost = pts[key]["cost"][accounting]
     ce = sorted(((k[1], p) for k, p in pts.items() if k[0] == base
                  and p["cost"][accounting] is not None), key=lambda kp: kp[1]["cost"][accounting])
