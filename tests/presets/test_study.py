@@ -273,6 +273,7 @@ def test_budgets_reach_each_regime_and_its_frontier_is_written(tmp_path, monkeyp
           "budgets": [1.0], "ce_budgets": [1.0, 4.0], "iters": 150}
     text = "\n".join(study._frontier_part({"frontier": fr}))
     assert "Budget 1 (150 iterations):" in text
+    assert text.startswith("### Which method at my compute?")  # inside the regime's section
     assert "| `kd_t2` | 2 | 45.00 ± 1.41 | 4 GFLOPs | -0.50 [-6.85, +5.85] (CE b4, 1.00x) |" in text
     assert study._frontier_part({"frontier": None}) == []
 

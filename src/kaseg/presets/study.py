@@ -428,7 +428,9 @@ def _frontier_part(r: dict) -> list[str]:
     fr = r.get("frontier")
     if not fr:
         return []
-    return [*frontier_lines(fr, LABELS_STUDY, fr["iters"]), ""]
+    # a part of the regime's section: its heading one level below the regime's
+    return ["#" + ln if ln.startswith("## ") else ln
+            for ln in frontier_lines(fr, LABELS_STUDY, fr["iters"])] + [""]
 
 
 def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
