@@ -35,7 +35,7 @@ def test_each_budget_has_a_table_with_every_accountings_pair():
 
 def test_the_verdict_is_in_the_chosen_accounting_and_names_one_that_differs():
     labels = {a: get_arm(a).label for a in ("baseline", "kd_t2")}
-    text = "\n".join(frontier_lines(_frontier(), labels, 10))
+    text = "\n".join(frontier_lines(_frontier(), labels))
     assert ("**Frontier verdict, by training GFLOPs (the teacher's forward counted)**: At every "
             "budget measured, CE only trained for the same cost is as good as every distilling "
             "run, and better than 1 of the 1.") in text

@@ -69,13 +69,14 @@ def ce_curve_line(fr: dict) -> str:
         for r in ce) + "."
 
 
-def frontier_lines(fr: dict, labels: dict[str, str], iters: int) -> list[str]:
+def frontier_lines(fr: dict, labels: dict[str, str]) -> list[str]:
     """The report's frontier section: what was run, a table per budget, CE only's curve and the
     verdict in the chosen accounting (``labels``: each arm's), and where another accounting
     says otherwise."""
     acc = fr["accounting"]
     lines = ["## Which method at my compute? Every arm at each budget, met by CE only at its cost",
-             "", f"Budgets {', '.join(f'{b:g}' for b in fr['budgets'])} x {iters} iterations "
+             "", f"Budgets {', '.join(f'{b:g}' for b in fr['budgets'])} x {fr['iters']} "
+             "iterations "
              "(each run its own poly decay); CE only also at budgets " +
              ", ".join(f"{b:g}" for b in fr["ce_budgets"]) + ": each distilling run is met by "
              "CE only's cheapest run of at least its cost (how much more it had in brackets). "
@@ -111,8 +112,8 @@ def frontier_figure(path: Path, fr: dict, labels: dict[str, str]) -> dict:
         for r in fr["points"]:
             c, s = r["cost"].get(acc), r["summary"]
             if c is not None:
-                lines.setdefault(label(r["arm"]) if r["arm"] not in labels else labels[r["arm"]],
-                                 []).append((c, s["mean"], s["low"], s["high"]))
+                lines.setdefault(labels.get(r["arm"]) or label(r["arm"]), []).append(
+                    (c, s["mean"], s["low"], s["high"]))
         if lines:
             panels[title] = lines
     return frontier_plot(path, panels)

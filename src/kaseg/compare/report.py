@@ -211,8 +211,7 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
     lines.append("")
     lines += _verdict_lines(got, spec, rows)
     if got.get("frontier"):
-        lines += ["", *frontier_lines(got["frontier"], {a.name: a.label for a in spec.arms},
-                                      cfg.train.iters)]
+        lines += ["", *frontier_lines(got["frontier"], {a.name: a.label for a in spec.arms})]
     lines += _left_out_lines(got, rows)
     pictured = got.get("pictured") or []
     lines += ["", "Files: `results.json` (every record), `gain.png` (each arm's paired gain "

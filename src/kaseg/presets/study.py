@@ -430,7 +430,7 @@ def _frontier_part(r: dict) -> list[str]:
         return []
     # a part of the regime's section: its heading one level below the regime's
     return ["#" + ln if ln.startswith("## ") else ln
-            for ln in frontier_lines(fr, LABELS_STUDY, fr["iters"])] + [""]
+            for ln in frontier_lines(fr, LABELS_STUDY)] + [""]
 
 
 def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
