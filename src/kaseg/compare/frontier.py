@@ -171,6 +171,7 @@ def frontier(records: list[dict], base: str, rivals: list[str], distilling: set[
             row["vs_ce"] = {acc: pair(pts, (arm, b), base, acc) for acc in ACCOUNTINGS}
         rows.append(row)
     return {"points": rows, "ce_last_step": ce_last_step(pts, base),
+            "ce_budgets": sorted(b for a, b in pts if a == base),
             "teacher_training_gflops": teacher_gflops}
 
 

@@ -23,7 +23,7 @@ def frontier_of(cfg: Config, got: dict, spec: CompareSpec) -> dict:
     teacher = teacher_training_flops(cfg) / 1e9 if got.get("trained_teacher") else None
     fr = frontier(got["records"], BASELINE, rivals, distilling, teacher)
     return {**fr, "accounting": spec.cost, "budgets": list(spec.budgets or []),
-            "ce_budgets": got.get("ce_budgets", []), "iters": cfg.train.iters}
+            "iters": cfg.train.iters}
 
 
 def _cell(v: dict | None, accounting: str) -> str:

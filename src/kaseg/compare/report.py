@@ -17,8 +17,8 @@ import torch
 from .arms import BASELINE, MATCHED, method_weights
 from ..nets.checkpoint import load_model, save_model
 from ..core.files import atomic_write_text
-from .tables import (code_version, context_table, evaluate_runs, label, machine, markdown_table,
-                      paired_rows, with_matched)
+from .tables import (at_budget_one, code_version, context_table, evaluate_runs, label, machine,
+                     markdown_table, paired_rows, with_matched)
 from .runner import CompareSpec, all_stages, arm_scales
 from .frontier_report import frontier_figure, frontier_lines, frontier_of
 from ..core.config import Config
@@ -70,8 +70,7 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
             "tuning": scores, "cfg": armed, "val": val, "teacher": teacher,
             "arm_tuning": {name: {"scale": k, "scores": sc} for name, (k, sc) in own.items()},
             "matched": matched_cfg if matched is not None else None,
-            "trained_teacher": any(s.name == "teacher" for s in first),
-            "ce_budgets": sorted({s.budget for s in arms or [] if s.arm == BASELINE})}
+            "trained_teacher": any(s.name == "teacher" for s in first)}
 
 
 def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
@@ -149,7 +148,7 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
     got["jobs"] = {k: v for k, v in (jobs or {}).items() if k in got["missing"]}
     records, armed = got["records"], got["cfg"]
     names = [a.name for a in spec.arms]
-    flat = [r for r in records if r.get("budget", 1.0) == 1.0]  # the main table: budget 1
+    flat = at_budget_one(records)
     rows = with_matched(paired_rows(flat, names), flat, names)
     ctx_rows = paired_rows(flat, names, key="context_iou")
     got["frontier"] = frontier_of(cfg, got, spec) if spec.budgets else None
@@ -372,8 +371,8 @@ def _predictions(out: Path, got: dict, spec: CompareSpec, count: int = 4) -> lis
     """Ground truth, teacher and each arm (first seed) on validation images spread evenly over
     the set (:func:`kaseg.engine.visualize.spread_indices`); -> their indices."""
     val = got["val"]
-    done = {r["arm"]: r["run"] for r in got["records"] if r.get("run") and r["seed"] ==
-            spec.seeds[0] and r.get("budget", 1.0) == 1.0}
+    done = {r["arm"]: r["run"] for r in at_budget_one(got["records"]) if r.get("run")
+            and r["seed"] == spec.seeds[0]}
     if not done:
         return []
     picked = spread_indices(len(val), count)
@@ -404,8 +403,7 @@ def export_best(out: Path, got: dict, spec: CompareSpec, fmt: str | None = None)
     best = best_arm(got["rows"], spec)
     if best is None:
         return None
-    runs = [r for r in got["records"] if r["arm"] == best["arm"]
-            and r.get("budget", 1.0) == 1.0]  # the table's runs, not another budget's
+    runs = [r for r in at_budget_one(got["records"]) if r["arm"] == best["arm"]]
     pick = max(runs, key=lambda r: r["miou"])
     model, meta = load_model(out / pick["run"], which="last")
     meta = {k: v for k, v in meta.items() if k not in ("kind", "spec")}

@@ -384,9 +384,7 @@ def matched_schedule(out: Path, cfg: Config, spec: CompareSpec, variants: dict[s
     costliest = max(rivals, key=rivals.get) if rivals else BASELINE
     ratio = rivals.get(costliest, 1.0)
     t = cfg.train
-    iters = max(t.iters, round(t.iters * ratio))
-    val_every = min(iters, max(1, round(t.val_every * iters / t.iters)))
-    return {"train": {"iters": iters, "val_every": val_every}, "ratio": ratio,
+    return {"train": budget_schedule(t.iters, t.val_every, max(1.0, ratio)), "ratio": ratio,
             "costliest": costliest, "gflops": {k: v / 1e9 for k, v in flops.items()}}
 
 

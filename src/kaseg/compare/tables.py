@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .arms import ARMS, BASELINE, MATCHED
+from .frontier import budget_tag
 from ..nets.checkpoint import load_model
 from ..core.config import Config
 from ..data import build_dataset
@@ -94,7 +95,7 @@ def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple]) -> list[dict]:
         ctx = [m["per_class_iou"][val.class_names[c]] for c in context]
         ctx = [v for v in ctx if v is not None]
         records.append({
-            "name": f"{arm}{'' if budget == 1 else f'-b{budget:g}'}-s{seed}", "arm": arm,
+            "name": f"{arm}{budget_tag(budget)}-s{seed}", "arm": arm,
             "seed": seed, "budget": budget, "model": meta["spec"]["name"],
             "miou": m["miou"], "per_class_iou": m["per_class_iou"], "pixel_acc": m["pixel_acc"],
             "context_iou": sum(ctx) / len(ctx) if ctx else None, "run": folder,
@@ -102,6 +103,11 @@ def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple]) -> list[dict]:
             **run_cost(out / folder),
         })
     return records
+
+
+def at_budget_one(records: list[dict]) -> list[dict]:
+    """The records of budget 1 (the paired table's; a frontier's other budgets are its own)."""
+    return [r for r in records if r.get("budget", 1.0) == 1.0]
 
 
 def run_cost(run: Path) -> dict:

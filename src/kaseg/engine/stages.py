@@ -391,11 +391,11 @@ def _stream(p: PreparedRun) -> str:
 def distill_lockstep(cfgs: list[Config], runs: list[str | Path],
                      force: bool = False) -> list[dict]:
     """Several ``kaseg distill`` runs in one process: those with the same batch stream (seed,
-    data, batch size; each its own schedule) train in lockstep, their equal frozen networks (the teacher, a
-    shared trained encoder) run once per batch. Each run ends bit-identical to the same run
-    alone (its own RNG stream, optimizer, checkpoints and folder); -> each run's result, in
-    order (``{"failed": record}`` for a run that diverged: it stopped alone, the others went
-    on)."""
+    data, batch size; each its own schedule) train in lockstep, their equal frozen networks
+    (the teacher, a shared trained encoder) run once per batch. Each run ends bit-identical to
+    the same run alone (its own RNG stream, optimizer, checkpoints and folder); -> each run's
+    result, in order (``{"failed": record}`` for a run that diverged: it stopped alone, the
+    others went on)."""
     prepared = []
     for c, r in zip(cfgs, runs):
         prepared.append(prepare_distill(c, r))

@@ -27,8 +27,8 @@ from pathlib import Path
 from ..core.errors import KasegError
 from ..core.files import atomic_write_text
 from ..compare.arms import AE_VARIANTS, ARM_GROUPS, ARMS, method_weights
-from ..compare.tables import (code_version, context_table, evaluate_runs, machine, markdown_table,
-                      paired_rows, with_matched)
+from ..compare.tables import (at_budget_one, code_version, context_table, evaluate_runs,
+                              machine, markdown_table, paired_rows, with_matched)
 from ..compare.frontier_report import frontier_lines, frontier_of
 from ..compare.runner import TUNE_SEEDS, WEIGHT_SCALES, run
 from ..core.config import COMPARE_SEEDS, Config
@@ -206,7 +206,7 @@ def run_regime(out: Path, regime: Regime, seeds: list[int], device: str, force: 
         refs[f"{shared.name}/init"] = ("init", 0)
     # run paths relative to the study folder (shared runs) or to the regime's folder
     records = evaluate_runs(out, cfg, refs) + evaluate_runs(rdir, cfg, runs)
-    flat = [x for x in records if x.get("budget", 1.0) == 1.0]  # the table: budget 1
+    flat = at_budget_one(records)
     ae_errors = {}
     for variant in [None, *AE_VARIANTS]:
         path = shared / ("ae" if variant is None else f"ae-{variant}") / "metrics.json"
@@ -418,9 +418,7 @@ def _frontier_of(cfg: Config, records: list[dict], stages, spec) -> dict | None:
     accounting); None without budgets."""
     if not spec.budgets:
         return None
-    ce = sorted({s.budget for s in stages if s.arm == "baseline"})
-    return frontier_of(cfg, {"records": records, "trained_teacher": True, "ce_budgets": ce},
-                       spec)
+    return frontier_of(cfg, {"records": records, "trained_teacher": True}, spec)
 
 
 def _frontier_part(r: dict) -> list[str]:
