@@ -24,6 +24,16 @@ torch.set_num_threads(THREADS)
 @pytest.fixture
 def folder_dataset(tmp_path):
     """A 3-class folder dataset with split lists: 6 train and 2 val images of 24x32."""
+    return write_folder_dataset(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_folder_dataset(tmp_path_factory):
+    """:func:`folder_dataset`, written once for a test module."""
+    return write_folder_dataset(tmp_path_factory.mktemp("module"))
+
+
+def write_folder_dataset(tmp_path):
     root = tmp_path / "ds"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()

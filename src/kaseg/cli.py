@@ -49,6 +49,28 @@ def _cmd_distill(args) -> int:
     return 0
 
 
+def _cmd_cache_teacher(args) -> int:
+    from .engine.experiment import load_config
+    from .engine.stages import cache_teacher
+
+    meta = cache_teacher(load_config(args.config, args.overrides), args.out, args.max_gb)
+    print(f"{args.out}: the teacher's {', '.join(meta['entries'])} on {meta['images']} images x "
+          f"{meta['views']} views ({meta['dtype']}, {meta['bytes'] / 1e9:.3g} GB; "
+          f"{meta['teacher_gflops']:.4g} teacher GFLOPs once); train from it with "
+          f"distill.teacher_cache.path={args.out}")
+    return 0
+
+
+def _args_cache(t) -> None:
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", required=True, help="the cache's folder; re-running resumes a "
+                   "killed build")
+    t.add_argument("--max-gb", type=float, default=None,
+                   help="refuse, before writing, a cache larger than this")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. "
+                   "distill.teacher_cache.views=16")
+
+
 def _cmd_pipeline(args) -> int:
     from .engine.experiment import load_config
     from .engine.stages import pipeline
@@ -464,6 +486,8 @@ COMMANDS = [
     ("train", "train a segmentation model (teacher or student) with CE", _args_run, _cmd_train),
     ("train-ae", "stage 1: train the autoencoder on a frozen teacher", _args_run, _cmd_train_ae),
     ("distill", "stage 2: distil the teacher into the student", _args_run, _cmd_distill),
+    ("cache-teacher", "store the teacher's outputs on a fixed pool of augmented views once, "
+     "for every run (distill.teacher_cache)", _args_cache, _cmd_cache_teacher),
     ("pipeline", "teacher -> autoencoder -> student -> distilled student", _args_run,
      _cmd_pipeline),
     ("compare", "does distillation help on my data, and which method? arms x paired seeds on "

@@ -168,6 +168,10 @@ class DistillConfig:
     # teacher's softmax confidence is at least pseudo_threshold (0: everywhere)
     pseudo_labels: bool = False
     pseudo_threshold: float = 0.0
+    # the teacher paid once: train on a fixed pool of augmented views whose teacher outputs are
+    # stored on disk (kaseg cache-teacher), e.g. {views: 16, dtype: float16, path: DIR}; None:
+    # the live teacher on live augmentation. Keys: kaseg.engine.teacher_cache.CacheOptions
+    teacher_cache: dict | None = None
 
 
 @dataclass

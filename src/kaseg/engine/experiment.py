@@ -176,6 +176,9 @@ def check_config(cfg: Config, source: str = "config") -> None:
         check_global_batch(cfg.distill.unlabeled_batch_size, "distill.unlabeled_batch_size",
                            source)
     check_unlabeled(cfg, source)
+    from .teacher_cache import cache_options  # torch: imported when a config is checked
+
+    cache_options(cfg, source)
 
 
 def check_device(device: str, source: str = "config") -> None:

@@ -26,13 +26,14 @@ from ..losses.registry import LOSSES, needs_autoencoder, resolve_losses
 from .tasks import AutoencoderTask, DistillTask, memos_off, share_frozen, unshare_frozen
 from ..losses.method import FeatureAutoencoder, ae_strides
 from ..nets.models import SegModel, build_model
-from ..data import build_unlabeled
+from ..data import build_dataset, build_unlabeled
 from .runs import build_data, dataset_meta, prepare_run, write_result
 from .supervised import build_network, train_segmenter
 from ..core.runtime import (autocast, eval_generator, inputs_for, on_device, resolve_device,
                       seed_everything, seeded)
 from .train import TrainingRun, fit, fit_lockstep, rng_state
 from ..nets.cost import train_step_flops, train_step_seconds, training_copy
+from .teacher_cache import build_cache, cache_options, needed_entries, open_cache, pick
 from ..core.distributed import is_main, world_size
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,9 @@ def prepare_distill(cfg: Config, run: str | Path) -> PreparedRun:
     unlabeled_set = build_unlabeled(cfg.data, train_set)
     teacher, _ = load_teacher(cfg, train_set.num_classes)
     dcfg = cfg.distill
+    if cache_options(cfg, "distill") is not None:
+        check_cacheable(cfg, unlabeled_set is not None)
+        train_set = open_cache(cfg, train_set, teacher)
     if needs_autoencoder(dcfg.losses) and not cfg.ae.weights:
         raise KasegError(NEEDS_AE)
     check_memory_fits(cfg, "distill")
@@ -243,6 +247,28 @@ def prepare_distill(cfg: Config, run: str | Path) -> PreparedRun:
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
     return PreparedRun(task, train_set, val_set, Path(run), cfg, _used(task, unlabeled_set),
                       rng_state())
+
+
+def check_cacheable(cfg: Config, unlabeled: bool, source: str = "distill") -> None:
+    """A teacher cache stores the teacher on the labelled training views only: a run that
+    also reads the teacher on unlabelled images (or pseudo-labels them) is a one-line error."""
+    if unlabeled or cfg.distill.pseudo_labels:
+        raise KasegError(f"{source}: distill.teacher_cache holds the teacher's outputs on the "
+                         "labelled training images only; unlabelled images (data.unlabeled_*) "
+                         "and pseudo-labels need the live teacher: drop one or the other")
+
+
+def cache_teacher(cfg: Config, out: str | Path, max_gb: float | None = None,
+                  entries: list[str] | None = None) -> dict:
+    """``kaseg cache-teacher``: the teacher's outputs on a fixed pool of training views, stored
+    once in ``out`` for every run that sets ``distill.teacher_cache.path`` to it
+    (:mod:`kaseg.engine.teacher_cache`). Resumes a killed build; a finished one is kept."""
+    d = cfg.data
+    check_cacheable(cfg, bool(d.unlabeled_count or d.unlabeled_root or d.unlabeled_split),
+                    "cache-teacher")
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    teacher, _ = load_teacher(cfg, train_set.num_classes)
+    return build_cache(cfg, teacher, train_set, out, entries=entries, max_gb=max_gb)
 
 
 @functools.lru_cache(maxsize=16)
@@ -384,7 +410,9 @@ def _stream(p: PreparedRun) -> str:
     prefix of a longer run's batches, and leaves the group at its own end."""
     c = p.cfg
     unl = (c.distill.unlabeled_batch_size or c.train.batch_size) if p.unlabeled_set else None
-    return json.dumps([c.seed, to_dict(c.data), c.train.batch_size, c.train.device, unl],
+    opts = cache_options(c)
+    cache = opts.path if opts is not None else None
+    return json.dumps([c.seed, to_dict(c.data), c.train.batch_size, c.train.device, unl, cache],
                       sort_keys=True)
 
 
@@ -462,7 +490,10 @@ def record_cost(p: PreparedRun, time_it: bool = True) -> dict:
     student forward and backward, every term and adapter; kaseg's FLOP counter) and the seconds
     of one iteration of this run trained alone, on the run's device (fp32, default layout). Why: a
     comparison weighs what each arm gains against what it costs; lockstep shares the teacher
-    only inside a comparison, a user deploying one method pays the step alone."""
+    only inside a comparison, a user deploying one method pays the step alone. A run from a
+    teacher cache counts its step as it runs, without the teacher
+    (``train_gflops_per_iter``, ``seconds_per_iter_cached``), and the teacher's forward it
+    skips apart (``teacher_gflops_per_iter``; ``seconds_per_iter_alone`` is the live step's)."""
     path = p.folder / COST
     if path.exists():
         return json.loads(path.read_text())
@@ -474,15 +505,41 @@ def record_cost(p: PreparedRun, time_it: bool = True) -> dict:
         twin = training_copy(p.task, device)
     flops = train_step_flops(twin, inputs, device, copy=False)
     seconds = train_step_seconds(twin, inputs, device, runs=2, copy=False) if time_it else None
-    del twin
     record = {"train_gflops_per_iter": flops / 1e9, "iters": p.cfg.train.iters,
               "batch": p.cfg.train.batch_size, "unlabeled_batch": (
                   inputs[2].shape[0] * world_size() if len(inputs) > 2 else 0),
               "input_size": list(inputs[0].shape[-2:]), "device": str(device)}
     if seconds is not None:
         record["seconds_per_iter_alone"] = seconds
+    if cache_options(p.cfg) is not None:
+        record.update(_cached_cost(p, twin, inputs, flops, device, time_it))
+    del twin
     atomic_write_text(path, json.dumps(record, indent=2))
     return record
+
+
+def cached_inputs(cfg: Config, teacher: torch.nn.Module, inputs: tuple) -> tuple:
+    """``inputs`` of a step from a teacher cache: the images and labels, and the teacher's
+    outputs on the images as the cache stores them (its dtype), in place of running it."""
+    opts = cache_options(cfg)
+    device = next(iter(teacher.parameters())).device
+    with torch.no_grad():
+        out = teacher(inputs[0].to(device))
+    stored = {e: pick(out, e).to(getattr(torch, opts.dtype)) for e in needed_entries(cfg)}
+    return (*inputs[:2], None, None, stored)
+
+
+def _cached_cost(p: PreparedRun, twin, inputs: tuple, flops: int, device, time_it: bool) -> dict:
+    """A cached run's step: its FLOPs and seconds without the teacher, and the teacher's
+    forward it skips."""
+    cached = cached_inputs(p.cfg, twin.teacher.inner, inputs)
+    own = train_step_flops(twin, cached, device, copy=False)
+    out = {"train_gflops_per_iter": own / 1e9, "teacher_gflops_per_iter": (flops - own) / 1e9,
+           "teacher_cache": cache_options(p.cfg).path}
+    if time_it:
+        out["seconds_per_iter_cached"] = train_step_seconds(twin, cached, device, runs=2,
+                                                            copy=False)
+    return out
 
 
 def _student_io(student: SegModel, train_set, val_set, run: Path, train: TrainConfig,

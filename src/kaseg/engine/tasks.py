@@ -158,7 +158,8 @@ class SegmentationTask(nn.Module):
         super().__init__()
         self.model, self.ignore_index = model, ignore_index
 
-    def forward(self, images, targets) -> dict:
+    def forward(self, images, targets, teacher_outputs=None) -> dict:
+        """``teacher_outputs`` (a teacher cache's, shared by a lockstep group) is not read."""
         logits = self.model(images)["logits"]
         ce = ce_or_zero(logits, targets, self.ignore_index)
         return {"loss": ce, "ce": ce}
@@ -257,11 +258,14 @@ class DistillTask(nn.Module):
 
         return latent
 
-    def forward(self, images, targets, unlabeled=None, unlabeled_valid=None) -> dict:
+    def forward(self, images, targets, unlabeled=None, unlabeled_valid=None,
+                teacher_outputs=None) -> dict:
         """Losses of one step. ``unlabeled`` (optional): images without labels, and their
         validity mask (0 = a real pixel, ignore = padding); both batches go through each network
         in one pass, and every label-free term is computed on each batch (``*_unlabeled``), the
-        two mixed by ``distill.unlabeled_weight``."""
+        two mixed by ``distill.unlabeled_weight``. ``teacher_outputs`` (optional): the
+        teacher's stored outputs on these images (``{entry: tensor}``, a teacher cache's):
+        the teacher is then not run."""
         if self.training:
             self.step += 1
         scale, n = self.warmup_factor(), images.shape[0]
@@ -269,7 +273,11 @@ class DistillTask(nn.Module):
         out = self.student(both)
         ce = ce_or_zero(out["logits"][:n], targets, self.ignore_index)
         losses, total = {"ce": ce}, ce
-        t_out = self.teacher(both) if self.uses_teacher else None
+        t_out = None
+        if teacher_outputs is not None and unlabeled is None:
+            t_out = teacher_outputs_dict(teacher_outputs)
+        elif self.uses_teacher:
+            t_out = self.teacher(both)
         parts = [("", slice(0, n), targets != self.ignore_index, targets)]
         share = 0.0
         if unlabeled is not None:
@@ -326,13 +334,14 @@ class DistillTask(nn.Module):
         if t_out is None:
             return weighted
         fs = out["features"][self.student_tap][part]
-        ft = t_out["features"][self.teacher_tap][part]
+        ft = _part(t_out["features"].get(self.teacher_tap), part)
         latent = self._latent_target(ft)
         for name, (weight, options) in self.terms.items():
             spec = LOSSES[name]
             if spec.needs_labels and labels is None:
                 continue
-            given = Outputs(out["logits"][part], t_out["logits"][part], fs, ft,
+            t_logits = t_out["logits"] if "logits" in t_out else t_out["head_logits"]
+            given = Outputs(out["logits"][part], t_logits[part], fs, ft,
                             labels if spec.needs_labels else None, valid, self.ignore_index,
                             self.loss_modules[name] if name in self.loss_modules else None,
                             self.student_stride, self.teacher_stride, latent,
@@ -348,6 +357,20 @@ class DistillTask(nn.Module):
 
 def _part(x: torch.Tensor | None, part: slice) -> torch.Tensor | None:
     return None if x is None else x[part]
+
+
+def teacher_outputs_dict(cached: dict[str, torch.Tensor]) -> dict:
+    """A network's output dict (``head_logits``, ``logits``, ``features``) from a teacher
+    cache's entries (``features.TAP`` for a tapped map), in float32: float16 entries widened,
+    float32 ones as they are (a run from a float32 cache equals one with the live teacher)."""
+    out: dict = {"features": {}}
+    for entry, value in cached.items():
+        value = value.float()
+        if entry.startswith("features."):
+            out["features"][entry.split(".", 1)[1]] = value
+        else:
+            out[entry] = value
+    return out
 
 
 # where the method's adapters were kept before every term lived in ``loss_modules``

@@ -421,13 +421,18 @@ def _loader(train_set, cfg: TrainConfig, seed: int, start: int, num_workers: int
 def _step(t: Trainer, batch, it: int, progress: Progress) -> dict:
     """One optimisation step; a non-finite loss stops the run, or (``train.skip_nonfinite``)
     skips the update, every process deciding together."""
+    # a teacher cache's batch ends with the teacher's stored outputs ({entry: tensor})
+    cached = batch[-1] if isinstance(batch[-1], dict) else None
+    batch = batch[:-1] if cached is not None else batch
     images, targets, *unlabeled = (x.to(t.device, non_blocking=True) for x in batch)
     if t.cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
         unlabeled = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
                      for x in unlabeled]
+    extra = {} if cached is None else {"teacher_outputs": {
+        k: v.to(t.device, non_blocking=True) for k, v in cached.items()}}
     with autocast(t.device, t.cfg.amp):
-        losses = t.model(images, targets, *unlabeled)
+        losses = t.model(images, targets, *unlabeled, **extra)
     # only the loss that is back-propagated decides the step's fate: the other entries are
     # diagnostics (a term may be logged and not weighed in)
     bad = [] if torch.isfinite(losses["loss"].detach()).all() else [_culprit(losses)]

@@ -94,6 +94,12 @@ def model_cost(model: nn.Module, size: tuple[int, int]) -> dict:
             "size": list(size)}
 
 
+def moved(inputs: tuple, device) -> tuple:
+    """A step's inputs on ``device`` (a teacher cache's outputs, a dict, included)."""
+    return tuple({k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else
+                 None if x is None else x.to(device) for x in inputs)
+
+
 def training_copy(task: nn.Module, device=None) -> nn.Module:
     """A copy of ``task`` in training mode (on ``device`` when given), to measure on: one copy
     serves both measurements of a run (a teacher is copied once, not twice)."""
@@ -115,7 +121,7 @@ def train_step_flops(task: nn.Module, inputs: tuple,
     ``task`` is already a throwaway copy (:func:`training_copy`) and is used as it is."""
     twin = training_copy(task, device) if copy else task
     device = next(iter(twin.parameters())).device
-    inputs = tuple(x.to(device) for x in inputs)
+    inputs = moved(inputs, device)
     with _forked(device):
         counter = flop_counter()
         with counter:
@@ -130,7 +136,7 @@ def train_step_seconds(task: nn.Module, inputs: tuple, device: torch.device | st
     :func:`train_step_flops`)."""
     twin = training_copy(task, device) if copy else task
     device = next(iter(twin.parameters())).device
-    inputs = tuple(x.to(device) for x in inputs)
+    inputs = moved(inputs, device)
     opt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=1e-6)
 
     def step():
