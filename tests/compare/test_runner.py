@@ -500,3 +500,55 @@ def test_budgets_train_in_lockstep_as_alone_and_the_report_draws_the_frontier(
     assert (together / "frontier.png").stat().st_size > 10_000
     report = (together / "report.md").read_text()
     assert "Budget 2 (6 iterations):" in report and "**Frontier verdict" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_teacher_cache_is_one_shared_stage_every_run_trains_from_and_the_report_counts_it(
+        tmp_path, monkeypatch, capsys):
+    """``distill.teacher_cache`` in a comparison: one shared stage (listed by --plan and by
+    Slurm's --dry-run, before the seeds) holding every output any arm reads; every run, CE only
+    included, trains from its pool of views, lockstep equal to runs alone; the report gives the
+    cache's one-off cost and the frontier a fourth accounting, the teacher cached."""
+    import kaseg.compare.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "estimate_step_flops", lambda c: 3 if c.distill.losses else 1)
+    config = _config(tmp_path, {"baseline": None, "kd_t2": None, "ka": None})
+    data = yaml.safe_load(config.read_text())
+    data["distill"] = {"teacher_cache": {"views": 2, "dtype": "float32"}}
+    config.write_text(yaml.safe_dump(data))
+    common = ["--seeds", "1", "--budgets", "1", "2"]
+    out, alone = tmp_path / "cmp", tmp_path / "alone"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--plan", *common]) == 0
+    shared = (out / "plan-shared.txt").read_text().splitlines()
+    assert [ln.split()[1] for ln in shared] == ["train", "train-ae", "cache-teacher"]
+    stage = yaml.safe_load(Path(shared[2].split("--config ")[1].split()[0]).read_text())
+    assert stage["distill"]["teacher_cache"]["outputs"] == ["features.pre_logits",
+                                                            "head_logits"]
+    capsys.readouterr()
+    assert main(["compare", "--config", str(config), "--out", str(tmp_path / "dry"),
+                 "--executor", "slurm", "--dry-run", *common]) == 0
+    assert "shared teacher-cache" in capsys.readouterr().out
+    assert main(["compare", "--config", str(config), "--out", str(out), *common]) == 0
+    assert main(["compare", "--config", str(config), "--out", str(alone), "--no-lockstep",
+                 *common]) == 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert "baseline-s0" in runs and "kd_t2-b2-s0" in runs
+    for run in runs:
+        a, b = _weights(alone / "runs" / run), _weights(out / "runs" / run)
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+        cost = json.loads((out / "runs" / run / "cost.json").read_text())
+        assert cost["teacher_cache"] == str(out / "teacher-cache")
+        # CE only runs no teacher live either; KD's step skips the teacher's forward
+        assert (cost["teacher_gflops_per_iter"] > 0) == (not run.startswith("baseline"))
+    results = json.loads((out / "results.json").read_text())
+    cache = results["teacher_cache"]
+    assert (cache["images"], cache["views"]) == (10, 2) and cache["teacher_gflops"] > 0
+    assert cache["runs"] == [f"runs/{r}" for r in runs]
+    kd = next(p for p in results["frontier"]["points"] if (p["arm"], p["budget"]) ==
+              ("kd_t2", 1.0))
+    assert kd["cost"]["flops_cached"] < kd["cost"]["flops"]
+    assert "flops_cached" in kd["vs_ce"]
+    report = (out / "report.md").read_text()
+    assert "Teacher cache: 10 images x 2 views" in report
+    assert "Δ vs CE only at the same FLOPs, teacher cached" in report

@@ -8,7 +8,8 @@ budget or point of a geometric grid (:data:`GRID` apart), so a distilling run is
 CE run with less compute, and the report names how much more the CE run had. Costs are counted
 three ways (:data:`ACCOUNTINGS`): FLOPs with the teacher's forward, seconds alone on this
 machine, and FLOPs plus the teacher's own training when the comparison trained it (a user
-without a teacher pays it). Where CE only's largest run does not reach a run's cost in some
+without a teacher pays it); a comparison with a teacher cache adds a fourth, each step as it
+ran without the teacher (the cache's one-off cost apart). Where CE only's largest run does not reach a run's cost in some
 accounting the report says so instead of extrapolating.
 """
 
@@ -24,6 +25,9 @@ ACCOUNTINGS = {
     "flops": "training GFLOPs (the teacher's forward counted)",
     "seconds": "training seconds alone on this machine",
     "flops_teacher": "training GFLOPs + the teacher's own training",
+    # a comparison with a teacher cache: each run's step as it ran, without the teacher (the
+    # cache's one-off cost is reported apart, with the runs that shared it)
+    "flops_cached": "training GFLOPs with the teacher cached",
 }
 COSTS = ("flops", "seconds")  # what ``compare.cost`` may plan and judge by
 
@@ -93,6 +97,8 @@ def ce_budgets(step_cost: dict[str, float], base: str, budgets: list[float], ite
 def _cost(rec: dict, accounting: str, teacher_gflops: float | None, distills: bool):
     if accounting == "seconds":
         return rec.get("train_seconds_alone")
+    if accounting == "flops_cached":
+        return rec.get("train_gflops_cached")
     c = rec.get("train_gflops")
     if c is None or accounting == "flops":
         return c

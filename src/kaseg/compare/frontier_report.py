@@ -56,8 +56,16 @@ def budget_table(fr: dict, budget: float) -> list[str]:
     return lines
 
 
+def _present(fr: dict) -> list[str]:
+    """The accountings some run of the frontier has a cost in (the cached one only with a
+    teacher cache)."""
+    return [a for a in ACCOUNTINGS if a in ("flops", "seconds", "flops_teacher") or any(
+        p["cost"].get(a) is not None for p in fr["points"])]
+
+
 def _short(accounting: str) -> str:
-    return {"flops": "FLOPs", "seconds": "seconds", "flops_teacher": "FLOPs + teacher"}[accounting]
+    return {"flops": "FLOPs", "seconds": "seconds", "flops_teacher": "FLOPs + teacher",
+            "flops_cached": "FLOPs, teacher cached"}[accounting]
 
 
 def ce_curve_line(fr: dict) -> str:
@@ -73,7 +81,7 @@ def frontier_lines(fr: dict, labels: dict[str, str]) -> list[str]:
     """The report's frontier section: what was run, a table per budget, CE only's curve and the
     verdict in the chosen accounting (``labels``: each arm's), and where another accounting
     says otherwise."""
-    acc = fr["accounting"]
+    acc, accs = fr["accounting"], _present(fr)
     lines = ["## Which method at my compute? Every arm at each budget, met by CE only at its cost",
              "", f"Budgets {', '.join(f'{b:g}' for b in fr['budgets'])} x {fr['iters']} "
              "iterations "
@@ -81,7 +89,7 @@ def frontier_lines(fr: dict, labels: dict[str, str]) -> list[str]:
              ", ".join(f"{b:g}" for b in fr["ce_budgets"]) + ": each distilling run is met by "
              "CE only's cheapest run of at least its cost (how much more it had in brackets). "
              "The weights were tuned at budget 1 only and apply at every budget. Accountings: " +
-             "; ".join(f"{_short(a)}: {d}" for a, d in ACCOUNTINGS.items()) + (
+             "; ".join(f"{_short(a)}: {ACCOUNTINGS[a]}" for a in accs) + (
                  "" if fr.get("teacher_training_gflops") else
                  " (here the teacher was given, so the third equals the first)") + ".", ""]
     for b in fr["budgets"]:
@@ -89,7 +97,7 @@ def frontier_lines(fr: dict, labels: dict[str, str]) -> list[str]:
     lines += [ce_curve_line(fr), ""]
     main = verdict_sentences(fr, acc, labels)
     lines.append(f"**Frontier verdict, by {ACCOUNTINGS[acc]}**: " + " ".join(main))
-    others = [a for a in ACCOUNTINGS if a != acc]
+    others = [a for a in accs if a != acc]
     differ = [a for a in others if headline(fr, a) != headline(fr, acc)]
     for a in differ:
         lines += ["", f"In {ACCOUNTINGS[a]} the answer differs: " +

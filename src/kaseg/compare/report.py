@@ -19,7 +19,7 @@ from ..nets.checkpoint import load_model, save_model
 from ..core.files import atomic_write_text
 from .tables import (at_budget_one, code_version, context_table, evaluate_runs, label, machine,
                      markdown_table, paired_rows, with_matched)
-from .runner import CompareSpec, all_stages, arm_scales
+from .runner import CACHE, CompareSpec, all_stages, arm_scales
 from .frontier_report import frontier_figure, frontier_lines, frontier_of
 from ..core.config import Config
 from ..nets.cost import measure_latency, model_cost
@@ -27,6 +27,7 @@ from ..data import build_dataset
 from ..engine.evaluate import evaluate
 from ..core.runtime import inputs_for, on_device, resolve_device
 from ..engine.stages import load_teacher
+from ..engine.teacher_cache import cache_meta
 from ..engine.visualize import paired_gain_plot, prediction_grid, spread_indices
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,31 @@ def collect(out: Path, cfg: Config, spec: CompareSpec) -> dict:
             "tuning": scores, "cfg": armed, "val": val, "teacher": teacher,
             "arm_tuning": {name: {"scale": k, "scores": sc} for name, (k, sc) in own.items()},
             "matched": matched_cfg if matched is not None else None,
-            "trained_teacher": any(s.name == "teacher" for s in first)}
+            "trained_teacher": any(s.name == "teacher" for s in first),
+            "teacher_cache": cache_summary(out, spec, records)}
+
+
+def cache_summary(out: Path, spec: CompareSpec, records: list[dict]) -> dict | None:
+    """The shared teacher cache's one-off cost and the runs that trained from it, or None."""
+    meta = cache_meta((spec.shared_dir or out) / CACHE)
+    if meta is None:
+        return None
+    keep = ("images", "views", "dtype", "bytes", "teacher_gflops", "build_seconds", "entries")
+    return {**{k: meta[k] for k in keep},
+            "runs": sorted(str(r["run"]) for r in records if "train_gflops_cached" in r)}
+
+
+def _cache_lines(cache: dict | None) -> list[str]:
+    if not cache:
+        return []
+    runs = len(cache["runs"])
+    return [f"Teacher cache: {cache['images']} images x {cache['views']} views, "
+            f"{', '.join(cache['entries'])} in {cache['dtype']} ({cache['bytes'] / 1e9:.3g} "
+            f"GB), built once: {cache['teacher_gflops']:.4g} teacher GFLOPs in "
+            f"{cache['build_seconds']:.0f} s, shared by {runs} run(s) (every arm draws from the "
+            "same pool of views). Each of those runs' costs counts its step as it ran, without "
+            "the teacher (the accounting \"FLOPs, teacher cached\"), the first accounting "
+            "counting the teacher's forward as a live run pays it.", ""]
 
 
 def best_arm(rows: list[dict], spec: CompareSpec) -> dict | None:
@@ -160,7 +185,8 @@ def write_report(out: Path, cfg: Config, spec: CompareSpec, command: str,
          "arm_tuning": got["arm_tuning"],
          "missing": got["missing"], "missing_jobs": got["jobs"], "failed": got["failed"],
          "costs": costs,
-         "compute_matched": got["matched"], "rows": rows, "frontier": got["frontier"],
+         "compute_matched": got["matched"], "teacher_cache": got["teacher_cache"],
+         "rows": rows, "frontier": got["frontier"],
          "records": records, "pictured_val_images": got["pictured"]},
         indent=2))
     if rows:
@@ -199,6 +225,7 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
              "in %; Δ is the paired difference to the CE-only student with its 95% CI "
              "(Student t over seeds); the verdict follows the interval.", ""]
     lines += _ae_lines(out, spec, cfg)
+    lines += _cache_lines(got.get("teacher_cache"))
     lines += _tuning_lines(got, spec, cfg)
     lines += [*markdown_table(rows), ""]
     if ctx_rows and getattr(got["val"], "context_classes", ()):

@@ -50,7 +50,9 @@ from ..engine.experiment import check_config
 from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from ..engine.runs import config_changes
-from ..engine.stages import (check_losses_fit, check_memory_fits, distill, distill_lockstep,
+from ..engine.teacher_cache import cache_options, needed_entries
+from ..engine.stages import (cache_teacher, check_losses_fit, check_memory_fits, distill,
+                             distill_lockstep,
                              estimate_step_flops, estimate_step_seconds, teacher_training_config,
                              train_autoencoder)
 from ..engine.supervised import train_segmenter
@@ -59,6 +61,8 @@ from ..engine.train import Diverged, failure
 log = logging.getLogger(__name__)
 
 TUNE_ARM = "ka"
+DONE = {"cache-teacher": "meta.json"}  # what a finished stage leaves (default metrics.json)
+CACHE = "teacher-cache"  # the shared stage's folder
 
 
 
@@ -136,13 +140,15 @@ class PlannedRun:
         return (self.root or out) / self.name
 
     def done(self, out: Path) -> bool:
-        return (self.folder(out) / "metrics.json").exists()
+        return (self.folder(out) / DONE.get(self.command, "metrics.json")).exists()
 
     def failure(self, out: Path) -> dict | None:
         """Why the run diverged (its ``failed.json``), or None."""
         return None if self.done(out) else failure(self.folder(out))
 
     def run(self, out: Path, force: bool = False) -> dict:
+        if self.command == "cache-teacher":  # a finished cache is kept, a killed one resumes
+            return cache_teacher(self.cfg, self.folder(out))
         fn = {"train": train_segmenter, "train-ae": train_autoencoder, "distill": distill}
         return fn[self.command](self.cfg, self.folder(out), force)
 
@@ -242,8 +248,27 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Plann
     armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model,
                     data=replace(base.data, **spec.arms_data),
                     train=replace(base.train, **spec.arms_train))
+    if cache_options(armed, "compare") is not None:
+        stage, armed = cache_stage(armed, spec, root, here)
+        stages.append(stage)
     variants = {k: replace(armed, teacher=v.teacher, ae=v.ae) for k, v in variants.items()}
     return stages, armed, variants
+
+
+def cache_stage(armed: Config, spec: CompareSpec, root: Path, here: Path | None):
+    """The teacher cache as a shared stage (``distill.teacher_cache``): built once on the arms'
+    data with every output any arm (or tuning run) reads, used by every run of the comparison,
+    CE only's included (one pool of views for every arm: the pairing stays fair). -> (the
+    stage, the arms' config pointing at it)."""
+    opts = cache_options(armed, "compare")
+    entries = sorted({e for arm in spec.arms
+                      for e in needed_entries(arm_config(armed, arm, spec.seeds[0]))})
+    path = str(root / CACHE)
+    with_path = dict(to_dict(opts), path=path)
+    stage_cfg = replace(armed, distill=replace(armed.distill, teacher_cache=dict(
+        with_path, outputs=list(opts.outputs or entries))))
+    armed = replace(armed, distill=replace(armed.distill, teacher_cache=with_path))
+    return PlannedRun(CACHE, "cache-teacher", stage_cfg, phase="shared", root=here), armed
 
 
 def tuned_arms(spec: CompareSpec) -> list[Arm]:

@@ -105,6 +105,9 @@ def evaluate_runs(out: Path, cfg: Config, runs: dict[str, tuple]) -> list[dict]:
     return records
 
 
+COST_KEYS = ("train_gflops", "train_seconds_alone", "train_gflops_cached")  # run_cost's
+
+
 def at_budget_one(records: list[dict]) -> list[dict]:
     """The records of budget 1 (the paired table's; a frontier's other budgets are its own)."""
     return [r for r in records if r.get("budget", 1.0) == 1.0]
@@ -112,16 +115,23 @@ def at_budget_one(records: list[dict]) -> list[dict]:
 
 def run_cost(run: Path) -> dict:
     """A run's whole training cost from its ``cost.json``: ``train_gflops`` (FLOPs per iteration
-    x iterations) and ``train_seconds_alone``; {} for a run that recorded none."""
+    x iterations, the teacher's forward counted), ``train_seconds_alone`` and, for a run from a
+    teacher cache, ``train_gflops_cached`` (its step as it ran); {} for a run that recorded
+    none."""
     path = Path(run) / "cost.json"
     if not path.exists():
         return {}
     c = json.loads(path.read_text())
     if "train_gflops_per_iter" not in c:
         return {}
-    out = {"train_gflops": c["train_gflops_per_iter"] * c["iters"]}
+    # a run from a teacher cache counts its step without the teacher and the forward it
+    # skipped apart: the first accounting counts that forward, as a live run pays it
+    live = c["train_gflops_per_iter"] + c.get("teacher_gflops_per_iter", 0.0)
+    out = {"train_gflops": live * c["iters"]}
     if "seconds_per_iter_alone" in c:
         out["train_seconds_alone"] = c["seconds_per_iter_alone"] * c["iters"]
+    if "teacher_cache" in c:
+        out["train_gflops_cached"] = c["train_gflops_per_iter"] * c["iters"]
     return out
 
 
@@ -152,7 +162,7 @@ def paired_rows(records: list[dict], arms: list[str], key: str = "miou",
                    {"n": 0, "mean": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan})
         row = {"arm": arm, "label": label(arm), "seeds": common, "values": values,
                "n": len(common), "summary": summary, "left_out": left_out}
-        for what in ("train_gflops", "train_seconds_alone"):
+        for what in COST_KEYS:
             if arm in cost.get(what, {}) and BASELINE in cost.get(what, {}):
                 row[f"{what}_x"] = cost[what][arm] / cost[what][BASELINE]
         if arm != reference and base:
@@ -181,7 +191,7 @@ def _mean_costs(records: list[dict], seeds: list[int]) -> dict[str, dict[str, fl
     out: dict[str, dict[str, list]] = {}
     for r in records:
         if r.get("seed") in seeds:
-            for what in ("train_gflops", "train_seconds_alone"):
+            for what in COST_KEYS:
                 if r.get(what) is not None:
                     out.setdefault(what, {}).setdefault(r["arm"], []).append(r[what])
     return {w: {a: sum(v) / len(v) for a, v in arms.items()} for w, arms in out.items()}
