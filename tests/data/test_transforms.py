@@ -79,3 +79,31 @@ def test_normalisation_and_jitter():
     a, ma = jit(image, mask)
     assert a.min() >= 0 and a.max() <= 1 and not torch.allclose(a, raw)
     assert torch.equal(ma, torch.from_numpy(mask).long())  # photometric only: mask untouched
+
+
+def test_a_drawn_view_cut_again_from_its_recorded_row_is_the_live_augmentation_bit_for_bit():
+    """``TrainTransform.draw`` takes the random parameters in the order the live transform uses
+    them (so a seed gives the same view either way), and ``apply`` re-cuts a view from its
+    recorded row (a teacher cache stores the rows, not the pixels) without drawing anything."""
+    from kaseg.data.transforms import TrainTransform, View
+
+    rng = np.random.default_rng(3)
+    for case in range(12):
+        h, w = (int(v) for v in rng.integers(20, 80, 2))
+        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        mask = rng.integers(0, 4, (h, w), dtype=np.uint8)
+        tf = TrainTransform((40, 48) if case % 2 else 32, 0.5, 2.0 if case % 3 else 1.0,
+                            flip=case % 4 != 1, jitter=0.3 if case % 5 else 0.0)
+        tf.set_flip_pairs(4, [(1, 2)])
+        torch.manual_seed(case)
+        live = tf(image, mask)
+        after_live = torch.rand(1)
+        torch.manual_seed(case)
+        view = tf.draw(h, w)
+        after_draw = torch.rand(1)
+        row = view.to_row()
+        torch.manual_seed(999)  # apply draws nothing: any RNG state gives the same view
+        again = tf.apply(image, mask, View.from_row(np.array(row, dtype=np.float64)))
+        assert torch.equal(after_live, after_draw)
+        assert torch.equal(live[0], again[0]) and torch.equal(live[1], again[1])
+        assert (view.jitter is None) == (tf.jitter == 0) and len(row) == View.FIELDS

@@ -175,27 +175,3 @@ def replace_free(free):
     import collections
 
     return collections.namedtuple("usage", "total used free")(10**12, 0, free)
-
-
-def test_a_seed_fixes_the_order_of_image_and_view_draws(teacher):
-    root, t = teacher
-    from kaseg.data import build_dataset
-    from kaseg.data.views import draw_views
-
-    cfg = _cfg(root, t)
-    ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
-    views = np.stack([draw_views(ds.transform, 24, 32, 4, 0, i) for i in range(len(ds))])
-    again = np.stack([draw_views(ds.transform, 24, 32, 4, 0, i) for i in range(len(ds))])
-    other = draw_views(ds.transform, 24, 32, 4, 1, 0)
-    assert np.array_equal(views, again) and not np.array_equal(views[0], other)
-    pool = PoolViews(ds, views)
-    torch.manual_seed(7)
-    first = [pool[i][0] for i in range(6)]
-    torch.manual_seed(7)
-    assert all(torch.equal(a, pool[i][0]) for i, a in enumerate(first))
-    # every sample is one of its image's recorded views, cut exactly as recorded
-    img, mask = pool.view(2, 3)
-    torch.manual_seed(123)
-    from kaseg.data.transforms import View
-    direct = ds.transform.apply(*ds.raw(2), View.from_row(views[2, 3]))
-    assert torch.equal(img, direct[0]) and torch.equal(mask, direct[1])
