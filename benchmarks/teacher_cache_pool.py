@@ -78,10 +78,24 @@ def table(results: dict[str, Path]) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if name.startswith("pool") and "float32" not in name and holds and smallest is None:
             smallest = name
+    lines += ["", *precision_lines(results)]
     lines.append("")
     lines.append(f"Smallest float16 pool whose paired difference from live includes 0 for both "
                  f"arms: {smallest or 'none of those measured'}.")
     return lines
+
+
+def precision_lines(results: dict[str, Path]) -> list[str]:
+    """float16 against float32 at the same pool: the stored outputs' rounding alone (CE only
+    reads none of them, so its difference is exactly 0)."""
+    out = []
+    for name in results:
+        if name.endswith("float32"):
+            half = name.replace(", float32", "")
+            a, b = values(results[half]), values(results[name])
+            out.append(f"{half}, float16 - float32: " + "; ".join(
+                f"{arm} {fmt(paired(a[arm], b[arm]))}" for arm in ARMS) + ".")
+    return out
 
 
 def main() -> None:

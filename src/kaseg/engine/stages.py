@@ -34,7 +34,7 @@ from ..core.runtime import (autocast, eval_generator, inputs_for, on_device, res
 from .train import TrainingRun, fit, fit_lockstep, rng_state
 from ..nets.cost import train_step_flops, train_step_seconds, training_copy
 from .teacher_cache import build_cache, cache_options, needed_entries, open_cache, pick
-from ..core.distributed import is_main, world_size
+from ..core.distributed import barrier, is_main, world_size
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,10 @@ def cache_teacher(cfg: Config, out: str | Path, max_gb: float | None = None,
                     "cache-teacher")
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     teacher, _ = load_teacher(cfg, train_set.num_classes)
+    if world_size() > 1:  # under torchrun the first process builds it, the others wait
+        if is_main():
+            build_cache(cfg, teacher, train_set, out, entries=entries, max_gb=max_gb)
+        barrier()
     return build_cache(cfg, teacher, train_set, out, entries=entries, max_gb=max_gb)
 
 
