@@ -29,7 +29,7 @@ from kaseg.engine.train import TrainingRun, fit_lockstep
 def configs(args, arms: list[str], cache: dict | None) -> list:
     base = load_config(args.config, [f"teacher.weights={args.teacher}",
                                      f"model.init_weights={args.init}", f"ae.weights={args.ae}",
-                                     f"train.iters={args.iters + args.warmup}",
+                                     f"train.iters={2 * args.iters}",
                                      "train.device=cpu"])
     out = []
     for arm in arms:
@@ -39,9 +39,10 @@ def configs(args, arms: list[str], cache: dict | None) -> list:
 
 
 def seconds_per_iter(cfgs: list, folder: Path, warmup: int) -> float:
-    """One lockstep group of ``cfgs`` (one run: trained alone), training only: the seconds
-    between the last run's "validation" (a time stamp) after ``warmup`` iterations and after the
-    last, per iteration (the loader's start, TensorBoard's and the first steps left out)."""
+    """One lockstep group of ``cfgs`` (one run: trained alone), training only: ``warmup``
+    iterations, then as many timed, between the last run's two "validations" (a time stamp and
+    a checkpoint, after each half): the loader's start, TensorBoard's and the first steps left
+    out."""
     prepared = [prepare_distill(c, folder / str(i)) for i, c in enumerate(cfgs)]
     tasks = [p.task for p in prepared]
     share_frozen(tasks)
@@ -51,7 +52,7 @@ def seconds_per_iter(cfgs: list, folder: Path, warmup: int) -> float:
         stamps.append(time.perf_counter())
         return {"miou": 0.0}
 
-    train = replace(cfgs[0].train, val_every=warmup)
+    train = replace(cfgs[0].train, val_every=warmup, iters=2 * warmup)
     runs = [TrainingRun(p.task, p.folder, stamp, lambda which: None, desc=f"run {i}",
                         rng=p.rng, cfg=train) for i, p in enumerate(prepared)]
     for p in prepared:
@@ -69,8 +70,8 @@ def main() -> None:
     p.add_argument("--init", required=True)
     p.add_argument("--ae", required=True, help="the method's trained autoencoder (field arms)")
     p.add_argument("--views", type=int, default=16)
-    p.add_argument("--iters", type=int, default=60, help="timed iterations")
-    p.add_argument("--warmup", type=int, default=10, help="iterations before the timing")
+    p.add_argument("--iters", type=int, default=60,
+                   help="timed iterations, after as many untimed ones")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kaseg-cache-bench-"))
     field = list(ARM_GROUPS["field"])
@@ -84,9 +85,9 @@ def main() -> None:
     for name, arms in (("CE only alone", ["baseline"]), ("KD T=2 alone", ["kd_t2"]),
                        (f"field, {len(field)} arms in lockstep", field)):
         live = seconds_per_iter(configs(args, arms, None), tmp / f"{name}-live",
-                                args.warmup)
+                                args.iters)
         cached = seconds_per_iter(configs(args, arms, cache), tmp / f"{name}-cached",
-                                  args.warmup)
+                                  args.iters)
         rows.append((name, live, cached))
     ce_live, ce_cached = rows[0][1], rows[0][2]
     print(f"teacher cache: {meta['images']} images x {meta['views']} views, "
