@@ -174,7 +174,9 @@ def frontier(records: list[dict], base: str, rivals: list[str], distilling: set[
         row = {"arm": arm, "budget": b, "summary": p["summary"], "cost": p["cost"],
                "seeds": sorted(p["seeds"])}
         if arm in rivals:
-            row["vs_ce"] = {acc: pair(pts, (arm, b), base, acc) for acc in ACCOUNTINGS}
+            # the cached accounting only in a comparison with a teacher cache
+            row["vs_ce"] = {acc: pair(pts, (arm, b), base, acc) for acc in ACCOUNTINGS
+                            if acc != "flops_cached" or p["cost"][acc] is not None}
         rows.append(row)
     return {"points": rows, "ce_last_step": ce_last_step(pts, base),
             "ce_budgets": sorted(b for a, b in pts if a == base),
