@@ -59,7 +59,7 @@ def budget_table(fr: dict, budget: float) -> list[str]:
 def _present(fr: dict) -> list[str]:
     """The accountings some run of the frontier has a cost in (the cached one only with a
     teacher cache)."""
-    return [a for a in ACCOUNTINGS if a in ("flops", "seconds", "flops_teacher") or any(
+    return [a for a in ACCOUNTINGS if a != "flops_cached" or any(
         p["cost"].get(a) is not None for p in fr["points"])]
 
 

@@ -273,11 +273,11 @@ class DistillTask(nn.Module):
         out = self.student(both)
         ce = ce_or_zero(out["logits"][:n], targets, self.ignore_index)
         losses, total = {"ce": ce}, ce
-        t_out = None
-        if teacher_outputs is not None and unlabeled is None:
-            t_out = teacher_outputs_dict(teacher_outputs)
-        elif self.uses_teacher:
-            t_out = self.teacher(both)
+        if teacher_outputs is not None and unlabeled is not None:
+            raise ValueError("stored teacher outputs cover the labelled images only: an "
+                             "unlabelled batch needs the live teacher")
+        t_out = (teacher_outputs_dict(teacher_outputs) if teacher_outputs is not None else
+                 self.teacher(both) if self.uses_teacher else None)
         parts = [("", slice(0, n), targets != self.ignore_index, targets)]
         share = 0.0
         if unlabeled is not None:

@@ -34,6 +34,7 @@ from ..core.config import Config, to_dict
 from ..core.errors import KasegError
 from ..core.files import atomic_write_text
 from ..core.runtime import autocast, resolve_device
+from ..data.transforms import View
 from ..data.views import PoolViews, draw_views
 from ..losses.registry import LOSSES, resolve_losses
 from ..nets.cost import flop_counter
@@ -300,14 +301,14 @@ def _fill(b: _Build, cfg: Config, teacher, train_set, opts: CacheOptions, entrie
     batch = max(2, opts.batch_size or cfg.train.batch_size)
     saved = time.perf_counter()
     bar = tqdm(total=n, initial=b.done, desc="teacher cache", unit="image", dynamic_ncols=True)
-    cut = PoolViews(train_set, b.views, source=str(b.folder))
     try:
         for i in range(b.done, n):
-            image, mask = train_set.raw(i)
+            image, mask = train_set.raw(i)  # read once for all its views
             b.views[i] = draw_views(tf, *mask.shape[:2], opts.views, opts.seed, i)
             if len(b.sizes) == i:
                 b.sizes.append(list(mask.shape[:2]))
-            imgs = torch.stack([cut.view(i, v)[0] for v in range(opts.views)])
+            imgs = torch.stack([tf.apply(image, mask, View.from_row(row))[0]
+                                for row in b.views[i]])
             for s in range(0, opts.views, batch):
                 x = imgs[s:s + batch]
                 pad = x.shape[0] == 1
