@@ -401,7 +401,7 @@ def test_kaseg_info_lists_the_arms_and_the_groups_beside_them(capsys):
     rows = {line.split()[0]: line for line in lines if line.startswith("  ")}
     assert set(ARMS) | set(ARM_GROUPS) == set(rows)
     assert rows["field"].split()[1:] == ARM_GROUPS["field"] == [
-        "baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"]
+        "baseline", "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"]
     assert "CE + CIRKD (cross-image relations) + KD (T = 1)" in rows["cirkd"]
     assert rows["ce_matched"].endswith("[compute-matched control]")
 

@@ -150,6 +150,9 @@ for _arm in [
     Arm("cwd", "CE + CWD (channel-wise logits)", _with(cwd={})),
     Arm("ifvd", "CE + IFVD (intra-class variation)", _with(ifvd={})),
     Arm("dist", "CE + DIST (class relations)", _with(dist={}), tuned=("dist",)),
+    # Sun et al.'s defaults (--logit-stand --base-temp 2 --kd-weight 9)
+    Arm("kd_ls", "CE + logit-standardised KD (T = 2)", _with(
+        kd={"temperature": 2.0, "standardize": True, "weight": 9.0}), tuned=("kd",)),
     # CIRKD and Af-DCD as their authors train them: their terms beside logit KD at T = 1
     Arm("cirkd", "CE + CIRKD (cross-image relations) + KD (T = 1)", _with(
         kd={"temperature": 1.0}, cirkd_batch={}, cirkd_memory={}),
@@ -195,7 +198,7 @@ MATCHED = "ce_matched"
 # named groups of arms: one word for the comparison users want
 ARM_GROUPS: dict[str, list[str]] = {
     # the field's methods a user would try first (each with its authors' segmentation defaults)
-    "field": [BASELINE, "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"],
+    "field": [BASELINE, "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"],
 }
 
 

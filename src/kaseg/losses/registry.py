@@ -26,6 +26,7 @@ method's adapters) how to build that module. The config then knows it (``distill
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Callable
 
@@ -254,6 +255,12 @@ def _check_grid(grid: str, **_) -> str | None:
     return _one_of("grid", grid, LOGIT_GRIDS)
 
 
+def _check_kd(grid: str, standardize, **_) -> str | None:
+    if not isinstance(standardize, bool):
+        return f"standardize must be true or false, got {standardize!r}"
+    return _check_grid(grid)
+
+
 def _on_grid(loss: Callable[..., torch.Tensor], o: Outputs, grid: str, *args) -> torch.Tensor:
     """A logit term ``loss(s, t, *args, valid)`` on the grid ``grid`` names."""
     s, t, valid = o.logits_on(grid)
@@ -291,9 +298,10 @@ LOSSES.update({
                                   "dense_max_positions": 1024}),
     # the logit terms run on the teacher's output grid (``grid``; their authors', see
     # Outputs.logits_on) or, with grid "input", on logits upsampled to the input
-    "kd": LossSpec(lambda o, temperature, grid: _on_grid(kd_loss, o, grid, temperature),
-                   weight=1.0, options={"temperature": 4.0, "grid": "teacher"},
-                   validate=_check_grid),
+    "kd": LossSpec(lambda o, temperature, grid, standardize: _on_grid(
+        functools.partial(kd_loss, standardize=standardize), o, grid, temperature),
+        weight=1.0, options={"temperature": 4.0, "grid": "teacher", "standardize": False},
+        validate=_check_kd),
     "fitnet": LossSpec(lambda o: fitnet_loss(o.module(o.student_features), o.teacher_features,
                                              o.valid_on(o.teacher_features)),
                        weight=1.0, module=FitNetRegressor),
