@@ -173,9 +173,10 @@ def test_arms_from_yaml_and_the_spec_rules():
                                            "ctrl_constant", "ce_matched"]
     # a group name stands for its arms, each once
     assert [a.name for a in spec_from({}, arms=["field", "ka", "ifvd"]).arms] == [
-        "baseline", "kd_t2", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd", "ifvd"]
+        "baseline", "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd", "ifvd"]
     cfg = arm_config(load_config(None), spec.arms[1], 4)
-    assert cfg.seed == 4 and cfg.distill.losses == {"kd": {"weight": 1.0, "temperature": 3.0, "grid": "teacher"}}
+    assert cfg.seed == 4 and cfg.distill.losses == {"kd": {
+        "weight": 1.0, "temperature": 3.0, "grid": "teacher", "standardize": False}}
     # an arm written with the old keys (adapt_weight, extra_losses, ...) means what it meant
     old = spec_from({"arms": {"kd_t3": {"distill": {
         "adapt_weight": 0, "affinity_weight": 0, "extra_losses": ["kd"],

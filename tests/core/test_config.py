@@ -76,7 +76,7 @@ def test_every_shipped_config_loads_and_the_paper_recipes_hold():
 
 @pytest.mark.parametrize("override,match", [
     ("distill.losses={kd: {}, nope: {}}", r"distill.losses: unknown loss 'nope'; known: \['adapt', 'af_dcd', 'affinity', 'cirkd_batch'"),
-    ("distill.losses.kd.tau=2", r"distill.losses.kd: unknown option \['tau'\]; kd takes weight and temperature, grid$"),
+    ("distill.losses.kd.tau=2", r"distill.losses.kd: unknown option \['tau'\]; kd takes weight and temperature, grid, standardize$"),
     ("distill.losses.kd.weight=-1", r"distill.losses.kd.weight must be a number >= 0, got -1$"),
     ("distill.losses.kd.temperature=warm", r"distill.losses.kd.temperature must be float, got 'warm'$"),
     ("distill.losses.affinity.impl=fast", r"distill.losses.affinity: impl must be one of \('auto', 'dense', 'gram'\), got 'fast'$"),
@@ -100,13 +100,13 @@ def test_a_config_is_read_into_one_shape_for_every_term(tmp_path: Path):
     affinity = {"weight": 30.0, "reduction": "mse", "impl": "auto", "dense_max_positions": 1024}
     assert load_config(None).distill.losses == {"adapt": adapt, "affinity": affinity}
     got = load_config(None, ["distill.losses.kd.temperature=2", "distill.losses.adapt.weight=0"])
-    assert got.distill.losses == {"affinity": affinity, "kd": {"weight": 1.0, "temperature": 2.0, "grid": "teacher"}}
+    assert got.distill.losses == {"affinity": affinity, "kd": {"weight": 1.0, "temperature": 2.0, "grid": "teacher", "standardize": False}}
     assert load_config(None, ["distill.losses={cwd: {weight: 2}}"]).distill.losses == {
         "cwd": {"weight": 2.0, "temperature": 4.0, "grid": "teacher"}}
     f = tmp_path / "e.yaml"
     f.write_text("distill:\n  losses:\n    kd:\n    adapt: {p: 1}\n")
     assert load_config(f).distill.losses == {"adapt": {**adapt, "p": 1.0},
-                                             "kd": {"weight": 1.0, "temperature": 4.0, "grid": "teacher"}}
+                                             "kd": {"weight": 1.0, "temperature": 4.0, "grid": "teacher", "standardize": False}}
 
 
 def test_old_distillation_keys_are_read_in_todays_form(tmp_path: Path):
@@ -120,7 +120,7 @@ def test_old_distillation_keys_are_read_in_todays_form(tmp_path: Path):
                    "  loss_options: {kd: {temperature: 3.0}}\n  skd_pool: 4\n")
     assert load_config(old).distill.losses == {
         "adapt": {"weight": 20.0, "reduction": "element", "p": 1.5, "q": 2.0},
-        "kd": {"weight": 1.0, "temperature": 3.0, "grid": "teacher"}, "cwd": {"weight": 2.5, "temperature": 4.0, "grid": "teacher"}}
+        "kd": {"weight": 1.0, "temperature": 3.0, "grid": "teacher", "standardize": False}, "cwd": {"weight": 2.5, "temperature": 4.0, "grid": "teacher"}}
     older = tmp_path / "older.yaml"
     older.write_text("distill:\n  extra_losses: [kd, cwd]\n  kd_weight: 2.0\n"
                      "  kd_temperature: 4.0\n  cwd_temperature: 1.5\n  skd_pool: 2\n")
@@ -128,7 +128,7 @@ def test_old_distillation_keys_are_read_in_todays_form(tmp_path: Path):
         "adapt": {"weight": 50.0, "reduction": "element", "p": 2.0, "q": 2.0},
         "affinity": {"weight": 30.0, "reduction": "mse", "impl": "auto",
                      "dense_max_positions": 1024},
-        "kd": {"weight": 2.0, "temperature": 4.0, "grid": "teacher"}, "cwd": {"weight": 3.0, "temperature": 1.5, "grid": "teacher"}}
+        "kd": {"weight": 2.0, "temperature": 4.0, "grid": "teacher", "standardize": False}, "cwd": {"weight": 3.0, "temperature": 1.5, "grid": "teacher"}}
     # the old keys on the command line too, over a file in today's form
     assert load_config(None, ["distill.adapt_weight=0", "distill.affinity_weight=0"]
                        ).distill.losses == {}

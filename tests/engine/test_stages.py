@@ -187,7 +187,8 @@ def test_a_run_folder_of_the_previous_release_resumes_to_the_same_weights(tmp_pa
         distill(cfg(*args), tmp_path / "old")
     monkeypatch.undo()
     saved = yaml.safe_load((old / "config.yaml").read_text())
-    assert saved["distill"]["losses"]["kd"] == {"weight": 1.0, "temperature": 2.0, "grid": "teacher"}
+    assert saved["distill"]["losses"]["kd"] == {"weight": 1.0, "temperature": 2.0, "grid": "teacher",
+                                               "standardize": False}
     saved["distill"] = yaml.safe_load(OLD_DISTILL)["distill"]  # as the old release wrote it
     (old / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     ckpt = torch.load(old / "checkpoint.pt", weights_only=True)
