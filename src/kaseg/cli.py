@@ -39,6 +39,18 @@ def _cmd_train_ae(args) -> int:
     return 0
 
 
+def _cmd_train_masks(args) -> int:
+    from .engine.experiment import load_config
+    from .engine.stages import train_masks
+
+    result = train_masks(load_config(args.config, args.overrides), args.out, args.force)
+    v = result["val"]
+    print(f"{args.out}: {result['tokens']} receptive tokens on {result['channels']} classes, "
+          f"{result['iters']} iterations; val mask loss {v['loss']:.4f} (CE {v['ce']:.4f}, "
+          f"diversity {v['diversity']:.4f}) at iteration {result['best_iter']}")
+    return 0
+
+
 def _cmd_distill(args) -> int:
     from .engine.experiment import load_config
     from .engine.metrics import format_table
@@ -485,6 +497,8 @@ def _args_info(i) -> None:
 COMMANDS = [
     ("train", "train a segmentation model (teacher or student) with CE", _args_run, _cmd_train),
     ("train-ae", "stage 1: train the autoencoder on a frozen teacher", _args_run, _cmd_train_ae),
+    ("train-masks", "MasKD's mask stage: receptive tokens on a frozen teacher", _args_run,
+     _cmd_train_masks),
     ("distill", "stage 2: distil the teacher into the student", _args_run, _cmd_distill),
     ("cache-teacher", "store the teacher's outputs on a fixed pool of augmented views once, "
      "for every run (distill.teacher_cache)", _args_cache, _cmd_cache_teacher),

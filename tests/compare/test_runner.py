@@ -553,3 +553,38 @@ def test_a_teacher_cache_is_one_shared_stage_every_run_trains_from_and_the_repor
     report = (out / "report.md").read_text()
     assert "Teacher cache: 10 images x 2 views" in report
     assert "Δ vs CE only at the same FLOPs, teacher cached" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_maskd_arm_gets_its_mask_stage_once_as_a_shared_stage_and_trains_from_it(
+        tmp_path, capsys):
+    """MasKD's receptive tokens are a shared stage (``train-masks``, listed by --plan, trained
+    once, until their val loss stops falling), and the arm distils through them; without the
+    stage a MasKD run is a one-line error naming the key."""
+    config = _config(tmp_path, {"baseline": None, "maskd": None})
+    data = yaml.safe_load(config.read_text())
+    data["masks"] = {"iters": 6, "val_every": 2, "patience": 1}
+    config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--plan", "--seeds",
+                 "1"]) == 0
+    shared = (out / "plan-shared.txt").read_text().splitlines()
+    assert [ln.split()[1] for ln in shared] == ["train", "train-masks"]
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    m = json.loads((out / "masks" / "metrics.json").read_text())
+    assert (m["tokens"], m["channels"], m["kind"]) == (8, 3, "mask_tokens")
+    assert 2 <= m["iters"] <= 6 and m["val"]["loss"] == pytest.approx(-m["val"]["score"])
+    history = [json.loads(ln) for ln in (out / "masks" / "history.jsonl").read_text().splitlines()]
+    assert {"ce", "diversity"} <= set(next(h for h in history if "ce" in h))
+    run = out / "runs" / "maskd-s0"
+    assert (run / "metrics.json").exists()
+    losses = [json.loads(ln) for ln in (run / "history.jsonl").read_text().splitlines()]
+    assert any(h.get("maskd", 0) > 0 for h in losses)
+    cfg = load_config(config, [f"teacher.weights={out / 'teacher'}",
+                               "distill.losses={maskd: {}}"])
+    capsys.readouterr()
+    assert main(["distill", "--config", str(config), "--out", str(tmp_path / "alone"),
+                 f"teacher.weights={out / 'teacher'}", "distill.losses={maskd: {}}"]) == 2
+    assert "masks.weights must name MasKD's trained receptive tokens" in capsys.readouterr().err
+    assert cfg.masks.tokens == 8

@@ -123,7 +123,7 @@ def test_pipeline_rejects_a_bad_distill_setting_before_training_anything(tmp_pat
     assert main(["pipeline", "--config", str(ROOT / "configs/synthetic_pipeline.yaml"), "--out",
                  str(run), *TINY, "distill.losses.nope.weight=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown loss 'nope'; known: ['adapt', 'af_dcd', 'affinity', 'cirkd_batch', 'cirkd_memory', 'cwd', 'dist', 'fitnet', 'ifvd', 'kd', 'skd']" in err[0]
+    assert len(err) == 1 and "unknown loss 'nope'; known: ['adapt', 'af_dcd', 'affinity', 'cirkd_batch', 'cirkd_memory', 'cwd', 'dist', 'fitnet', 'ifvd', 'kd', 'maskd', 'skd']" in err[0]
     assert not run.exists()  # no teacher was trained
 
 

@@ -153,6 +153,9 @@ for _arm in [
     # Sun et al.'s defaults (--logit-stand --base-temp 2 --kd-weight 9)
     Arm("kd_ls", "CE + logit-standardised KD (T = 2)", _with(
         kd={"temperature": 2.0, "standardize": True, "weight": 9.0}), tuned=("kd",)),
+    # MasKD as its authors' segmentation code: the masked logits alone beside CE (--lambda-kd 1)
+    Arm("maskd", "CE + MasKD (logits under the teacher's receptive-token masks)",
+        _with(maskd={}), tuned=("maskd",)),
     # CIRKD and Af-DCD as their authors train them: their terms beside logit KD at T = 1
     Arm("cirkd", "CE + CIRKD (cross-image relations) + KD (T = 1)", _with(
         kd={"temperature": 1.0}, cirkd_batch={}, cirkd_memory={}),

@@ -51,8 +51,9 @@ from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from ..engine.runs import config_changes
 from ..engine.teacher_cache import cache_options, needed_entries
+from ..losses.registry import needs_masks
 from ..engine.stages import (cache_teacher, check_losses_fit, check_memory_fits, distill,
-                             distill_lockstep,
+                             distill_lockstep, train_masks,
                              estimate_step_flops, estimate_step_seconds, teacher_training_config,
                              train_autoencoder)
 from ..engine.supervised import train_segmenter
@@ -149,7 +150,8 @@ class PlannedRun:
     def run(self, out: Path, force: bool = False) -> dict:
         if self.command == "cache-teacher":  # a finished cache is kept, a killed one resumes
             return cache_teacher(self.cfg, self.folder(out))
-        fn = {"train": train_segmenter, "train-ae": train_autoencoder, "distill": distill}
+        fn = {"train": train_segmenter, "train-ae": train_autoencoder, "distill": distill,
+              "train-masks": train_masks}
         return fn[self.command](self.cfg, self.folder(out), force)
 
 
@@ -231,6 +233,10 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Plann
     if needs_ae and not cfg.ae.weights:
         stages.append(PlannedRun("ae", "train-ae", cfg, phase="shared", root=here))
         cfg = replace(cfg, ae=replace(cfg.ae, weights=str(root / "ae")))
+    if not cfg.masks.weights and any(needs_masks(arm_config(cfg, a, 0).distill.losses)
+                                     for a in spec.arms):  # MasKD's mask stage, once
+        stages.append(PlannedRun("masks", "train-masks", cfg, phase="shared", root=here))
+        cfg = replace(cfg, masks=replace(cfg.masks, weights=str(root / "masks")))
     variants = {}
     for variant in sorted({a.ae for a in spec.arms if a.ae}):
         vcfg = ae_variant_config(cfg, variant)
@@ -245,7 +251,7 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Plann
         stages.append(PlannedRun("init", "train", init, phase="shared", root=here))
         cfg = replace(cfg, model=replace(cfg.model, init_weights=str(root / "init" /
                                                                     "last.safetensors")))
-    armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model,
+    armed = replace(base, teacher=cfg.teacher, ae=cfg.ae, model=cfg.model, masks=cfg.masks,
                     data=replace(base.data, **spec.arms_data),
                     train=replace(base.train, **spec.arms_train))
     if cache_options(armed, "compare") is not None:

@@ -132,6 +132,22 @@ class AEConfig:
     patience: int | None = 2
 
 
+@dataclass
+class MasksConfig:
+    """MasKD's mask stage (``kaseg train-masks``): receptive tokens trained on the frozen
+    teacher's logits before any MasKD distillation ([authors]: hunto/MasKD, 8 tokens, SGD lr 0.1,
+    weight decay 1e-3, poly; their 10000 iterations of 16 Cityscapes crops are scaled to a
+    floor here)."""
+
+    weights: str | None = None  # the trained tokens' run folder (a comparison sets it for you)
+    tokens: int = 8  # [authors]
+    iters: int = 1000  # [ours] at most; the stage stops once its val loss stops falling
+    lr: float = 0.1  # [authors]
+    weight_decay: float = 1e-3  # [authors]
+    val_every: int = 100  # [ours] validations of the mask loss on the val images
+    patience: int | None = 2  # [ours] validations without improvement before it stops
+
+
 def _method_terms() -> dict[str, dict]:
     return {"adapt": {}, "affinity": {}}
 
@@ -183,6 +199,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     ae: AEConfig = field(default_factory=AEConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
@@ -210,6 +227,8 @@ RANGES: dict[str, str] = {
     "ae.latent_channels": ">= 1", "ae.alpha": ">= 0", "ae.epochs": "> 0", "ae.lr": "> 0",
     "ae.weight_decay": ">= 0", "ae.grad_clip": "> 0", "ae.min_iters": ">= 0",
     "ae.val_every_epochs": "> 0", "ae.patience": ">= 1",
+    "masks.tokens": ">= 1", "masks.iters": ">= 1", "masks.lr": "> 0", "masks.weight_decay": ">= 0",
+    "masks.val_every": ">= 1", "masks.patience": ">= 1",
     "distill.warmup_iters": ">= 0", "distill.unlabeled_batch_size": ">= 1",
     "distill.unlabeled_weight": "[0, 1]", "distill.pseudo_threshold": "[0, 1)",
 }

@@ -86,7 +86,7 @@ def with_defaults(old: dict, defaults: dict) -> dict:
 # the config sections a command never reads: a finished or half-done run of it is the same run
 # whatever they hold (a shared CE start stays reusable when another comparison needs no
 # autoencoder, so ``ae.weights`` is unset there)
-UNUSED = {"train": ("teacher", "ae", "distill")}
+UNUSED = {"train": ("teacher", "ae", "masks", "distill")}
 
 
 def config_changes(run: Path, config: dict, command: str | None = None) -> list[str]:

@@ -22,7 +22,8 @@ from ..core.config import AEConfig, Config, ModelConfig, TrainConfig, to_dict
 from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from .evaluate import evaluate
-from ..losses.registry import LOSSES, needs_autoencoder, resolve_losses
+from ..losses.maskd import ReceptiveTokens
+from ..losses.registry import LOSSES, needs_autoencoder, needs_masks, resolve_losses
 from .tasks import AutoencoderTask, DistillTask, memos_off, share_frozen, unshare_frozen
 from ..losses.method import FeatureAutoencoder, ae_strides
 from ..nets.models import SegModel, build_model
@@ -33,6 +34,7 @@ from ..core.runtime import (autocast, eval_generator, inputs_for, on_device, res
                       seed_everything, seeded)
 from .train import TrainingRun, fit, fit_lockstep, rng_state
 from ..nets.cost import train_step_flops, train_step_seconds, training_copy
+from .mask_stage import fit_masks, load_masks
 from .teacher_cache import build_cache, cache_options, needed_entries, open_cache, pick
 from ..core.distributed import barrier, is_main, world_size
 
@@ -132,6 +134,14 @@ def reconstruction_error(teacher: SegModel, ae: FeatureAutoencoder, tap: str, da
     rel = sse / max(total_var, 1e-12)
     return {"score": -rel, "rel_error": rel, "mse": sse / (count * f.shape[1]),
             "feature_var": total_var / (count * f.shape[1])}
+
+
+def train_masks(cfg: Config, run: str | Path, force: bool = False) -> dict:
+    """MasKD's mask stage (``kaseg train-masks``): receptive tokens on the frozen teacher."""
+    seed_everything(cfg.seed, cfg.deterministic)
+    train_set, val_set = build_data(cfg)
+    teacher, source = load_teacher(cfg, train_set.num_classes)
+    return fit_masks(cfg, teacher, train_set, val_set, run, force, str(source))
 
 
 def train_autoencoder(cfg: Config, run: str | Path, force: bool = False) -> dict:
@@ -243,10 +253,22 @@ def prepare_distill(cfg: Config, run: str | Path) -> PreparedRun:
     check_memory_fits(cfg, "distill")
     student = build_student(cfg, train_set.num_classes)
     ae, ae_meta = load_autoencoder(cfg.ae.weights) if cfg.ae.weights else (None, None)
-    task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "")
+    masks = _masks_for(cfg, train_set.num_classes)
+    task = build_distill_task(cfg, student, teacher, ae, ae_meta, cfg.ae.weights or "", masks)
     seed_everything(cfg.seed, cfg.deterministic)  # dropout's stream: the same in every arm
     return PreparedRun(task, train_set, val_set, Path(run), cfg, _used(task, unlabeled_set),
                       rng_state())
+
+
+def _masks_for(cfg: Config, num_classes: int):
+    """MasKD's trained tokens when a term reads them (``masks.weights``), else None."""
+    if not needs_masks(cfg.distill.losses):
+        return None
+    if not cfg.masks.weights:
+        raise KasegError("masks.weights must name MasKD's trained receptive tokens (`kaseg "
+                         "train-masks`; `kaseg compare` trains them as a shared stage): "
+                         "distill.losses selects maskd")
+    return load_masks(cfg.masks.weights, cfg.teacher.name, num_classes)
 
 
 def check_cacheable(cfg: Config, unlabeled: bool, source: str = "distill") -> None:
@@ -387,7 +409,8 @@ def _throwaway_task(cfg: Config) -> tuple[DistillTask, tuple]:
         except ValueError as e:
             raise KasegError(str(e)) from None
         encoder = FeatureAutoencoder(ti.channels, latent, strides).encoder
-    task = distill_task(cfg, student, teacher, encoder, latent)
+    masks = ReceptiveTokens(k, cfg.masks.tokens) if needs_masks(d.losses) else None
+    task = distill_task(cfg, student, teacher, encoder, latent, masks)
     return task, step_inputs(cfg, k, unlabeled is not None and task.uses_teacher)
 
 
@@ -597,7 +620,7 @@ ADAPTER_SEED_OFFSET = 2  # adapters and regressors: the same in every arm of a s
 
 def build_distill_task(cfg: Config, student: SegModel, teacher: SegModel,
                        autoencoder: FeatureAutoencoder | None, ae_meta: dict | None = None,
-                       ae_source: str | Path = "autoencoder") -> DistillTask:
+                       ae_source: str | Path = "autoencoder", masks=None) -> DistillTask:
     """The one builder of a distillation step, for the command line and the Python API alike:
     checks that the autoencoder fits this teacher map and student stride, builds the untrained
     encoder of ``distill.control=random_encoder``, and seeds the adapters by ``cfg.seed``."""
@@ -618,17 +641,17 @@ def build_distill_task(cfg: Config, student: SegModel, teacher: SegModel,
                                                  autoencoder.strides)
         encoder, latent = autoencoder.encoder.eval(), autoencoder.latent_channels
     with seeded(cfg.seed + ADAPTER_SEED_OFFSET):
-        return distill_task(cfg, student, teacher.eval(), encoder, latent)
+        return distill_task(cfg, student, teacher.eval(), encoder, latent, masks)
 
 
 def distill_task(cfg: Config, student: SegModel, teacher: SegModel, encoder: torch.nn.Module,
-                 latent_channels: int) -> DistillTask:
+                 latent_channels: int, masks=None) -> DistillTask:
     """A :class:`DistillTask` from a config (no checks, no seeding: see
     :func:`build_distill_task`)."""
     try:
         return DistillTask(student=student, teacher=teacher, encoder=encoder,
                            latent_channels=latent_channels, config=cfg.distill,
-                           teacher_tap=cfg.teacher.tap)
+                           teacher_tap=cfg.teacher.tap, masks=masks)
     except ValueError as e:
         raise KasegError(str(e)) from None
 

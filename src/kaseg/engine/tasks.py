@@ -19,6 +19,7 @@ from torch import nn
 from ..core.config import DistillConfig
 from ..losses.registry import LOSSES, Outputs, build_loss_module, resolve_losses
 from ..core.labels import IGNORE_INDEX
+from ..losses.maskd import mask_stage_loss
 from ..losses.method import FeatureAutoencoder, autoencoder_loss, check_distill_options
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,23 @@ class AutoencoderTask(nn.Module):
         return {"loss": total, "recon": rec, "l1": l1}
 
 
+class MaskTask(nn.Module):
+    """MasKD's mask stage: receptive tokens trained on the frozen teacher's logits (its own
+    output grid): the masked map must still segment, the masks must differ
+    (:func:`kaseg.losses.maskd.mask_stage_loss`)."""
+
+    def __init__(self, teacher: nn.Module, tokens: nn.Module, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.teacher, self.tokens, self.ignore_index = Frozen(teacher), tokens, ignore_index
+        self.corners = bool(getattr(teacher, "logit_corners", False))
+
+    def forward(self, images, targets, teacher_outputs=None) -> dict:
+        x = self.teacher(images)["head_logits"].float()
+        total, ce, diversity = mask_stage_loss(self.tokens, x, targets, self.ignore_index,
+                                               self.corners)
+        return {"loss": total, "ce": ce, "diversity": diversity}
+
+
 class DistillTask(nn.Module):
     """Stage 2: ``L = L_ce + sum_k w_k * L_k`` over the terms ``config.losses`` selects: the
     method's (``beta * L_adapt + gamma * L_aff`` [paper]) and any of the field's
@@ -207,7 +225,8 @@ class DistillTask(nn.Module):
 
     def __init__(self, *, student: nn.Module, teacher: nn.Module, encoder: nn.Module,
                  latent_channels: int, config: DistillConfig | None = None,
-                 teacher_tap: str = "pre_logits", ignore_index: int = IGNORE_INDEX):
+                 teacher_tap: str = "pre_logits", ignore_index: int = IGNORE_INDEX,
+                 masks: nn.Module | None = None):
         super().__init__()
         cfg = config if config is not None else DistillConfig()
         check_distill_options(warmup_iters=cfg.warmup_iters, control=cfg.control)
@@ -217,6 +236,8 @@ class DistillTask(nn.Module):
         self.config, self.terms = cfg, resolve_losses(cfg.losses)
         self.student = student
         self.teacher, self.encoder = Frozen(teacher), Frozen(encoder)
+        # MasKD's trained receptive tokens (None: no term reads them)
+        self.masks = Frozen(masks) if masks is not None else None
         self.teacher_tap, self.student_tap, self.ignore_index = teacher_tap, cfg.student_tap, ignore_index
         s_info, t_info = student.feature_info[cfg.student_tap], teacher.feature_info[teacher_tap]
         self.student_stride, self.teacher_stride = s_info.stride, t_info.stride
@@ -350,7 +371,7 @@ class DistillTask(nn.Module):
                             getattr(self.student, "logit_stride", None),
                             getattr(self.teacher.inner, "logit_stride", None),
                             getattr(self.student, "logit_corners", False),
-                            getattr(self.teacher.inner, "logit_corners", False))
+                            getattr(self.teacher.inner, "logit_corners", False), self.masks)
             weighted[name] = (weight, spec.compute(given, **options))
         return weighted
 

@@ -30,6 +30,9 @@ class ReceptiveTokens(nn.Module):
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         self.tokens = nn.Parameter(torch.randn(num_tokens, channels) * 0.01)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.masks(x)
+
     def masks(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, T, H, W) masks in (0, 1)."""
         n, c, h, w = x.shape

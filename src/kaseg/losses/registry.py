@@ -44,12 +44,14 @@ from .dist import dist_loss
 from .fitnet import FitNetRegressor, fitnet_loss
 from .ifvd import class_prototype_similarity, ifvd_loss
 from .kd import kd_loss
+from .maskd import maskd_loss
 from .masks import labels_at, valid_mask
 from .skd import skd_pairwise_loss
 
 __all__ = [  # the registry, and the field's loss functions it holds (their own files' names too)
     "LOSSES", "RESERVED_NAMES", "LossRegistry", "LossSpec", "Outputs", "build_loss_module",
-    "canonical_losses", "listing", "method_terms", "needs_autoencoder", "register_loss",
+    "canonical_losses", "listing", "method_terms", "needs_autoencoder", "needs_masks",
+    "register_loss",
     "resolve_losses", "FitNetRegressor", "class_prototype_similarity", "cwd_loss", "dist_loss",
     "fitnet_loss", "ifvd_loss", "kd_loss", "labels_at", "skd_pairwise_loss", "valid_mask"]
 
@@ -90,6 +92,16 @@ class Outputs:
     # its positions lie in the image (core.tensors.onto_grid)
     student_logit_corners: bool = False
     teacher_logit_corners: bool = False
+    # MasKD's trained receptive tokens: a teacher map -> its masks (None: no mask stage)
+    teacher_masks: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def masks(self, teacher_map: torch.Tensor) -> torch.Tensor:
+        """MasKD's masks of a teacher map, from the trained receptive tokens
+        (``LossSpec.needs_masks``)."""
+        if self.teacher_masks is None:
+            raise ValueError("this step has no receptive tokens: a loss that reads them needs "
+                             "LossSpec(needs_masks=True)")
+        return self.teacher_masks(teacher_map)
 
     def latent(self) -> torch.Tensor:
         """The teacher's map in the autoencoder's latent space (``LossSpec.needs_autoencoder``)."""
@@ -164,6 +176,8 @@ class LossSpec:
             values, asked when a config is read.
         needs_autoencoder: the loss reads the trained autoencoder's latent code of the teacher's
             map (:meth:`Outputs.latent`; the method's terms): a run with it needs ``ae.weights``.
+        needs_masks: the loss reads MasKD's trained receptive tokens (:meth:`Outputs.masks`):
+            a run with it needs ``masks.weights`` (``kaseg train-masks``).
         memory: ``memory(batch, student_size, teacher_size, **options) -> bytes``: what the term
             alone needs on one process for ``batch`` images whose tapped maps have these (h, w)
             sizes, for a term whose memory can outgrow a device (CIRKD's relations grow as
@@ -179,6 +193,7 @@ class LossSpec:
     validate: Callable[..., str | None] | None = None
     needs_autoencoder: bool = False
     memory: Callable[..., int] | None = None
+    needs_masks: bool = False
 
 
 def build_loss_module(name: str, student_channels: int, teacher_channels: int, num_classes: int,
@@ -255,6 +270,11 @@ def _check_grid(grid: str, **_) -> str | None:
     return _one_of("grid", grid, LOGIT_GRIDS)
 
 
+def _maskd(o: Outputs) -> torch.Tensor:
+    s, t, valid = o.logits_on("teacher")
+    return maskd_loss(s, t, o.masks(t), valid)
+
+
 def _check_kd(grid: str, standardize, **_) -> str | None:
     if not isinstance(standardize, bool):
         return f"standardize must be true or false, got {standardize!r}"
@@ -302,6 +322,10 @@ LOSSES.update({
         functools.partial(kd_loss, standardize=standardize), o, grid, temperature),
         weight=1.0, options={"temperature": 4.0, "grid": "teacher", "standardize": False},
         validate=_check_kd),
+    # MasKD (Huang et al., ICLR 2023): the logits matched under the teacher's masks, on the
+    # teacher's output grid as its authors' (both networks' OS-8 logits); weight 1 (their
+    # --lambda-kd 1)
+    "maskd": LossSpec(lambda o: _maskd(o), weight=1.0, needs_masks=True),
     "fitnet": LossSpec(lambda o: fitnet_loss(o.module(o.student_features), o.teacher_features,
                                              o.valid_on(o.teacher_features)),
                        weight=1.0, module=FitNetRegressor),
@@ -419,6 +443,11 @@ def needs_autoencoder(losses: dict | None) -> bool:
     """Whether ``distill.losses`` selects a term that reads the autoencoder's latent code (the
     method's): the one test of "this run needs a trained autoencoder"."""
     return any(LOSSES[name].needs_autoencoder for name in resolve_losses(losses))
+
+
+def needs_masks(losses: dict | None) -> bool:
+    """Whether ``distill.losses`` selects a term that reads MasKD's trained receptive tokens."""
+    return any(LOSSES[name].needs_masks for name in resolve_losses(losses))
 
 
 def method_terms(losses: dict | None) -> list[str]:
