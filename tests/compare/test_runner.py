@@ -173,7 +173,7 @@ def test_arms_from_yaml_and_the_spec_rules():
                                            "ctrl_constant", "ce_matched"]
     # a group name stands for its arms, each once
     assert [a.name for a in spec_from({}, arms=["field", "ka", "ifvd"]).arms] == [
-        "baseline", "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd", "ifvd"]
+        "baseline", "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "maskd", "ka", "ka_kd", "ifvd"]
     cfg = arm_config(load_config(None), spec.arms[1], 4)
     assert cfg.seed == 4 and cfg.distill.losses == {"kd": {
         "weight": 1.0, "temperature": 3.0, "grid": "teacher", "standardize": False}}
@@ -402,7 +402,7 @@ def test_kaseg_info_lists_the_arms_and_the_groups_beside_them(capsys):
     rows = {line.split()[0]: line for line in lines if line.startswith("  ")}
     assert set(ARMS) | set(ARM_GROUPS) == set(rows)
     assert rows["field"].split()[1:] == ARM_GROUPS["field"] == [
-        "baseline", "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"]
+        "baseline", "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "maskd", "ka", "ka_kd"]
     assert "CE + CIRKD (cross-image relations) + KD (T = 1)" in rows["cirkd"]
     assert rows["ce_matched"].endswith("[compute-matched control]")
 
@@ -567,13 +567,20 @@ def test_a_maskd_arm_gets_its_mask_stage_once_as_a_shared_stage_and_trains_from_
     data["masks"] = {"iters": 6, "val_every": 2, "patience": 1}
     config.write_text(yaml.safe_dump(data))
     out = tmp_path / "cmp"
+    # 3 classes cannot hold the authors' 8 tokens: refused before anything trains
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 2
+    assert "arm 'maskd': masks.tokens=8 but the teacher's logits have 3 channels" in \
+        capsys.readouterr().err
+    assert not (out / "teacher").exists()
+    data["masks"]["tokens"] = 3
+    config.write_text(yaml.safe_dump(data))
     assert main(["compare", "--config", str(config), "--out", str(out), "--plan", "--seeds",
                  "1"]) == 0
     shared = (out / "plan-shared.txt").read_text().splitlines()
     assert [ln.split()[1] for ln in shared] == ["train", "train-masks"]
     assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
     m = json.loads((out / "masks" / "metrics.json").read_text())
-    assert (m["tokens"], m["channels"], m["kind"]) == (8, 3, "mask_tokens")
+    assert (m["tokens"], m["channels"], m["kind"]) == (3, 3, "mask_tokens")
     assert 2 <= m["iters"] <= 6 and m["val"]["loss"] == pytest.approx(-m["val"]["score"])
     history = [json.loads(ln) for ln in (out / "masks" / "history.jsonl").read_text().splitlines()]
     assert {"ce", "diversity"} <= set(next(h for h in history if "ce" in h))
@@ -587,4 +594,4 @@ def test_a_maskd_arm_gets_its_mask_stage_once_as_a_shared_stage_and_trains_from_
     assert main(["distill", "--config", str(config), "--out", str(tmp_path / "alone"),
                  f"teacher.weights={out / 'teacher'}", "distill.losses={maskd: {}}"]) == 2
     assert "masks.weights must name MasKD's trained receptive tokens" in capsys.readouterr().err
-    assert cfg.masks.tokens == 8
+    assert cfg.masks.tokens == 3

@@ -201,7 +201,7 @@ MATCHED = "ce_matched"
 # named groups of arms: one word for the comparison users want
 ARM_GROUPS: dict[str, list[str]] = {
     # the field's methods a user would try first (each with its authors' segmentation defaults)
-    "field": [BASELINE, "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "ka", "ka_kd"],
+    "field": [BASELINE, "kd_t2", "kd_ls", "cwd", "dist", "cirkd", "af_dcd", "maskd", "ka", "ka_kd"],
 }
 
 

@@ -51,6 +51,8 @@ from ..core.deprecation import renamed
 from ..core.errors import KasegError
 from ..engine.runs import config_changes
 from ..engine.teacher_cache import cache_options, needed_entries
+from ..data import build_dataset
+from ..engine.mask_stage import check_tokens
 from ..losses.registry import needs_masks
 from ..engine.stages import (cache_teacher, check_losses_fit, check_memory_fits, distill,
                              distill_lockstep, train_masks,
@@ -474,6 +476,9 @@ def check_arms(cfg: Config, spec: CompareSpec) -> None:
         arm_cfg = arm_config(cfg, arm, spec.seeds[0])
         check_losses_fit(arm_cfg, f"arm '{arm.name}'")
         check_memory_fits(arm_cfg, f"arm '{arm.name}'")
+        if needs_masks(arm_cfg.distill.losses):
+            classes = build_dataset(cfg.data, cfg.data.train_split, train=False).num_classes
+            check_tokens(cfg.masks.tokens, classes, f"arm '{arm.name}'")
 
 
 def all_stages(out: Path, cfg: Config, spec: CompareSpec):

@@ -51,12 +51,21 @@ def mask_loss(task: MaskTask, dataset, device, amp: bool = False) -> dict:
     return {"score": -mean["loss"], **mean}
 
 
+def check_tokens(tokens: int, channels: int, source: str = "masks") -> None:
+    """Each token is a vector in the teacher's logit space: more tokens than its channels
+    cannot all point different ways (the diversity term cannot be met), a one-line error."""
+    if tokens > channels:
+        raise KasegError(f"{source}: masks.tokens={tokens} but the teacher's logits have "
+                         f"{channels} channels (classes): at most {channels} tokens")
+
+
 def fit_masks(cfg: Config, teacher, train_set, val_set, run: str | Path, force: bool = False,
               source: str = "") -> dict:
     """The mask stage on objects: ``cfg.masks.tokens`` tokens on ``teacher``'s logits, trained
     on ``train_set`` and validated on ``val_set``; their weights in ``run``."""
     run = Path(run)
     m = cfg.masks
+    check_tokens(m.tokens, train_set.num_classes, "train-masks")
     with seeded(cfg.seed + TOKENS_SEED_OFFSET):
         tokens = ReceptiveTokens(train_set.num_classes, m.tokens)
     task = MaskTask(teacher, tokens)
