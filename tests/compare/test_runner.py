@@ -562,23 +562,28 @@ def test_a_maskd_arm_gets_its_mask_stage_once_as_a_shared_stage_and_trains_from_
     """MasKD's receptive tokens are a shared stage (``train-masks``, listed by --plan, trained
     once, until their val loss stops falling), and the arm distils through them; without the
     stage a MasKD run is a one-line error naming the key."""
-    config = _config(tmp_path, {"baseline": None, "maskd": None})
+    config = _config(tmp_path, {"baseline": None, "kd_t2": None})
+    out = tmp_path / "cmp"
+    # a comparison made before its MasKD arm: adding the arm reuses every finished run
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    before = (out / "runs" / "kd_t2-s0" / "last.safetensors").stat().st_mtime_ns
     data = yaml.safe_load(config.read_text())
+    data["compare"]["arms"]["maskd"] = None
     data["masks"] = {"iters": 6, "val_every": 2, "patience": 1}
     config.write_text(yaml.safe_dump(data))
-    out = tmp_path / "cmp"
     # 3 classes cannot hold the authors' 8 tokens: refused before anything trains
     assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 2
     assert "arm 'maskd': masks.tokens=8 but the teacher's logits have 3 channels" in \
         capsys.readouterr().err
-    assert not (out / "teacher").exists()
+    assert not (out / "masks").exists()
     data["masks"]["tokens"] = 3
     config.write_text(yaml.safe_dump(data))
     assert main(["compare", "--config", str(config), "--out", str(out), "--plan", "--seeds",
                  "1"]) == 0
     shared = (out / "plan-shared.txt").read_text().splitlines()
-    assert [ln.split()[1] for ln in shared] == ["train", "train-masks"]
+    assert [ln.split()[1] for ln in shared] == ["train-masks"]  # the teacher is done
     assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    assert (out / "runs" / "kd_t2-s0" / "last.safetensors").stat().st_mtime_ns == before
     m = json.loads((out / "masks" / "metrics.json").read_text())
     assert (m["tokens"], m["channels"], m["kind"]) == (3, 3, "mask_tokens")
     assert 2 <= m["iters"] <= 6 and m["val"]["loss"] == pytest.approx(-m["val"]["score"])

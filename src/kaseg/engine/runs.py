@@ -17,6 +17,7 @@ from .experiment import upgrade_config
 from ..data import build_dataset
 from ..core.distributed import barrier, is_main
 from ..core.errors import KasegError
+from ..losses.registry import needs_masks
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,19 @@ def with_defaults(old: dict, defaults: dict) -> dict:
 UNUSED = {"train": ("teacher", "ae", "masks", "distill")}
 
 
+def unused_sections(config: dict, command: str | None) -> set[str]:
+    """The config's sections a run of ``command`` never reads: :data:`UNUSED`, and ``masks``
+    (MasKD's tokens) for a run whose terms do not read them (a comparison that adds a MasKD arm
+    points every arm at its tokens; the others' runs are the same runs)."""
+    unused = set(UNUSED.get(command, ()))
+    try:
+        if not needs_masks((config.get("distill") or {}).get("losses")):
+            unused.add("masks")
+    except ValueError:  # an unknown term: the config's own check names it
+        pass
+    return unused
+
+
 def config_changes(run: Path, config: dict, command: str | None = None) -> list[str]:
     """The keys (runtime settings aside, and the sections ``command`` never reads:
     :data:`UNUSED`) in which ``config`` differs from the one ``run`` was started with; [] when
@@ -100,7 +114,7 @@ def config_changes(run: Path, config: dict, command: str | None = None) -> list[
     if "api" not in config:  # keys added since the run started mean what they meant then
         old = upgrade_config(with_defaults(with_defaults(old, LEGACY), to_dict(Config())))
     new = upgrade_config(config)
-    unused = UNUSED.get(command, ())
+    unused = unused_sections(new, command)
     return [k for k in diff_configs(old, new) if k not in RUNTIME_KEYS
             and k.split(".")[0] not in unused
             and not moved_with_run(_value(old, k), _value(new, k), Path(run))]
