@@ -565,25 +565,27 @@ def test_a_maskd_arm_gets_its_mask_stage_once_as_a_shared_stage_and_trains_from_
     config = _config(tmp_path, {"baseline": None, "kd_t2": None})
     out = tmp_path / "cmp"
     # a comparison made before its MasKD arm: adding the arm reuses every finished run
-    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
     before = (out / "runs" / "kd_t2-s0" / "last.safetensors").stat().st_mtime_ns
     data = yaml.safe_load(config.read_text())
-    data["compare"]["arms"]["maskd"] = None
-    data["masks"] = {"iters": 6, "val_every": 2, "patience": 1}
+    data["compare"]["arms"].update(kd_ls=None, maskd=None)
+    data["masks"] = {"iters": 6, "val_every": 2, "patience": 1, "tokens": 8}
     config.write_text(yaml.safe_dump(data))
     # 3 classes cannot hold the authors' 8 tokens: refused before anything trains
-    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 2
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "2"]) == 2
     assert "arm 'maskd': masks.tokens=8 but the teacher's logits have 3 channels" in \
         capsys.readouterr().err
     assert not (out / "masks").exists()
-    data["masks"]["tokens"] = 3
+    del data["masks"]["tokens"]  # the default: the authors' 8, at most the 3 classes
     config.write_text(yaml.safe_dump(data))
     assert main(["compare", "--config", str(config), "--out", str(out), "--plan", "--seeds",
-                 "1"]) == 0
+                 "2"]) == 0
     shared = (out / "plan-shared.txt").read_text().splitlines()
     assert [ln.split()[1] for ln in shared] == ["train-masks"]  # the teacher is done
-    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
     assert (out / "runs" / "kd_t2-s0" / "last.safetensors").stat().st_mtime_ns == before
+    rows = {r["arm"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["kd_ls"]["n"] == rows["maskd"]["n"] == 2  # both, on 2 paired seeds
     m = json.loads((out / "masks" / "metrics.json").read_text())
     assert (m["tokens"], m["channels"], m["kind"]) == (3, 3, "mask_tokens")
     assert 2 <= m["iters"] <= 6 and m["val"]["loss"] == pytest.approx(-m["val"]["score"])
@@ -599,4 +601,4 @@ def test_a_maskd_arm_gets_its_mask_stage_once_as_a_shared_stage_and_trains_from_
     assert main(["distill", "--config", str(config), "--out", str(tmp_path / "alone"),
                  f"teacher.weights={out / 'teacher'}", "distill.losses={maskd: {}}"]) == 2
     assert "masks.weights must name MasKD's trained receptive tokens" in capsys.readouterr().err
-    assert cfg.masks.tokens == 3
+    assert cfg.masks.tokens is None

@@ -52,7 +52,7 @@ from ..core.errors import KasegError
 from ..engine.runs import config_changes
 from ..engine.teacher_cache import cache_options, needed_entries
 from ..data import build_dataset
-from ..engine.mask_stage import check_tokens
+from ..engine.mask_stage import token_count
 from ..losses.registry import needs_masks
 from ..engine.stages import (cache_teacher, check_losses_fit, check_memory_fits, distill,
                              distill_lockstep, train_masks,
@@ -478,7 +478,7 @@ def check_arms(cfg: Config, spec: CompareSpec) -> None:
         check_memory_fits(arm_cfg, f"arm '{arm.name}'")
         if needs_masks(arm_cfg.distill.losses):
             classes = build_dataset(cfg.data, cfg.data.train_split, train=False).num_classes
-            check_tokens(cfg.masks.tokens, classes, f"arm '{arm.name}'")
+            token_count(cfg.masks.tokens, classes, f"arm '{arm.name}'")
 
 
 def all_stages(out: Path, cfg: Config, spec: CompareSpec):

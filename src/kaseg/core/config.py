@@ -140,7 +140,7 @@ class MasksConfig:
     floor here)."""
 
     weights: str | None = None  # the trained tokens' run folder (a comparison sets it for you)
-    tokens: int = 8  # [authors]
+    tokens: int | None = None  # None: the authors' 8, at most the teacher's classes
     iters: int = 1000  # [ours] at most; the stage stops once its val loss stops falling
     lr: float = 0.1  # [authors]
     weight_decay: float = 1e-3  # [authors]

@@ -51,12 +51,19 @@ def mask_loss(task: MaskTask, dataset, device, amp: bool = False) -> dict:
     return {"score": -mean["loss"], **mean}
 
 
-def check_tokens(tokens: int, channels: int, source: str = "masks") -> None:
-    """Each token is a vector in the teacher's logit space: more tokens than its channels
-    cannot all point different ways (the diversity term cannot be met), a one-line error."""
+AUTHORS_TOKENS = 8  # hunto/MasKD's segmentation scripts (19 Cityscapes classes)
+
+
+def token_count(tokens: int | None, channels: int, source: str = "masks") -> int:
+    """``masks.tokens``, or None: the authors' 8, at most the teacher's classes. Each token is a
+    vector in the teacher's logit space: more tokens than its channels cannot all point
+    different ways (the diversity term cannot be met), a one-line error."""
+    if tokens is None:
+        return min(AUTHORS_TOKENS, channels)
     if tokens > channels:
         raise KasegError(f"{source}: masks.tokens={tokens} but the teacher's logits have "
                          f"{channels} channels (classes): at most {channels} tokens")
+    return tokens
 
 
 def fit_masks(cfg: Config, teacher, train_set, val_set, run: str | Path, force: bool = False,
@@ -65,15 +72,15 @@ def fit_masks(cfg: Config, teacher, train_set, val_set, run: str | Path, force: 
     on ``train_set`` and validated on ``val_set``; their weights in ``run``."""
     run = Path(run)
     m = cfg.masks
-    check_tokens(m.tokens, train_set.num_classes, "train-masks")
+    count = token_count(m.tokens, train_set.num_classes, "train-masks")
     with seeded(cfg.seed + TOKENS_SEED_OFFSET):
-        tokens = ReceptiveTokens(train_set.num_classes, m.tokens)
+        tokens = ReceptiveTokens(train_set.num_classes, count)
     task = MaskTask(teacher, tokens)
     tcfg = replace(cfg.train, iters=m.iters, lr=m.lr, weight_decay=m.weight_decay,
                    val_every=min(m.val_every, m.iters), patience=m.patience, grad_clip=None)
     device = resolve_device(cfg.train.device)
     prepare_run(run, to_dict(cfg), force)
-    meta = {"kind": KIND, "channels": train_set.num_classes, "tokens": m.tokens,
+    meta = {"kind": KIND, "channels": train_set.num_classes, "tokens": count,
             "teacher": str(source), "teacher_model": cfg.teacher.name}
 
     def export(which: str) -> None:

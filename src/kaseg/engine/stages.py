@@ -34,7 +34,7 @@ from ..core.runtime import (autocast, eval_generator, inputs_for, on_device, res
                       seed_everything, seeded)
 from .train import TrainingRun, fit, fit_lockstep, rng_state
 from ..nets.cost import train_step_flops, train_step_seconds, training_copy
-from .mask_stage import fit_masks, load_masks
+from .mask_stage import fit_masks, load_masks, token_count
 from .teacher_cache import build_cache, cache_options, needed_entries, open_cache, pick
 from ..core.distributed import barrier, is_main, world_size
 
@@ -409,7 +409,8 @@ def _throwaway_task(cfg: Config) -> tuple[DistillTask, tuple]:
         except ValueError as e:
             raise KasegError(str(e)) from None
         encoder = FeatureAutoencoder(ti.channels, latent, strides).encoder
-    masks = ReceptiveTokens(k, cfg.masks.tokens) if needs_masks(d.losses) else None
+    masks = ReceptiveTokens(k, token_count(cfg.masks.tokens, k)) if needs_masks(d.losses) \
+        else None
     task = distill_task(cfg, student, teacher, encoder, latent, masks)
     return task, step_inputs(cfg, k, unlabeled is not None and task.uses_teacher)
 
