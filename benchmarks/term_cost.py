@@ -25,7 +25,9 @@ from kaseg.compare.arms import ARM_GROUPS, arm_config
 from kaseg.engine.bench import lockstep_iteration
 from kaseg.nets.cost import median_seconds, train_step_flops
 from kaseg.engine.experiment import load_config
-from kaseg.losses.registry import needs_autoencoder
+from kaseg.engine.mask_stage import token_count
+from kaseg.losses.maskd import ReceptiveTokens
+from kaseg.losses.registry import needs_autoencoder, needs_masks
 from kaseg.losses.method import FeatureAutoencoder, ae_strides
 from kaseg.nets.models import build_model
 from kaseg.core.runtime import resolve_device
@@ -38,7 +40,8 @@ CLASSES = 19
 
 def arm_task(arm: str, teacher, student_name: str):
     """The distillation task of a registered arm (its losses, weights and options), a fresh
-    student of the same initial weights for every arm, and (for the method) a fresh encoder."""
+    student of the same initial weights for every arm, and (for the method) a fresh encoder
+    (for MasKD fresh tokens)."""
     cfg = load_config(None, [f"model.name={student_name}", f"teacher.name={teacher.spec.name}"])
     cfg = arm_config(cfg, arm, 0)
     torch.manual_seed(0)
@@ -50,7 +53,10 @@ def arm_task(arm: str, teacher, student_name: str):
         latent = max(1, ti.channels // 2)
         encoder = FeatureAutoencoder(ti.channels, latent,
                                      ae_strides(si.stride // ti.stride)).encoder
-    return distill_task(replace(cfg, seed=0), student, teacher, encoder, latent), d
+    # MasKD: untrained receptive tokens (the mask stage's cost is its own, once)
+    masks = ReceptiveTokens(CLASSES, token_count(cfg.masks.tokens, CLASSES)) \
+        if needs_masks(d.losses) else None
+    return distill_task(replace(cfg, seed=0), student, teacher, encoder, latent, masks), d
 
 
 def measure(arm: str, teacher, student_name: str, x, y, device, runs: int, amp: bool) -> dict:

@@ -582,10 +582,16 @@ def test_a_maskd_arm_gets_its_mask_stage_once_as_a_shared_stage_and_trains_from_
                  "2"]) == 0
     shared = (out / "plan-shared.txt").read_text().splitlines()
     assert [ln.split()[1] for ln in shared] == ["train-masks"]  # the teacher is done
+    capsys.readouterr()
+    assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "2",
+                 "--executor", "slurm", "--dry-run"]) == 0
+    assert "shared masks" in capsys.readouterr().out
     assert main(["compare", "--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
     assert (out / "runs" / "kd_t2-s0" / "last.safetensors").stat().st_mtime_ns == before
     rows = {r["arm"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["kd_ls"]["n"] == rows["maskd"]["n"] == 2  # both, on 2 paired seeds
+    assert "MasKD's mask stage: 3 receptive tokens on the teacher's 3 logit channels" in (
+        out / "report.md").read_text()
     m = json.loads((out / "masks" / "metrics.json").read_text())
     assert (m["tokens"], m["channels"], m["kind"]) == (3, 3, "mask_tokens")
     assert 2 <= m["iters"] <= 6 and m["val"]["loss"] == pytest.approx(-m["val"]["score"])

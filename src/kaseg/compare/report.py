@@ -225,6 +225,7 @@ def _report_lines(out, got, spec, rows, ctx_rows, costs, command, device) -> lis
              "in %; Δ is the paired difference to the CE-only student with its 95% CI "
              "(Student t over seeds); the verdict follows the interval.", ""]
     lines += _ae_lines(out, spec, cfg)
+    lines += _masks_lines((spec.shared_dir or out) / "masks", cfg)
     lines += _cache_lines(got.get("teacher_cache"))
     lines += _tuning_lines(got, spec, cfg)
     lines += [*markdown_table(rows), ""]
@@ -326,6 +327,21 @@ def _ae_lines(out: Path, spec: CompareSpec, cfg: Config) -> list[str]:
                          "than the untrained-encoder control. Train it longer (`ae.min_iters`, "
                          "`ae.epochs`) before reading their rows.")
     return lines + ([""] if lines else [])
+
+
+def _masks_lines(folder: Path, cfg: Config) -> list[str]:
+    """MasKD's mask stage: its val loss, and whether it stopped because that loss stopped
+    falling or at its most iterations (then it may have more to learn)."""
+    path = folder / "metrics.json"
+    if not path.exists():
+        return []
+    m = json.loads(path.read_text())
+    why = ("its validation loss had stopped falling" if m["iters"] < cfg.masks.iters else
+           f"at its most iterations (`masks.iters` {cfg.masks.iters}; best at {m['best_iter']})")
+    return [f"MasKD's mask stage: {m['tokens']} receptive tokens on the teacher's "
+            f"{m['channels']} logit channels, validation loss {m['val']['loss']:.4f} (CE "
+            f"{m['val']['ce']:.4f}, mask overlap {m['val']['diversity']:.4f}) after "
+            f"{m['iters']} iterations: stopped {why}.", ""]
 
 
 def _tuning_lines(got: dict, spec: CompareSpec, cfg: Config) -> list[str]:
