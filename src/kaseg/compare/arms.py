@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from ..core.config import Config, DataConfig, DistillConfig
 from ..engine.experiment import check_config, upgrade_distill
 from ..core.errors import KasegError
-from ..losses.registry import canonical_losses, method_terms, needs_autoencoder, resolve_losses
+from ..losses.registry import (canonical_losses, method_terms, needs_autoencoder, needs_masks,
+                               resolve_losses)
 
 BASELINE = "baseline"
 _OFF = {"losses": {}}  # CE only
@@ -72,6 +73,10 @@ class Arm:
     def uses_method(self, base: DistillConfig) -> bool:
         """Whether the arm trains with the method's terms (and so needs an autoencoder)."""
         return needs_autoencoder(self.losses(base))
+
+    def uses_masks(self, base: DistillConfig) -> bool:
+        """Whether the arm reads MasKD's receptive tokens (and so needs the mask stage)."""
+        return needs_masks(self.losses(base))
 
     def uses_teacher(self, base: DistillConfig) -> bool:
         return bool(self.losses(base)) or bool(self.distill.get("pseudo_labels",

@@ -235,8 +235,8 @@ def shared_stages(out: Path, cfg: Config, spec: CompareSpec) -> tuple[list[Plann
     if needs_ae and not cfg.ae.weights:
         stages.append(PlannedRun("ae", "train-ae", cfg, phase="shared", root=here))
         cfg = replace(cfg, ae=replace(cfg.ae, weights=str(root / "ae")))
-    if not cfg.masks.weights and any(needs_masks(arm_config(cfg, a, 0).distill.losses)
-                                     for a in spec.arms):  # MasKD's mask stage, once
+    if not cfg.masks.weights and any(a.uses_masks(base.distill) for a in spec.arms):
+        # MasKD's mask stage, once
         stages.append(PlannedRun("masks", "train-masks", cfg, phase="shared", root=here))
         cfg = replace(cfg, masks=replace(cfg.masks, weights=str(root / "masks")))
     variants = {}
