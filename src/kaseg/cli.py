@@ -27,11 +27,16 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_train_ae(args) -> int:
+def _stage(args, name: str) -> dict:
+    """Run the stage ``kaseg.engine.stages.NAME`` on the command's config, folder and overrides."""
+    from .engine import stages
     from .engine.experiment import load_config
-    from .engine.stages import train_autoencoder
 
-    result = train_autoencoder(load_config(args.config, args.overrides), args.out, args.force)
+    return getattr(stages, name)(load_config(args.config, args.overrides), args.out, args.force)
+
+
+def _cmd_train_ae(args) -> int:
+    result = _stage(args, "train_autoencoder")
     v = result["val"]
     print(f"{args.out}: autoencoder {result['in_channels']} -> {result['latent_channels']} "
           f"channels, strides {result['strides']}; val reconstruction error "
@@ -40,10 +45,7 @@ def _cmd_train_ae(args) -> int:
 
 
 def _cmd_train_masks(args) -> int:
-    from .engine.experiment import load_config
-    from .engine.stages import train_masks
-
-    result = train_masks(load_config(args.config, args.overrides), args.out, args.force)
+    result = _stage(args, "train_masks")
     v = result["val"]
     print(f"{args.out}: {result['tokens']} receptive tokens on {result['channels']} classes, "
           f"{result['iters']} iterations; val mask loss {v['loss']:.4f} (CE {v['ce']:.4f}, "
@@ -52,11 +54,9 @@ def _cmd_train_masks(args) -> int:
 
 
 def _cmd_distill(args) -> int:
-    from .engine.experiment import load_config
     from .engine.metrics import format_table
-    from .engine.stages import distill
 
-    result = distill(load_config(args.config, args.overrides), args.out, args.force)
+    result = _stage(args, "distill")
     print(format_table(result["val"], f"{args.out}: best val at iteration {result['best_iter']}"))
     return 0
 
