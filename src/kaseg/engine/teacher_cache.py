@@ -142,7 +142,8 @@ def _describe(what: str, a, b) -> str:
         what, f"{what} differs (cached {b!r}, now {a!r})")
 
 
-def _check_key(folder: Path, want: dict, have: dict, entries_only: bool = False) -> None:
+def _check_key(folder: Path, want: dict, have: dict) -> None:
+    """Every item of ``want`` equal to the cache's, its entries among those stored."""
     for what in want:
         if what == "entries":
             missing = [e for e in want[what] if e not in have.get(what, [])]
@@ -150,7 +151,7 @@ def _check_key(folder: Path, want: dict, have: dict, entries_only: bool = False)
                 raise KasegError(f"{folder}: the teacher cache has no {', '.join(missing)} "
                                  f"(it stores {', '.join(have.get(what, []))}): rebuild it "
                                  "with distill.teacher_cache.outputs listing them")
-        elif not entries_only and want[what] != have.get(what):
+        elif want[what] != have.get(what):
             raise KasegError(f"{folder}: this teacher cache was built for another run: "
                              f"{_describe(what, want[what], have.get(what))}; rebuild it "
                              "(delete the folder) or point distill.teacher_cache.path elsewhere")
@@ -170,10 +171,7 @@ def open_cache(cfg: Config, train_set, teacher, source: str = "distill") -> Pool
             folder / PROGRESS).exists() else "does not exist"
         raise KasegError(f"{source}: the teacher cache {folder} {state}")
     meta = json.loads((folder / META).read_text())
-    want = _key(cfg, opts, teacher, train_set, needed_entries(cfg))
-    want.pop("entries")
-    _check_key(folder, want, meta)
-    _check_key(folder, {"entries": needed_entries(cfg)}, meta, entries_only=True)
+    _check_key(folder, _key(cfg, opts, teacher, train_set, needed_entries(cfg)), meta)
     outputs = {e: np.load(folder / f"{e}.npy", mmap_mode="r") for e in meta["entries"]}
     return PoolViews(train_set, np.load(folder / VIEWS), outputs, meta["sizes"],
                      f"teacher cache {folder}")
@@ -210,8 +208,7 @@ def build_cache(cfg: Config, teacher, train_set, out: str | Path, *,
     key = _key(cfg, opts, teacher, train_set, entries)
     if (folder / META).exists():
         meta = json.loads((folder / META).read_text())
-        _check_key(folder, {k: v for k, v in key.items() if k != "entries"}, meta)
-        _check_key(folder, {"entries": entries}, meta, entries_only=True)
+        _check_key(folder, key, meta)
         return meta
     shapes, view_flops = _probe(cfg, teacher, entries, device)
     item = np.dtype(opts.dtype).itemsize
