@@ -196,6 +196,31 @@ def test_arms_from_yaml_and_the_spec_rules():
     assert isinstance(spec.arms[1], Arm)
 
 
+def test_a_moved_comparison_keeps_its_measured_costs_and_another_recipe_is_measured_again(
+        tmp_path, monkeypatch):
+    """The cost cache compares an arm's config without its weights' paths (a copied or moved
+    comparison folder is not re-timed: a new, noisy time could change CE only's budgets), and
+    still measures again when anything that changes the step does."""
+    from dataclasses import replace
+
+    from kaseg.compare import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "estimate_step_seconds",
+                        lambda c: calls.append(c.train.batch_size) or 0.1 * c.train.batch_size)
+    spec = spec_from({"arms": ["baseline", "kd_t2"]})
+    cfg = load_config(None)
+    moved = replace(cfg, teacher=replace(cfg.teacher, weights="elsewhere/teacher"),
+                    model=replace(cfg.model, init_weights="elsewhere/init.safetensors"))
+    first = runner.step_costs(tmp_path, cfg, spec, {}, 1.0, "seconds")
+    assert len(calls) == 2 and (tmp_path / "costs.json").exists()
+    assert runner.step_costs(tmp_path, moved, spec, {}, 1.0, "seconds") == first
+    assert len(calls) == 2
+    bigger = replace(cfg, train=replace(cfg.train, batch_size=2 * cfg.train.batch_size))
+    again = runner.step_costs(tmp_path, bigger, spec, {}, 1.0, "seconds")
+    assert len(calls) == 4 and again["kd_t2"] == pytest.approx(2 * first["kd_t2"])
+
+
 def _weights(run: Path) -> dict:
     from safetensors.torch import load_file
 

@@ -427,6 +427,21 @@ def step_flops(out: Path, cfg: Config, spec: CompareSpec, variants: dict[str, Co
     return step_costs(out, cfg, spec, variants, scale, "flops")
 
 
+# where a config names weights: a step's FLOPs and seconds do not depend on them
+_WEIGHT_PATHS = (("teacher", "weights"), ("ae", "weights"), ("masks", "weights"),
+                 ("model", "init_weights"))
+
+
+def cost_key(config_json: str) -> str:
+    """An arm's config as the cost cache compares it: without the paths of its weights, so a
+    comparison folder that is moved or copied keeps its measured costs (a re-measured time,
+    noisy, could change which CE only budgets it plans)."""
+    d = json.loads(config_json)
+    for section, name in _WEIGHT_PATHS:
+        d.get(section, {}).pop(name, None)
+    return json.dumps(d, sort_keys=True)
+
+
 def step_costs(out: Path | None, cfg: Config, spec: CompareSpec, variants: dict[str, Config],
                scale: float, what: str = "flops") -> dict[str, float]:
     """Training FLOPs (or seconds alone) per iteration of each arm (at its first seed),
@@ -442,7 +457,7 @@ def step_costs(out: Path | None, cfg: Config, spec: CompareSpec, variants: dict[
         c = arm_config(variants[arm.ae] if arm.ae else cfg, arm, spec.seeds[0], scale)
         key = json.dumps(to_dict(replace(c, seed=0)), sort_keys=True)
         entry = cache.get(arm.name)
-        if entry is None or entry["config"] != key:
+        if entry is None or cost_key(entry["config"]) != cost_key(key):
             entry = cache[arm.name] = {"config": key}
         if what not in entry:
             entry[what] = estimate(c)
