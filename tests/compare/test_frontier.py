@@ -111,6 +111,17 @@ def test_the_verdict_names_runs_ce_only_does_not_reach():
             "budget 3 (19 GFLOPs): no pair there (not extrapolated).") in text
 
 
+def test_a_win_below_runs_ce_only_does_not_reach_does_not_say_nothing_costs_more():
+    """KD wins at budget 1 (3 GFLOPs); KD at 3 (9 GFLOPs) costs more than CE only's largest run
+    (budget 3): it is not 'no distilling run costs more', it is one CE only does not meet."""
+    recs = [r for r in _records(2.0, -1.0, 0.0) if r["budget"] <= 3]
+    fr = frontier(recs, "baseline", ["kd"], {"kd"}, None)
+    text = " ".join(verdict_sentences(fr, "flops", {"kd": "CE + KD"}))
+    assert ("at 3 GFLOPs). No costlier distilling run is met by CE only at its cost: whether the "
+            "gain holds beyond is not measured. CE only's largest run (3 GFLOPs) does not reach "
+            "the cost of CE + KD (`kd`) at budget 3 (9 GFLOPs): no pair there") in text
+
+
 def test_costs_are_written_with_their_units():
     assert fmt_cost(4.1e6, "flops") == "4.1 PFLOPs"
     assert fmt_cost(850.0, "flops") == "850 GFLOPs"

@@ -208,7 +208,7 @@ def verdict_sentences(fr: dict, accounting: str, labels: dict[str, str]) -> list
     paired_ = [(r, r["vs_ce"][accounting]) for r in rows if r["vs_ce"][accounting]["reached"]]
     short = [(r, r["vs_ce"][accounting]) for r in rows if not r["vs_ce"][accounting]["reached"]]
     wins = [(r, v) for r, v in paired_ if v["verdict"] == "better"]
-    lines = _wins_sentences(wins, paired_, accounting, labels) if wins else (
+    lines = _wins_sentences(wins, paired_, accounting, labels, short) if wins else (
         [_no_win_sentence(paired_)] if paired_ else [])
     if short:
         lines.append(_short_sentence(short, len(rows), accounting, labels))
@@ -228,9 +228,10 @@ def _name(r: dict, labels: dict[str, str]) -> str:
     return f"{labels.get(r['arm'], r['arm'])} (`{r['arm']}`) at budget {r['budget']:g}"
 
 
-def _wins_sentences(wins: list, paired_: list, accounting: str, labels: dict) -> list[str]:
+def _wins_sentences(wins: list, paired_: list, accounting: str, labels: dict,
+                    short: list) -> list[str]:
     """The best run that beats CE only at its cost, the others that do, and what holds for the
-    rest: below, among and beyond them."""
+    rest: below, among and beyond them (``short``: the runs no CE run reaches)."""
     edge = max(v["cost"] for _, v in wins)
     best_r, best_v = max(wins, key=lambda rv: rv[0]["summary"]["mean"])
     lines = [f"Up to {fmt_cost(edge, accounting)} the best student is {_name(best_r, labels)} "
@@ -252,8 +253,10 @@ def _wins_sentences(wins: list, paired_: list, accounting: str, labels: dict) ->
         lines.append(f"Beyond {fmt_cost(edge, accounting)}, CE only trained longer is as good" +
                      (" or better" if any(v["verdict"] == "worse" for v in beyond) else "") + ".")
     if not beyond:
-        lines.append("No distilling run costs more: whether the gain holds beyond is not "
-                     "measured.")
+        unmet = any(v["cost"] > edge for _, v in short)
+        lines.append(("No costlier distilling run is met by CE only at its cost" if unmet else
+                      "No distilling run costs more") + ": whether the gain holds beyond is "
+                     "not measured.")
     return lines
 
 
