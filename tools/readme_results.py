@@ -4,6 +4,7 @@ commit, which each report states in its first lines).
 
     python tools/readme_results.py [--demo demo_out] [--study study_out] [--ladder DIR]
                                    [--compare DIR] [--field DIR] [--frontier DIR]
+                                   [--frontier-long DIR] [--limited-frontier DIR]
                                    [--into docs/evidence.md]
 
 Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md, from
@@ -11,8 +12,10 @@ Sections: ``demo`` (DEMO/report.md), ``limited`` (DEMO/limited-labels/report.md,
 ``kaseg study --regimes ...`` of the schedule ladders' regimes), ``compare`` (COMPARE/report.md,
 from ``kaseg compare --config configs/compare_folder.yaml``), ``field`` (FIELD/report.md, the
 same with ``--arms field --controls``), ``frontier`` (FRONTIER/report.md, the same with
-``--budgets``) and ``limited_frontier`` (the limited-labels 600-iteration regime's section of
-LIMITED_FRONTIER/study.md, a ``kaseg study ... --budgets``).
+``--budgets``), ``frontier_long`` (the frontier section of FRONTIER_LONG/report.md: the folder
+set's longest budget, for the arms that won below it) and ``limited_frontier`` (the
+limited-labels 600-iteration regime's section of LIMITED_FRONTIER/study.md, a ``kaseg study ...
+--budgets``).
 
 Each report replaces the text between ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; its title becomes a bold line and its headings move one level down.
@@ -46,13 +49,15 @@ def relative_paths(markdown: str, root: Path) -> str:
     return markdown.replace(str(root.resolve()) + "/", "")
 
 
-def regime_section(study_md: str, regime: str) -> str:
-    """A study report's provenance line and one regime's section (the study's others are reused
-    records, reported elsewhere)."""
-    lines = study_md.splitlines()
+def report_section(report_md: str, heading: str) -> str:
+    """A report's provenance line and its section whose heading starts with ``heading`` (up to
+    the next heading of that level): a study's regime (its others are reused records, reported
+    elsewhere), or a comparison's frontier alone."""
+    lines = report_md.splitlines()
     head = next((ln for ln in lines if ln.startswith("Produced by")), "")
-    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"## {regime}:"))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+    level = heading.split(" ", 1)[0] + " "
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(heading))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(level)),
                len(lines))
     return "\n".join([head, "", *lines[start:end]]).strip() + "\n"
 
@@ -77,6 +82,9 @@ def main() -> None:
                     help="a `kaseg compare ... --arms field --controls` folder (the folder set's)")
     ap.add_argument("--frontier", default="cmp_folder_frontier",
                     help="a `kaseg compare ... --budgets` folder (the folder set's frontier)")
+    ap.add_argument("--frontier-long", default="cmp_folder_b9",
+                    help="a `kaseg compare ... --budgets` folder of the folder set's longest "
+                         "budget (its frontier section only)")
     ap.add_argument("--limited-frontier", default="study_frontier",
                     help="a `kaseg study --regimes 96px-limited-labels-600 --budgets ...` folder")
     ap.add_argument("--into", "--readme", dest="readme", default="docs/evidence.md",
@@ -95,12 +103,16 @@ def main() -> None:
             body = relative_paths(demote(report.read_text()), Path(__file__).resolve().parents[1])
             text = replace_section(text, name, body)
             print(f"{name}: {report}")
-    study_md = Path(args.limited_frontier) / "study.md"
-    if study_md.is_file():
-        body = regime_section(study_md.read_text(), "96px-limited-labels-600")
-        body = relative_paths(demote(body), Path(__file__).resolve().parents[1])
-        text = replace_section(text, "limited_frontier", body)
-        print(f"limited_frontier: {study_md}")
+    for name, report, heading in (
+            ("frontier_long", Path(args.frontier_long) / "report.md",
+             "## Which method at my compute?"),
+            ("limited_frontier", Path(args.limited_frontier) / "study.md",
+             "## 96px-limited-labels-600:")):
+        if report.is_file():
+            body = report_section(report.read_text(), heading)
+            body = relative_paths(demote(body), Path(__file__).resolve().parents[1])
+            text = replace_section(text, name, body)
+            print(f"{name}: {report}")
     readme_path.write_text(text)
 
 
