@@ -23,8 +23,10 @@ def test_bad_budgets_and_an_unknown_accounting_are_one_line_errors():
                        r"known: flops, seconds"):
         spec_from({"cost": "joules"}, "exp.yaml")
     assert spec_from({}, "exp.yaml").budgets is None  # no budgets: as before
-    with pytest.raises(KasegError, match=r"exp.yaml: compare.max_ce_budget must be > 0, got 0"):
-        spec_from({"budgets": [1], "max_ce_budget": 0}, "exp.yaml")
+    for bad in (0, "8", True):
+        with pytest.raises(KasegError, match=r"exp.yaml: compare.max_ce_budget must be a number "
+                           rf"> 0, got {bad!r}"):
+            spec_from({"budgets": [1], "max_ce_budget": bad}, "exp.yaml")
 
 
 def test_a_budget_stretches_the_schedule_and_names_the_folder():

@@ -102,8 +102,10 @@ class CompareSpec:
                              f"{', '.join(COSTS)}")
         if self.budgets is not None:
             self.budgets = check_budgets(self.budgets, 10**9)  # iterations: all_stages
-        if self.max_ce_budget is not None and not self.max_ce_budget > 0:
-            raise KasegError(f"compare.max_ce_budget must be > 0, got {self.max_ce_budget}")
+        m = self.max_ce_budget
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))
+                              or not m > 0):
+            raise KasegError(f"compare.max_ce_budget must be a number > 0, got {m!r}")
         names = [a.name for a in self.arms]
         if BASELINE not in names:
             raise KasegError(f"a comparison needs the '{BASELINE}' arm (CE only): every other "
