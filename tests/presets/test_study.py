@@ -271,11 +271,17 @@ def test_budgets_reach_each_regime_and_its_frontier_is_written(tmp_path, monkeyp
                                                  ("kd_t2", 1, 44 + 2 * s, 4))]
     fr = {**frontier(recs, "baseline", ["kd_t2"], {"kd_t2"}, None), "accounting": "flops",
           "budgets": [1.0], "ce_budgets": [1.0, 4.0], "iters": 150}
-    text = "\n".join(study._frontier_part({"frontier": fr}))
+    text = "\n".join(study._frontier_part({"name": "r600", "frontier": fr}))
     assert "Budget 1 (150 iterations):" in text
     assert text.startswith("### Which method at my compute?")  # inside the regime's section
     assert "| `kd_t2` | 2 | 45.00 ± 1.41 | 4 GFLOPs | -0.50 [-6.85, +5.85] (CE b4, 1.00x) |" in text
     assert study._frontier_part({"frontier": None}) == []
+    # the picture the section names is written (the study never wrote a frontier.png)
+    assert "`frontier_r600.png`: mIoU (mean, 95% CI) against training cost" in text
+    written = study.frontier_pictures(tmp_path, [{"name": "r600", "frontier": fr},
+                                                 {"name": "plain", "frontier": None}])
+    assert written == [tmp_path / "frontier_r600.png"]
+    assert written[0].stat().st_size > 10_000
 
 
 def test_arms_keep_only_the_named_ones_and_ce_only():

@@ -77,10 +77,10 @@ def ce_curve_line(fr: dict) -> str:
         for r in ce) + "."
 
 
-def frontier_lines(fr: dict, labels: dict[str, str]) -> list[str]:
+def frontier_lines(fr: dict, labels: dict[str, str], picture: str = "frontier.png") -> list[str]:
     """The report's frontier section: what was run, a table per budget, CE only's curve and the
-    verdict in the chosen accounting (``labels``: each arm's), and where another accounting
-    says otherwise."""
+    verdict in the chosen accounting (``labels``: each arm's), where another accounting says
+    otherwise, and the picture's file (``picture``, written by :func:`frontier_figure`)."""
     acc, accs = fr["accounting"], _present(fr)
     lines = ["## Which method at my compute? Every arm at each budget, met by CE only at its cost",
              "", f"Budgets {', '.join(f'{b:g}' for b in fr['budgets'])} x {fr['iters']} "
@@ -108,7 +108,7 @@ def frontier_lines(fr: dict, labels: dict[str, str]) -> list[str]:
                   ") agree: " + ("the same runs are resolved better than CE only at their cost."
                                  if won else "no run is resolved better than CE only at its "
                                  "cost in them either.")]
-    return lines + ["", "`frontier.png`: mIoU (mean, 95% CI) against training cost, one line "
+    return lines + ["", f"`{picture}`: mIoU (mean, 95% CI) against training cost, one line "
                     "per arm, the upper envelope dashed, one panel per accounting."]
 
 

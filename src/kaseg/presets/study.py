@@ -12,7 +12,8 @@ decoder map).
 
 The method's weights are chosen first, on *tuning seeds* that are never reported. Everything is
 a resumable run folder under OUT (finished runs are skipped); ``study.md``, ``study.json`` and
-``study.png`` are written from the runs after each regime, so partial results are readable.
+``study.png`` (and ``frontier_REGIME.png`` for a regime run with budgets) are written from the
+runs after each regime, so partial results are readable.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..core.files import atomic_write_text
 from ..compare.arms import AE_VARIANTS, ARM_GROUPS, ARMS, method_weights
 from ..compare.tables import (at_budget_one, code_version, context_table, evaluate_runs,
                               machine, markdown_table, paired_rows, with_matched)
-from ..compare.frontier_report import frontier_lines, frontier_of
+from ..compare.frontier_report import frontier_figure, frontier_lines, frontier_of
 from ..compare.runner import TUNE_SEEDS, WEIGHT_SCALES, run
 from ..core.config import COMPARE_SEEDS, Config
 from .recipes import demo_config, preset_spec
@@ -411,6 +412,7 @@ def write_study(out: Path, results: list[dict], provenance: str) -> None:
                      controls={n for n, a in ARMS.items() if a.control})
     if ladders:
         schedule_plot(out / "study_schedule.png", ladders, LABELS_STUDY)
+    frontier_pictures(out, results)
 
 
 def _frontier_of(cfg: Config, records: list[dict], stages, spec) -> dict | None:
@@ -421,6 +423,10 @@ def _frontier_of(cfg: Config, records: list[dict], stages, spec) -> dict | None:
     return frontier_of(cfg, {"records": records, "trained_teacher": True}, spec)
 
 
+def _frontier_picture(r: dict) -> str:
+    return f"frontier_{r['name']}.png"
+
+
 def _frontier_part(r: dict) -> list[str]:
     """A regime's frontier section, when it ran with budgets."""
     fr = r.get("frontier")
@@ -428,7 +434,18 @@ def _frontier_part(r: dict) -> list[str]:
         return []
     # a part of the regime's section: its heading one level below the regime's
     return ["#" + ln if ln.startswith("## ") else ln
-            for ln in frontier_lines(fr, LABELS_STUDY)] + [""]
+            for ln in frontier_lines(fr, LABELS_STUDY, _frontier_picture(r))] + [""]
+
+
+def frontier_pictures(out: Path, results: list[dict]) -> list[Path]:
+    """Each regime's frontier as a picture (``frontier_REGIME.png``, the one its section names),
+    for the regimes that ran with budgets."""
+    written = []
+    for r in results:
+        if r.get("frontier"):
+            frontier_figure(out / _frontier_picture(r), r["frontier"], LABELS_STUDY)
+            written.append(out / _frontier_picture(r))
+    return written
 
 
 def schedule_ladders(results: list[dict]) -> dict[str, dict[int, list[dict]]]:
