@@ -79,7 +79,7 @@ def fit_masks(cfg: Config, teacher, train_set, val_set, run: str | Path, force: 
     tcfg = replace(cfg.train, iters=m.iters, lr=m.lr, weight_decay=m.weight_decay,
                    val_every=min(m.val_every, m.iters), patience=m.patience, grad_clip=None)
     device = resolve_device(cfg.train.device)
-    prepare_run(run, to_dict(cfg), force)
+    prepare_run(run, to_dict(cfg), force, "train-masks")
     meta = {"kind": KIND, "channels": train_set.num_classes, "tokens": count,
             "teacher": str(source), "teacher_model": cfg.teacher.name}
 

@@ -87,7 +87,10 @@ def with_defaults(old: dict, defaults: dict) -> dict:
 # the config sections a command never reads: a finished or half-done run of it is the same run
 # whatever they hold (a shared CE start stays reusable when another comparison needs no
 # autoencoder, so ``ae.weights`` is unset there)
-UNUSED = {"train": ("teacher", "ae", "masks", "distill")}
+UNUSED = {"train": ("teacher", "ae", "masks", "distill"),
+          # MasKD's mask stage reads the teacher, the data and its own section: the tokens of a
+          # comparison with a feature arm (ae.weights set) are those of one without
+          "train-masks": ("ae", "distill", "model")}
 
 
 def unused_sections(config: dict, command: str | None) -> set[str]:
