@@ -29,7 +29,23 @@ def test_the_mask_stage_is_the_same_run_whatever_the_sections_it_never_reads_hol
     cfg["distill"]["losses"] = {"maskd": {"weight": 3.0}, "adapt": {"weight": 15.0}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     other = to_dict(Config())
-    other["distill"]["losses"] = {"maskd": {"weight": 1.0}}
     assert config_changes(tmp_path, other, "train-masks") == []
     other["masks"]["lr"], other["teacher"]["name"] = 0.5, "tiny-student"
     assert config_changes(tmp_path, other, "train-masks") == ["masks.lr", "teacher.name"]
+
+
+def test_a_distillation_run_without_the_methods_terms_ignores_the_autoencoder(tmp_path):
+    """A KD run of a comparison that also had the method's arms (``ae.weights`` set) is the same
+    run in one without them; a run of the method, and the autoencoder's own stage, still see
+    an autoencoder change."""
+    cfg = to_dict(Config())
+    cfg["ae"]["weights"] = "cmp/ae"
+    cfg["distill"]["losses"] = {"kd": {"weight": 1.0}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    other = to_dict(Config())
+    other["distill"]["losses"] = {"kd": {"weight": 1.0}}
+    assert config_changes(tmp_path, other) == []
+    assert config_changes(tmp_path, other, "train-ae") == ["ae.weights"]
+    cfg["distill"]["losses"] = other["distill"]["losses"] = {"adapt": {}, "affinity": {}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert config_changes(tmp_path, other) == ["ae.weights"]

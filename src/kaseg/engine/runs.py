@@ -17,7 +17,7 @@ from .experiment import upgrade_config
 from ..data import build_dataset
 from ..core.distributed import barrier, is_main
 from ..core.errors import KasegError
-from ..losses.registry import needs_masks
+from ..losses.registry import needs_autoencoder, needs_masks
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,18 @@ UNUSED = {"train": ("teacher", "ae", "masks", "distill"),
 
 
 def unused_sections(config: dict, command: str | None) -> set[str]:
-    """The config's sections a run of ``command`` never reads: :data:`UNUSED`, and ``masks``
-    (MasKD's tokens) for a run whose terms do not read them (a comparison that adds a MasKD arm
-    points every arm at its tokens; the others' runs are the same runs)."""
+    """The config's sections a run of ``command`` never reads: :data:`UNUSED`; ``masks``
+    (MasKD's tokens) for a run whose terms do not read them, the mask stage's own excepted (a
+    comparison that adds a MasKD arm points every arm at its tokens); and ``ae`` for a
+    distillation run whose terms do not read the autoencoder (a comparison without the method's
+    arms has none: their runs are the same runs)."""
     unused = set(UNUSED.get(command, ()))
+    losses = (config.get("distill") or {}).get("losses")
     try:
-        if not needs_masks((config.get("distill") or {}).get("losses")):
+        if command != "train-masks" and not needs_masks(losses):
             unused.add("masks")
+        if command in (None, "distill") and not needs_autoencoder(losses):
+            unused.add("ae")
     except ValueError:  # an unknown term: the config's own check names it
         pass
     return unused

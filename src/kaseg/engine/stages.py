@@ -183,7 +183,7 @@ def fit_autoencoder(teacher: SegModel, student_stride: int, train_set, val_set, 
     tcfg = replace(train, iters=iters, lr=ae.lr, weight_decay=ae.weight_decay,
                    val_every=val_every, grad_clip=ae.grad_clip, patience=ae.patience)
     device = resolve_device(train.device)
-    prepare_run(run, record, force)
+    prepare_run(run, record, force, "train-ae")
     meta = {"kind": "autoencoder", "in_channels": t_info.channels, "latent_channels": latent,
             "strides": list(strides), "teacher": teacher_source, "tap": tap,
             "teacher_model": teacher.spec.name, "teacher_stride": t_info.stride,
