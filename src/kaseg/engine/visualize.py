@@ -257,14 +257,17 @@ def schedule_plot(path: str | Path, ladders: dict[str, dict[int, list[dict]]],
     plt.close(fig)
 
 
-def upper_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no cheaper point beats: sorted by cost, each with a higher mean than every
-    cheaper one (the best result reachable at each cost)."""
-    best, out = -math.inf, []
+def upper_envelope(points: list[tuple[float, float]],
+                   same: float = 0.02) -> list[tuple[float, float]]:
+    """The best result reachable at each cost: sorted by cost, the points that no other point
+    of at most the same cost matches or beats. Costs within ``same`` (relative) of each other
+    are one cost: arms at one budget differ in FLOPs by a term's few operations, and the
+    envelope should rise to the best of them, not zigzag through each."""
+    out = []
     for cost, mean in sorted(points):
-        if mean > best:
+        rivals = [m for c, m in points if c <= cost * (1 + same) and (c, m) != (cost, mean)]
+        if all(mean > m for m in rivals):
             out.append((cost, mean))
-            best = mean
     return out
 
 
