@@ -25,6 +25,8 @@ COLUMNS = [("kd_t2", "KD"), ("ka", "the method"), ("ka_kd", "the method + KD"),
 BEGIN, END = "<!-- evidence:table -->", "<!-- /evidence:table -->"
 # the frontiers (``kaseg compare --budgets``) whose verdict README states, by label
 FRONTIERS = {"the folder set": "docs/results/frontier_folder_results.json",
+             "the folder set up to budget 9, the arms that won at 3 and KD":
+                 "docs/results/frontier_folder_b9_results.json",
              "the scenes with 64 labels + 960 unlabelled, KD only":
                  "docs/results/frontier_limited_labels_regime.json"}
 F_BEGIN, F_END = "<!-- evidence:frontier -->", "<!-- /evidence:frontier -->"
