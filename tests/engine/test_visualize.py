@@ -84,6 +84,7 @@ def test_the_frontier_marks_the_best_result_at_each_cost(tmp_path):
     # arms at one budget: costs 0.1% apart are one cost, the best of them is the envelope's
     assert upper_envelope([(1, 40.0), (10.0, 42.1), (10.0, 46.1), (10.01, 47.8)]) == [
         (1, 40.0), (10.01, 47.8)]
+    assert upper_envelope([(1, 40.0), (1, 40.0), (2, 45.0)]) == [(1, 40.0), (2, 45.0)]
     panels = {"GFLOPs": {"CE only": [(1, 40, 39, 41), (2, 44, 43, 45), (8, 47, 46, 48)],
                          "KD": [(3, 46, 45, 47), (9, 46.5, 45, 48)]},
               "seconds": {"CE only": [(1, 40, 39, 41)], "KD": [(1.5, 46, 45, 47)]}}

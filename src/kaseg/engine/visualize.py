@@ -264,7 +264,7 @@ def upper_envelope(points: list[tuple[float, float]],
     are one cost: arms at one budget differ in FLOPs by a term's few operations, and the
     envelope should rise to the best of them, not zigzag through each."""
     out = []
-    for cost, mean in sorted(points):
+    for cost, mean in sorted(set(points)):  # a point given twice is one point
         rivals = [m for c, m in points if c <= cost * (1 + same) and (c, m) != (cost, mean)]
         if all(mean > m for m in rivals):
             out.append((cost, mean))
